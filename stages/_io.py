@@ -1,0 +1,114 @@
+"""Shared plumbing of the stages: errors, atomic outputs, records on disk, metrics, logging.
+
+Every output of a stage is first written beside its final path and renamed
+only once the whole stage succeeded (:func:`atomic_outputs`), so an
+interrupted or failing stage leaves no half-written output behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import sys
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+log = logging.getLogger("steep")
+
+
+class StageError(Exception):
+    """A bad config or an unreadable input: the message names the file, the line or key, and the fix."""
+
+
+# --- outputs ------------------------------------------------------------------
+
+
+def _tmp_for(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+
+
+@contextlib.contextmanager
+def atomic_outputs(*paths: str | Path) -> Iterator[list[Path]]:
+    """Yield temporary paths for `paths`; rename them into place only if the block succeeds.
+
+    A path may be a file or a directory (the block creates what it needs at the
+    temporary path). On any exception every temporary path is removed and the
+    final paths are left untouched.
+    """
+    finals = [Path(p) for p in paths]
+    tmps = [_tmp_for(p) for p in finals]
+    for final, tmp in zip(finals, tmps, strict=True):
+        final.parent.mkdir(parents=True, exist_ok=True)
+        _remove(tmp)
+    try:
+        yield tmps
+    except BaseException:
+        for tmp in tmps:
+            _remove(tmp)
+        raise
+    for final, tmp in zip(finals, tmps, strict=True):
+        if not tmp.exists():
+            raise StageError(f"internal error: the stage did not write its output {final}")
+        _remove(final)
+        os.replace(tmp, final)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+def write_table(path: Path, table: pa.Table) -> None:
+    """Write Parquet the same way every time: same rows, same bytes."""
+    pq.write_table(table, path, compression="zstd", row_group_size=1 << 16, write_statistics=False)
+
+
+def write_json(path: Path, data: Mapping[str, Any]) -> None:
+    """Stable JSON: sorted keys, two-space indent, trailing newline."""
+    path.write_text(json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def drop_metrics(total: int, kept: int, dropped: Mapping[str, int], **extra: Any) -> dict[str, Any]:
+    """Metrics of a data stage; raises if `total == kept + sum(dropped_*)` does not hold."""
+    if total != kept + sum(dropped.values()):
+        raise RuntimeError(f"broken invariant: total {total} != kept {kept} + dropped {dict(dropped)}")
+    out: dict[str, Any] = {"total": total, "kept": kept}
+    out.update({f"dropped_{reason}": n for reason, n in sorted(dropped.items())})
+    out.update(extra)
+    return out
+
+
+# --- running a stage ----------------------------------------------------------
+
+
+def setup_logging() -> None:
+    """Plain, timestamp-free log lines on stderr (they end up in DVC's output)."""
+    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s", stream=sys.stderr, force=True)
+    # Libraries that chat at INFO on import or first use.
+    for noisy in ("presidio-analyzer", "sentence_transformers", "datasets", "httpx", "urllib3", "filelock"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def run_main(fn: Callable[[], None]) -> None:
+    """Run a stage's main: a StageError becomes one clear message and exit code 1, no traceback."""
+    setup_logging()
+    try:
+        fn()
+    except StageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+
+
+def log_params(name: str, params: Any) -> None:
+    """Log the resolved params a stage runs with (a pydantic model or a plain value)."""
+    dump = params.model_dump() if hasattr(params, "model_dump") else params
+    log.info("%s params: %s", name, json.dumps(dump, sort_keys=True, default=str))

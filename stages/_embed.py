@@ -70,7 +70,7 @@ def _fingerprint(model_dir: str) -> str:
 
 
 @lru_cache(maxsize=2)
-def _load(model_dir: str, max_tokens: int):  # noqa: ANN202 - a SentenceTransformer
+def _load(model_dir: str, max_tokens: int):
     from sentence_transformers import SentenceTransformer
 
     try:

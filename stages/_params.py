@@ -87,6 +87,11 @@ class Source(Section):
                 )
         elif self.revision or self.split:
             raise ValueError(f"source {self.name!r}: revision and split apply to hf:// locations only")
+        if self.location.startswith(("http://", "https://")) and self.format != "text":
+            raise ValueError(
+                f"source {self.name!r}: a web page (http/https location) is pulled as one document; "
+                f"set `format: text` (got {self.format!r})"
+            )
         return self
 
 

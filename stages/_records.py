@@ -53,8 +53,10 @@ SCHEMA = pa.schema(
 )
 # Rejected records: the record plus the stage that dropped it, the reason code
 # and a short human-readable detail (the matched pattern, the duplicate's id…).
-REJECT_SCHEMA = SCHEMA.append(pa.field("stage", pa.string())).append(pa.field("reason", pa.string())).append(
-    pa.field("detail", pa.string())
+REJECT_SCHEMA = (
+    SCHEMA.append(pa.field("stage", pa.string()))
+    .append(pa.field("reason", pa.string()))
+    .append(pa.field("detail", pa.string()))
 )
 
 Record = dict[str, Any]
@@ -78,7 +80,7 @@ def make_record(
     kind: str,
     meta: dict[str, Any],
     instruction: str = "",
-    input: str = "",  # noqa: A002 - Alpaca's field name
+    input: str = "",
     output: str = "",
     messages: list[dict[str, str]] | None = None,
     text: str = "",
@@ -121,10 +123,10 @@ def record_text(record: Record, fields: list[str] | tuple[str, ...] = CONTENT_FI
     return "\n\n".join(parts)
 
 
-def order_key(record: Record) -> tuple[int, int, str]:
-    """Position of the record in the declared input: source order in params, then row."""
+def order_key(record: Record) -> tuple[int, str, int, str]:
+    """Position of the record in the declared input: source order in params, then file, then row."""
     meta = record["meta"]
-    return (meta["source_index"], meta["row"], record["id"])
+    return (meta["source_index"], meta["source_file"], meta["row"], record["id"])
 
 
 def _to_row(record: Record, schema: pa.Schema) -> dict[str, Any]:

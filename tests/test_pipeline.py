@@ -1,0 +1,183 @@
+"""The real pipeline, run by real DVC in a temporary copy of the repository.
+
+One module-scoped run of `dvc repro` on the embedded demo data feeds every test
+here: the answer key of planted defects (checked per reason code), the
+metrics invariant, a second `dvc repro` that runs nothing, a clean `dvc status`,
+and byte-identical outputs after `dvc repro -f`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+
+from stages._records import REJECT_SCHEMA, read_record_dir, read_records
+
+ROOT = Path(__file__).resolve().parents[1]
+ANSWER_KEY = json.loads((ROOT / "data/sources/answer_key.json").read_text())
+DATA_STAGES = ("pull", "moderate", "dedup")
+OUTPUTS = ("data/pulled", "data/moderated.parquet", "data/curated.parquet", "data/rejected")
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    # `python` in dvc.yaml's cmd must be this interpreter (the project's venv).
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1", DVC_NO_ANALYTICS="1")
+    return env
+
+
+def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(args, cwd=cwd, env=_env(), capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise AssertionError(f"{' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def _offline_prefix() -> list[str]:
+    """`unshare -rn` runs a command in a network namespace with no network at all, where allowed."""
+    unshare = shutil.which("unshare")
+    if unshare and subprocess.run([unshare, "-rn", "true"], capture_output=True, check=False).returncode == 0:
+        return [unshare, "-rn"]
+    return []
+
+
+def _dvc(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run DVC with no network (where the sandbox allows it): the pipeline must not need one."""
+    proc = _run([*_offline_prefix(), sys.executable, "-m", "dvc", *args], cwd)
+    logs = proc.stdout + proc.stderr
+    assert "Traceback" not in logs, logs
+    return proc
+
+
+def _digest(repo: Path) -> dict[str, str]:
+    """sha256 of every output file (and metrics) of the data stages."""
+    out = {}
+    for rel in (*OUTPUTS, "metrics"):
+        base = repo / rel
+        files = sorted(p for p in base.rglob("*") if p.is_file()) if base.is_dir() else [base]
+        for f in files:
+            out[str(f.relative_to(repo))] = hashlib.sha256(f.read_bytes()).hexdigest()
+    return out
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A fresh git + DVC copy of the working tree with `dvc repro` run once."""
+    dst = tmp_path_factory.mktemp("steep") / "repo"
+    files = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split("\n")
+    for rel in filter(None, files):
+        src = ROOT / rel
+        if src.is_file():
+            (dst / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dst / rel)
+    for rel in OUTPUTS:  # never start from outputs of the working tree
+        assert not (dst / rel).exists()
+    _run(["git", "init", "-q"], dst)
+    _run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "add", "-A"], dst)
+    _run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"], dst)
+    _dvc(dst, "repro")
+    return dst
+
+
+@pytest.fixture(scope="module")
+def outcomes(repo: Path) -> dict[tuple[str, int], tuple[str, dict]]:
+    """(source, row) -> (outcome, meta): a drop reason, or "kept" with the record's final meta."""
+    result: dict[tuple[str, int], tuple[str, dict]] = {}
+    for stage in ("moderate", "dedup"):
+        for r in read_records(repo / f"data/rejected/{stage}.parquet", REJECT_SCHEMA):
+            result[(r["source"], r["meta"]["row"])] = (r["reason"], r["meta"])
+    for r in read_records(repo / "data/curated.parquet"):
+        key = (r["source"], r["meta"]["row"])
+        assert key not in result, f"{key} both kept and rejected"
+        result[key] = ("kept", r["meta"])
+    return result
+
+
+def test_every_record_is_accounted_for(repo: Path, outcomes: dict) -> None:
+    pulled = read_record_dir(repo / "data/pulled")
+    assert {(r["source"], r["meta"]["row"]) for r in pulled} == set(outcomes)
+
+
+@pytest.mark.parametrize("stage", DATA_STAGES)
+def test_metrics_invariant(repo: Path, stage: str) -> None:
+    m = json.loads((repo / f"metrics/{stage}.json").read_text())
+    dropped = sum(v for k, v in m.items() if k.startswith("dropped_"))
+    assert m["total"] == m["kept"] + dropped
+    if stage != "pull":
+        rejects = read_records(repo / f"data/rejected/{stage}.parquet", REJECT_SCHEMA)
+        assert len(rejects) == dropped
+        for reason in {r["reason"] for r in rejects}:
+            assert m[f"dropped_{reason}"] == sum(r["reason"] == reason for r in rejects)
+
+
+def _expected(outcome_filter=None) -> list[tuple[str, int, str]]:
+    return [
+        (source, int(row), outcome)
+        for source, rows in sorted(ANSWER_KEY.items())
+        for row, outcome in sorted(rows.items(), key=lambda kv: int(kv[0]))
+        if outcome_filter is None or outcome_filter(outcome)
+    ]
+
+
+def _check(outcome: str, actual: str, meta: dict) -> bool:
+    if outcome == "normalized_noinput":
+        return actual == "kept" and "noinput_placeholder" in meta["moderate"]["normalized"]
+    if outcome.startswith("redacted_pii_"):
+        return actual == "kept" and outcome.removeprefix("redacted_pii_") in meta["moderate"]["redacted"]
+    if outcome == "flag_cleanlab_label_issue":
+        return actual == "kept" and meta["moderate"]["cleanlab"].get("is_label_issue") is True
+    return actual == outcome
+
+
+@pytest.mark.parametrize("outcome", sorted({o for *_, o in _expected()}))
+def test_planted_defects_are_caught(outcomes: dict, outcome: str) -> None:
+    """Every planted record in the answer key ends with the outcome the key names."""
+    misses = []
+    for source, row, want in _expected(lambda o: o == outcome):
+        actual, meta = outcomes[(source, row)]
+        if not _check(want, actual, meta):
+            misses.append(f"{source} row {row}: expected {want}, got {actual}")
+    assert not misses, "\n".join(misses)
+
+
+def test_no_clean_record_is_dropped(outcomes: dict) -> None:
+    planted = {(s, r) for s, r, _ in _expected()}
+    dropped = defaultdict(list)
+    for key, (actual, _) in sorted(outcomes.items()):
+        if key not in planted and actual != "kept":
+            dropped[actual].append(key)
+    assert not dropped, f"clean records dropped: {dict(dropped)}"
+
+
+def test_second_repro_runs_nothing_and_status_is_clean(repo: Path) -> None:
+    before = _digest(repo)
+    out = _dvc(repo, "repro").stdout
+    for stage in DATA_STAGES:
+        assert f"Running stage '{stage}'" not in out
+    assert "didn't change" in out or "up to date" in out
+    status = _dvc(repo, "status").stdout
+    assert "up to date" in status.lower(), status
+    assert _digest(repo) == before
+
+
+def test_forced_rerun_is_byte_identical(repo: Path) -> None:
+    before = _digest(repo)
+    # a cold embedding cache must give the same bytes as a warm one
+    shutil.rmtree(repo / ".steep_cache")
+    _dvc(repo, "repro", "-f")
+    assert _digest(repo) == before

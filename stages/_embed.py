@@ -72,7 +72,9 @@ def _fingerprint(model_dir: str) -> str:
 @lru_cache(maxsize=2)
 def _load(model_dir: str, max_tokens: int):
     from sentence_transformers import SentenceTransformer
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # the per-tensor "Loading weights" bar, on every load
     try:
         model = SentenceTransformer(model_dir, device="cpu")
     except OSError as e:

@@ -96,6 +96,9 @@ def setup_logging() -> None:
     # Libraries that chat at INFO on import or first use.
     for noisy in ("presidio-analyzer", "sentence_transformers", "datasets", "httpx", "urllib3", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # bitsandbytes (imported by transformers) warns on import that its optional 4-bit CPU kernel
+    # package is missing; steep never runs 4-bit kernels on CPU.
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
 
 
 def run_main(fn: Callable[[], None]) -> None:

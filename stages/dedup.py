@@ -471,8 +471,7 @@ def run(
     if cfg.semantic.enable:
         fields = params.common.embedding.fields
         sem_members = [i for i in alive if normalize_text(record_text(records[i], fields))]
-        emb, counts = embed([record_text(records[i], fields) for i in sem_members], params.common.embedding, cache_dir)
-        extra.update(counts)
+        emb = embed([record_text(records[i], fields) for i in sem_members], params.common.embedding, cache_dir)
         emb_rows = {m: r for r, m in enumerate(sem_members)}
         pairs = [(sem_members[a], sem_members[b], s) for a, b, s in cosine_pairs(emb, cfg.semantic.cosine_threshold)]
         alive_sem = apply("semantic", "semantic_duplicate", sem_members, pairs, "cosine")
@@ -544,7 +543,7 @@ def reference_overlaps(
     if cfg.semantic.enable:
         rest = [i for i in alive if i not in found and i in emb_rows]
         if rest:
-            ref_emb, _ = embed([r.text for r in references], params.common.embedding, cache_dir)
+            ref_emb = embed([r.text for r in references], params.common.embedding, cache_dir)
             rows = emb[[emb_rows[i] for i in rest]]
             for lo in range(0, len(rest), COSINE_CHUNK_ROWS):
                 sims = rows[lo : lo + COSINE_CHUNK_ROWS] @ ref_emb.T  # (C, R)

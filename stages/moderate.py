@@ -564,8 +564,8 @@ def cleanlab_scores(
     if not cfg.enable or not records:
         return counts
     texts = [record_text(r, embedding.fields) for r in records]
-    vectors, cache_counts = embed(texts, embedding, cache_dir)  # (N, D), unit norm
-    counts.update(cache_counts)
+    # (N, D), unit norm; cache hits are logged, not put in metrics (they depend on the cache, not the data)
+    vectors = embed(texts, embedding, cache_dir)
     sources: dict[str, list[int]] = {}
     for i, r in enumerate(records):
         sources.setdefault(r["source"], []).append(i)

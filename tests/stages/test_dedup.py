@@ -198,9 +198,10 @@ def test_reference_semantic_overlap(tmp_path: Path, cache_dir: Path) -> None:
 
 def test_semantic_disabled_keeps_paraphrase(tmp_path: Path, cache_dir: Path) -> None:
     records = [rec(FRANCE, 1), rec(FRANCE_PARAPHRASE, 2)]
-    metrics, kept, _ = run_dedup(tmp_path, records, cache_dir, {"dedup.semantic.enable": False})
+    fresh_cache = tmp_path / "cache"
+    metrics, kept, _ = run_dedup(tmp_path, records, fresh_cache, {"dedup.semantic.enable": False})
     assert len(kept) == 2 and metrics["dropped_semantic_duplicate"] == 0
-    assert "embedding_computed" not in metrics  # no model, no embedding
+    assert not fresh_cache.exists()  # no semantic pass, no references: nothing embedded
     assert all(r["meta"]["dedup"]["semantic_cluster"] is None for r in kept.values())
 
 

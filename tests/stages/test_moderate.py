@@ -420,17 +420,15 @@ def test_stage_cleanlab_scores_in_meta(stage):
     assert docs == [{"skipped": "source has 1 records (< cleanlab.min_records 10)"}]
     m = stage["runs"][0]["metrics"]
     assert m["flagged_cleanlab_label_issue"] >= 1
-    assert stage["runs"][1]["metrics"]["embedding_cache_hits"] == m["embedding_computed"] + m["embedding_cache_hits"]
 
 
 def test_stage_is_deterministic(stage):
     a, b = (run["dir"] for run in stage["runs"])
     for name in ("moderated.parquet", "rejected/moderate.parquet"):
         assert (a / name).read_bytes() == (b / name).read_bytes()
+    # the second run reads every embedding from the cache; the metrics must not tell the difference
     ma, mb = (run["metrics"] for run in stage["runs"])
-    assert {k: v for k, v in ma.items() if not k.startswith("embedding_")} == {
-        k: v for k, v in mb.items() if not k.startswith("embedding_")
-    }
+    assert ma == mb
 
 
 def test_cleanlab_drop_is_a_params_choice(stage, tmp_path):

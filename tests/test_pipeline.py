@@ -209,3 +209,12 @@ def test_a_param_change_outdates_only_the_stage_that_reads_it(repo: Path, key: s
         params_file.write_text(original)
     assert sorted(status) == [stage], status
     assert json.loads(_dvc(repo, "status", "--json").stdout) == {}
+
+
+def test_fresh_run_reproduces_the_committed_lock_and_metrics(repo: Path) -> None:
+    """A run from scratch (cold caches, another directory) gives the very hashes and metrics committed in git.
+
+    If this fails after a change to code, data or params, run `dvc repro` and commit dvc.lock and metrics/.
+    """
+    for rel in ("dvc.lock", "metrics/pull.json", "metrics/moderate.json", "metrics/dedup.json"):
+        assert (repo / rel).read_text() == (ROOT / rel).read_text(), rel

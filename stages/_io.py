@@ -115,3 +115,34 @@ def log_params(name: str, params: Any) -> None:
     """Log the resolved params a stage runs with (a pydantic model or a plain value)."""
     dump = params.model_dump() if hasattr(params, "model_dump") else params
     log.info("%s params: %s", name, json.dumps(dump, sort_keys=True, default=str))
+
+
+def filter_stage_main(stage: str, keys: list[str], run: Callable[..., dict[str, Any]], in_help: str) -> None:
+    """Command line shared by the record-filtering stages (moderate, dedup).
+
+    Flags (see their cmd in dvc.yaml): --params, --in, --out (kept records), --rejects (rejected
+    records), --metrics, --cache (the embedding cache). Loads and logs the params the stage declares,
+    calls its ``run`` and writes the metrics atomically.
+    """
+    import argparse
+
+    from stages import _params
+
+    ap = argparse.ArgumentParser(prog=f"python -m stages.{stage}")
+    ap.add_argument("--params", required=True, type=Path, help="params.yaml")
+    ap.add_argument("--in", dest="inp", required=True, type=Path, help=in_help)
+    ap.add_argument("--out", required=True, type=Path, help="kept records (parquet)")
+    ap.add_argument("--rejects", required=True, type=Path, help="rejected records (parquet)")
+    ap.add_argument("--metrics", required=True, type=Path, help="metrics JSON")
+    ap.add_argument("--cache", required=True, type=Path, help="embedding cache directory")
+    args = ap.parse_args()
+    params = _params.load(args.params, keys)
+    for key in keys:
+        value: Any = params
+        for part in key.split("."):
+            value = getattr(value, part)
+        log_params(key, value)
+    outputs = {"out": args.out, "rejects": args.rejects}
+    metrics = run(params, inputs={"in": args.inp}, outputs=outputs, cache_dir=args.cache)
+    with atomic_outputs(args.metrics) as (tmp,):
+        write_json(tmp, metrics)

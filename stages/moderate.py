@@ -61,7 +61,6 @@ give the same bytes.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import ipaddress
 import logging
@@ -708,22 +707,7 @@ def run(
 
 def main() -> None:
     """Command line: the flags of the moderate stage's cmd in dvc.yaml."""
-    ap = argparse.ArgumentParser(prog="python -m stages.moderate", description=__doc__.split("\n")[0])
-    ap.add_argument("--params", required=True, type=Path, help="params.yaml")
-    ap.add_argument("--in", dest="inp", required=True, type=Path, help="pulled records (directory of parquet)")
-    ap.add_argument("--out", required=True, type=Path, help="kept records (parquet)")
-    ap.add_argument("--rejects", required=True, type=Path, help="rejected records (parquet)")
-    ap.add_argument("--metrics", required=True, type=Path, help="metrics JSON")
-    ap.add_argument("--cache", required=True, type=Path, help="embedding cache directory")
-    args = ap.parse_args()
-    params = _params.load(args.params, PARAMS)
-    _io.log_params("common.seed", params.common.seed)
-    _io.log_params("common.embedding", params.common.embedding)
-    _io.log_params(STAGE, params.moderate)
-    outputs = {"out": args.out, "rejects": args.rejects}
-    metrics = run(params, inputs={"in": args.inp}, outputs=outputs, cache_dir=args.cache)
-    with _io.atomic_outputs(args.metrics) as (tmp,):
-        _io.write_json(tmp, metrics)
+    _io.filter_stage_main(STAGE, PARAMS, run, in_help="pulled records (directory of parquet)")
 
 
 if __name__ == "__main__":

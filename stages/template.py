@@ -1,0 +1,359 @@
+"""Template: render each curated record as a variant's training text, split into prompt and response segments.
+
+Inputs: ``--in`` (``data/curated.parquet``, records of ``stages._records``); ``--model`` (``models/<variant>/base``),
+    whose tokenizer's chat template renders the ``chat_template`` format (the ``alpaca`` format does not read it).
+Outputs: ``--out`` (``data/templated/<variant>.parquet``), one row per kept record, sorted by id::
+
+    id        the record id
+    source    the record's source name
+    kind      instruction | conversation | qa | document
+    segments  [{text, train}]: the example's text in order; ``train`` marks the response text (the loss is taken
+              on it), the rest is prompt. Concatenated, the texts are exactly the rendered example.
+    meta      the record's meta (JSON), unchanged
+
+``--metrics`` (``metrics/template_<variant>.json``): total, kept, dropped_<reason>, and kept_<kind> per kind.
+Run: ``dvc repro template@chat`` (= ``python -m stages.template --params params.yaml --variant chat
+    --in data/curated.parquet --model models/chat/base --out data/templated/chat.parquet
+    --metrics metrics/template_chat.json``).
+
+Formats (``template.<variant>.format``):
+
+* ``alpaca``: Stanford Alpaca's prompts. An instruction or qa record is ``prompt_with_input`` (when it has an input)
+  or ``prompt_without_input``, then its output. A conversation is its first user turn through
+  ``prompt_without_input`` (a system turn, if any, goes before that turn's text, a blank line between) and each later
+  user turn through ``prompt_next_turn``, every assistant turn a response. A document is one response segment (plain
+  causal-LM text: knowledge infusion) with ``documents_as: text``, or dropped (``document_skipped``).
+* ``chat_template``: the tokenizer's own chat template over the record's messages (``_records.as_messages``), with
+  ``system_prompt`` as the system turn of records that have none (``""``: none added). Every assistant turn is a
+  response segment: the span the template adds for it, from after the generation prompt to the end of the turn
+  (its end-of-turn token included, so the model learns to stop). Spans come from rendering each prefix of the
+  conversation; a template whose renderings are not prefixes of one another (one that rewrites earlier turns)
+  stops the stage. A document becomes a user turn ``document_prompt`` answered by the document with
+  ``documents_as: user_assistant``, or is dropped (``document_skipped``).
+
+Drop reasons: ``document_skipped`` (documents_as says so), ``no_assistant_turn`` (a conversation with no assistant
+turn: nothing to learn). Turns after a conversation's last assistant turn are left out, for the same reason.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import string
+from collections import Counter
+from pathlib import Path
+from typing import Any, Literal
+
+import pyarrow as pa
+import yaml
+from pydantic import Field, ValidationError, field_validator
+
+from stages import _io, _params, _records
+from stages._io import StageError
+from stages._params import Section
+
+log = logging.getLogger("steep.template")
+
+# dvc.yaml's `params:` for this foreach stage; `params_keys(variant)` fills in the variant.
+PARAMS = ["template.${key}"]
+
+SEGMENT_TYPE = pa.struct([("text", pa.string()), ("train", pa.bool_())])
+SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("source", pa.string()),
+        ("kind", pa.string()),
+        ("segments", pa.list_(SEGMENT_TYPE)),
+        ("meta", pa.string()),
+    ]
+)
+
+Segment = dict[str, Any]
+
+
+# --- params ---------------------------------------------------------------------------------------------------------
+
+
+def _placeholders(template: str) -> set[str]:
+    try:
+        return {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
+    except ValueError as e:
+        raise ValueError(f"not a valid format string ({e}); write a literal brace as {{{{ or }}}}") from None
+
+
+def _check_placeholders(template: str, expected: set[str]) -> str:
+    found = _placeholders(template)
+    if found != expected:
+        want = ", ".join("{" + n + "}" for n in sorted(expected))
+        got = ", ".join("{" + n + "}" for n in sorted(found)) or "none"
+        raise ValueError(f"expected the placeholders {want}, found {got}")
+    return template
+
+
+class AlpacaTemplate(Section):
+    """``template.<variant>`` with ``format: alpaca``."""
+
+    format: Literal["alpaca"]
+    prompt_with_input: str
+    prompt_without_input: str
+    prompt_next_turn: str
+    documents_as: Literal["text", "skip"]
+
+    @field_validator("prompt_with_input")
+    @classmethod
+    def _with_input(cls, value: str) -> str:
+        return _check_placeholders(value, {"instruction", "input"})
+
+    @field_validator("prompt_without_input", "prompt_next_turn")
+    @classmethod
+    def _without_input(cls, value: str) -> str:
+        return _check_placeholders(value, {"instruction"})
+
+
+class ChatTemplate(Section):
+    """``template.<variant>`` with ``format: chat_template``."""
+
+    format: Literal["chat_template"]
+    system_prompt: str
+    documents_as: Literal["user_assistant", "skip"]
+    document_prompt: str = Field(min_length=1)
+
+
+FORMATS: dict[str, type[AlpacaTemplate] | type[ChatTemplate]] = {
+    "alpaca": AlpacaTemplate,
+    "chat_template": ChatTemplate,
+}
+
+
+def params_keys(variant: str) -> list[str]:
+    """The params keys the stage reads for `variant` (PARAMS with the variant filled in)."""
+    return [k.replace("${key}", variant) for k in PARAMS]
+
+
+def load_params(path: Path, variant: str) -> AlpacaTemplate | ChatTemplate:
+    """Read and validate ``template.<variant>``; one StageError lists every problem.
+
+    Standalone until ``template`` is part of ``stages._params.Params``.
+    """
+    key = f"template.{variant}"
+    try:
+        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise StageError(f"{path}: params file not found; run from the project root") from None
+    except yaml.YAMLError as e:
+        raise StageError(f"{path}: not valid YAML: {e}") from None
+    section = raw.get("template") if isinstance(raw, dict) else None
+    if not isinstance(section, dict) or variant not in section:
+        known = sorted(section) if isinstance(section, dict) else []
+        raise StageError(f"{path}: no {key} section (variants under `template`: {known})")
+    entry = section[variant]
+    fmt = entry.get("format") if isinstance(entry, dict) else None
+    if fmt not in FORMATS:
+        raise StageError(f"{path}: {key}.format: expected one of {list(FORMATS)}, got {fmt!r}")
+    model = FORMATS[fmt]
+    try:
+        return model.model_validate(entry)
+    except ValidationError as err:
+        raise StageError(_params.format_errors(err, model, str(path)).replace("\n  - ", f"\n  - {key}.")) from None
+
+
+# --- rendering ------------------------------------------------------------------------------------------------------
+
+
+def _prompt(text: str) -> Segment:
+    return {"text": text, "train": False}
+
+
+def _response(text: str) -> Segment:
+    return {"text": text, "train": True}
+
+
+def _merge(segments: list[Segment]) -> list[Segment]:
+    """Join neighbours of the same kind and drop empty texts (fewer, longer segments; same text, same masks)."""
+    out: list[Segment] = []
+    for seg in segments:
+        if not seg["text"]:
+            continue
+        if out and out[-1]["train"] == seg["train"]:
+            out[-1] = {"text": out[-1]["text"] + seg["text"], "train": seg["train"]}
+        else:
+            out.append(dict(seg))
+    return out
+
+
+def _turns(messages: list[dict[str, str]]) -> list[dict[str, str]] | None:
+    """Messages up to the last assistant turn, or None if there is none."""
+    last = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=-1)
+    return messages[: last + 1] if last >= 0 else None
+
+
+def render_alpaca(record: _records.Record, p: AlpacaTemplate) -> list[Segment] | str:
+    """Segments of a record in the Alpaca format, or the drop reason."""
+    if record["kind"] == "document":
+        return [_response(record["text"])] if p.documents_as == "text" else "document_skipped"
+    if record["kind"] in ("instruction", "qa"):
+        if record["input"]:
+            prompt = p.prompt_with_input.format(instruction=record["instruction"], input=record["input"])
+        else:
+            prompt = p.prompt_without_input.format(instruction=record["instruction"])
+        return _merge([_prompt(prompt), _response(record["output"])])
+    turns = _turns(record["messages"])
+    if turns is None:
+        return "no_assistant_turn"
+    segments: list[Segment] = []
+    system: list[str] = []
+    first = True
+    for m in turns:
+        if m["role"] == "system":
+            system.append(m["content"])
+        elif m["role"] == "user":
+            if first:
+                instruction = "\n\n".join([*system, m["content"]])
+                segments.append(_prompt(p.prompt_without_input.format(instruction=instruction)))
+                first = False
+            else:
+                segments.append(_prompt(p.prompt_next_turn.format(instruction=m["content"])))
+        else:
+            segments.append(_response(m["content"]))
+    return _merge(segments)
+
+
+def _apply(tokenizer: Any, messages: list[dict[str, str]], generation_prompt: bool) -> str:
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+    if not isinstance(text, str):
+        raise StageError(f"the chat template rendered {type(text).__name__}, expected text")
+    return text
+
+
+def render_chat(record: _records.Record, p: ChatTemplate, tokenizer: Any) -> list[Segment] | str:
+    """Segments of a record through the tokenizer's chat template, or the drop reason.
+
+    For each assistant turn i: the prompt is what the template adds from the end of turn i-1 up to its generation
+    prompt for turn i (``render(turns[:i], add_generation_prompt=True)``), the response what it adds from there to
+    the end of turn i (``render(turns[:i+1])``). Each rendering must extend the one before.
+    """
+    if record["kind"] == "document":
+        if p.documents_as == "skip":
+            return "document_skipped"
+        messages = [{"role": "user", "content": p.document_prompt}, {"role": "assistant", "content": record["text"]}]
+    else:
+        messages = _records.as_messages(record)
+    turns = _turns(messages)
+    if turns is None:
+        return "no_assistant_turn"
+    if p.system_prompt and turns[0]["role"] != "system":
+        turns = [{"role": "system", "content": p.system_prompt}, *turns]
+    segments: list[Segment] = []
+    done = ""
+    for i, m in enumerate(turns):
+        if m["role"] != "assistant":
+            continue
+        prompt = _apply(tokenizer, turns[:i], generation_prompt=True)
+        full = _apply(tokenizer, turns[: i + 1], generation_prompt=False)
+        if not prompt.startswith(done) or not full.startswith(prompt):
+            before, after = (done, prompt) if not prompt.startswith(done) else (prompt, full)
+            raise StageError(
+                f"record {record['id']}: the chat template is not prefix-stable: rendering turns 1..{i + 1} does not "
+                f"extend the rendering of the turns before it, so the assistant's tokens cannot be located.\n"
+                f"  expected a text starting with: {before[-200:]!r}\n  got: {after[-200:]!r}\n"
+                "Fix: use a model whose template renders earlier turns the same way whatever follows "
+                "(ChatML, Llama, Gemma do), or `format: alpaca`"
+            )
+        response = full[len(prompt) :]
+        if m["content"] not in response:
+            raise StageError(
+                f"record {record['id']}: the chat template does not render assistant turn {i + 1} verbatim: "
+                f"expected {m['content'][:80]!r} in the text it adds, got {response[:200]!r}"
+            )
+        segments += [_prompt(prompt[len(done) :]), _response(response)]
+        done = full
+    return _merge(segments)
+
+
+# --- the stage ------------------------------------------------------------------------------------------------------
+
+
+def load_tokenizer(model_dir: Path) -> Any:
+    """The tokenizer of a materialized checkpoint (no repository code runs)."""
+    from transformers import AutoTokenizer
+
+    if not (Path(model_dir) / "tokenizer_config.json").is_file():
+        raise StageError(f"{model_dir}: no tokenizer_config.json; run `dvc repro models` first")
+    return AutoTokenizer.from_pretrained(str(model_dir), trust_remote_code=False)
+
+
+def run(params: AlpacaTemplate | ChatTemplate, *, inputs: dict[str, Path], outputs: dict[str, Path]) -> dict[str, Any]:
+    """Render ``inputs["in"]`` (curated records) into ``outputs["out"]`` (segment rows); return the metrics.
+
+    Args:
+        params: the variant's ``template`` section.
+        inputs: ``{"in": curated records, "model": checkpoint directory}`` (the model is read by ``chat_template``).
+        outputs: ``{"out": templated Parquet}``.
+
+    Returns:
+        Metrics: total, kept, dropped_<reason>, kept_<kind>.
+    """
+    records = _records.read_records(inputs["in"])
+    tokenizer = None
+    if params.format == "chat_template":
+        tokenizer = load_tokenizer(inputs["model"])
+        if not tokenizer.chat_template:
+            raise StageError(
+                f"{inputs['model']}: the tokenizer has no chat template, so `format: chat_template` cannot render "
+                "conversations. Fix: use a chat model for this variant, or `format: alpaca`"
+            )
+    rows: list[dict[str, Any]] = []
+    dropped: Counter[str] = Counter()
+    kinds: Counter[str] = Counter()
+    for record in sorted(records, key=lambda r: r["id"]):
+        out = render_alpaca(record, params) if tokenizer is None else render_chat(record, params, tokenizer)
+        if isinstance(out, str):
+            dropped[out] += 1
+            continue
+        kinds[record["kind"]] += 1
+        row = {"id": record["id"], "source": record["source"], "kind": record["kind"], "segments": out}
+        rows.append(row | {"meta": json.dumps(record["meta"], sort_keys=True, ensure_ascii=False)})
+    with _io.atomic_outputs(outputs["out"]) as (tmp,):
+        _io.write_table(tmp, pa.Table.from_pylist(rows, schema=SCHEMA))
+    extra = {f"kept_{k}": kinds[k] for k in _records.KINDS}
+    return _io.drop_metrics(len(records), len(rows), dropped, **extra)
+
+
+def read_templated(path: str | Path) -> list[dict[str, Any]]:
+    """Rows written by this stage (segments as lists of {text, train} dicts)."""
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    try:
+        table = pq.read_table(path)
+    except (OSError, pa.ArrowInvalid) as e:
+        raise StageError(f"{path}: cannot read templated rows ({e}); rerun `dvc repro template`") from None
+    missing = [n for n in SCHEMA.names if n not in table.column_names]
+    if missing:
+        raise StageError(f"{path}: not a templated file, missing columns {missing}; expected {SCHEMA.names}")
+    try:
+        return table.select(SCHEMA.names).cast(SCHEMA).to_pylist()
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
+        raise StageError(f"{path}: columns of the wrong type ({e}); expected {SCHEMA}") from None
+
+
+def main() -> None:
+    """Command line: the flags of the template stage's cmd in dvc.yaml."""
+    ap = argparse.ArgumentParser(prog="python -m stages.template", description=__doc__.split("\n")[0])
+    ap.add_argument("--params", required=True, type=Path, help="params.yaml")
+    ap.add_argument("--variant", required=True, help="the variant to render for (base, chat)")
+    ap.add_argument("--in", dest="inp", required=True, type=Path, help="curated records (Parquet)")
+    ap.add_argument("--model", required=True, type=Path, help="the variant's checkpoint directory (its tokenizer)")
+    ap.add_argument("--out", required=True, type=Path, help="templated rows (Parquet)")
+    ap.add_argument("--metrics", required=True, type=Path, help="metrics JSON")
+    args = ap.parse_args()
+    params = load_params(args.params, args.variant)
+    _io.log_params(f"template.{args.variant}", params)
+    metrics = run(params, inputs={"in": args.inp, "model": args.model}, outputs={"out": args.out})
+    with _io.atomic_outputs(args.metrics) as (tmp,):
+        _io.write_json(tmp, metrics)
+
+
+if __name__ == "__main__":
+    _io.run_main(main)

@@ -1,0 +1,71 @@
+"""Tiny tokenizers for the template and tokenize tests, saved as the checkpoint directories the stages read.
+
+Both are byte-level BPE over a 300-token vocabulary (like SmolLM2's, so decoding gives back every byte):
+
+* ``chat``: SmolLM2-like: ChatML chat template, EOS ``<|im_end|>``, nothing added before a text.
+* ``base``: Gemma-like: no chat template, ``<bos>`` put before every text, EOS ``<eos>``, pad ``<pad>``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+CHATML = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+CORPUS = [
+    "The quick brown fox jumps over the lazy dog.",
+    "Steep curates instruction data, deduplicates it and fine-tunes small language models.",
+    "Below is an instruction that describes a task. Write a response that appropriately completes the request.",
+    "### Instruction:\n### Input:\n### Response:\n",
+    "Paris is the capital of France; Berlin is the capital of Germany.",
+] * 20
+
+
+def _bpe(specials: list[str]) -> Any:
+    from tokenizers import Tokenizer, decoders, pre_tokenizers, trainers
+    from tokenizers.models import BPE
+
+    tok = Tokenizer(BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=300,
+        special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(CORPUS, trainer)
+    return tok
+
+
+def chat_tokenizer(out: Path) -> Any:
+    """A ChatML tokenizer saved to `out`; returns it."""
+    from transformers import PreTrainedTokenizerFast
+
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=_bpe(["<|endoftext|>", "<|im_start|>", "<|im_end|>"]),
+        bos_token="<|im_start|>",
+        eos_token="<|im_end|>",
+        pad_token="<|im_end|>",
+        unk_token="<|endoftext|>",
+    )
+    fast.chat_template = CHATML
+    fast.save_pretrained(out)
+    return fast
+
+
+def base_tokenizer(out: Path) -> Any:
+    """A tokenizer with no chat template that puts ``<bos>`` before every text, saved to `out`; returns it."""
+    from tokenizers import processors
+    from transformers import PreTrainedTokenizerFast
+
+    tok = _bpe(["<pad>", "<eos>", "<bos>", "<unk>"])
+    tok.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", 2)])
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>", unk_token="<unk>"
+    )
+    fast.save_pretrained(out)
+    return fast

@@ -1,0 +1,255 @@
+"""Tests of the train stage on a tiny random Llama (2 layers, hidden 64, vocab 300) and a memorizable dataset.
+
+The data: each row counts up by one from a random start (``t<s> t<s+1> ...``); the first 4 tokens are the prompt
+(labels -100). A 2-layer model with a rank-8 adapter learns "next = previous + 1" within a few dozen steps.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from stages import train
+from stages._io import StageError
+
+ROOT = Path(__file__).resolve().parents[2]
+VOCAB = 300
+
+SPEC: dict[str, Any] = {
+    "quantization": "nf4_4bit",
+    "compute_dtype": "float32",
+    "lora_rank": 8,
+    "lora_alpha": 16,
+    "lora_dropout": 0.0,
+    "target_modules": "all-linear",
+    "learning_rate": 0.01,
+    "lr_scheduler": "linear",
+    "warmup_ratio": 0.0,
+    "max_steps": 20,
+    "per_device_batch_size": 8,
+    "gradient_accumulation_steps": 1,
+    "log_every_steps": 2,
+    "eval_every_steps": 5,
+    "save_every_steps": 5,
+    "early_stopping_patience": 3,
+    "max_checkpoints": 2,
+    "use_gradient_checkpointing": False,
+    "num_processes": 1,
+}
+
+
+def _rows(starts: range) -> Any:
+    from datasets import Dataset
+
+    rows = []
+    for s in starts:
+        ids = [1] + [3 + (s + i) % 200 for i in range(15)]  # <s> then 15 counting tokens: 16 tokens a row
+        rows.append({"input_ids": ids, "attention_mask": [1] * len(ids), "labels": [-100] * 4 + ids[4:]})
+    return Dataset.from_list(rows)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A saved tiny LlamaForCausalLM + word-level tokenizer, and a tokenized DatasetDict (67 train / 8 val rows)."""
+    import torch
+    from datasets import DatasetDict
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    root = tmp_path_factory.mktemp("tiny")
+    torch.manual_seed(0)
+    vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, **{f"t{i}": i for i in range(3, VOCAB)}}
+    tk = Tokenizer(models.WordLevel(vocab, unk_token="<pad>"))
+    tk.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
+    cfg = LlamaConfig(
+        vocab_size=VOCAB,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=64,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+    )
+    LlamaForCausalLM(cfg).save_pretrained(root / "model")
+    tok.save_pretrained(root / "model")
+    DatasetDict({"train": _rows(range(0, 200, 3)), "validation": _rows(range(1, 200, 25))}).save_to_disk(
+        str(root / "data")
+    )
+    return {"model": root / "model", "data": root / "data"}
+
+
+def _params(path: Path, **over: Any) -> Path:
+    path.write_text(yaml.safe_dump({"common": {"seed": 1234}, "train": {"chat": {**SPEC, **over}}}))
+    return path
+
+
+def _cmd(tiny: dict[str, Path], params: Path, out: Path) -> list[str]:
+    return [
+        sys.executable, "-m", "stages.train", "--params", str(params), "--variant", "chat",
+        "--model", str(tiny["model"]), "--data", str(tiny["data"]), "--out", str(out / "adapter"),
+        "--checkpoints", str(out / "ckpt"), "--metrics", str(out / "metrics.json"), "--live", str(out / "live"),
+    ]  # fmt: skip
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+def _run(tiny: dict[str, Path], out: Path, **over: Any) -> dict[str, Any]:
+    spec = train.TrainSpec.model_validate({**SPEC, **over})
+    return train.run(
+        spec,
+        1234,
+        inputs={"model": tiny["model"], "data": tiny["data"]},
+        outputs={"out": out / "adapter", "live": out / "live"},
+        checkpoints=out / "ckpt",
+    )
+
+
+# --- training -----------------------------------------------------------------
+
+
+def test_qlora_trains_keeps_best_adapter_and_reloads_on_4bit_base(tiny: dict[str, Path], tmp_path: Path) -> None:
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+
+    m = _run(tiny, tmp_path)
+    assert m["eval_loss"] < m["first_eval_loss"] - 0.1, m  # 20 steps: ~5.56 -> ~5.29
+    assert m["steps"] == 20 and m["best_step"] == 20 and not m["stopped_early"] and not m["resumed"]
+    assert m["tokens_per_s"] > 0 and m["peak_memory_mb"] > 0 and m["world_size"] == 1
+    adapter = tmp_path / "adapter"
+    names = {p.name for p in adapter.iterdir()}
+    assert {"adapter_model.safetensors", "adapter_config.json", "tokenizer.json", "steep_train.json"} <= names
+    assert not [n for n in names if n.endswith((".bin", ".pt"))] and "model.safetensors" not in names
+    assert json.loads((adapter / "steep_train.json").read_text())["deterministic"] is True
+    assert not (tmp_path / "ckpt").exists()  # checkpoints removed after success
+    # dvclive: one row per logged step, train and eval curves, tokens/s and memory
+    plots = tmp_path / "live" / "plots" / "metrics"
+    assert len((plots / "train" / "loss.tsv").read_text().splitlines()) == 1 + 10
+    assert len((plots / "eval" / "loss.tsv").read_text().splitlines()) == 1 + 4
+    assert (plots / "train" / "tokens_per_s.tsv").exists() and (plots / "train" / "memory_mb.tsv").exists()
+
+    q = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True)
+    base = AutoModelForCausalLM.from_pretrained(tiny["model"], quantization_config=q, device_map={"": "cpu"})
+    model = PeftModel.from_pretrained(base, adapter)
+    tok = AutoTokenizer.from_pretrained(adapter)
+    ids = tok("<s> t10 t11 t12", return_tensors="pt", add_special_tokens=False)
+    with torch.no_grad():
+        gen = model.generate(**ids, max_new_tokens=4, do_sample=False, pad_token_id=0)
+    assert gen.shape == (1, 8)
+
+
+def test_plain_lora_without_quantization(tiny: dict[str, Path], tmp_path: Path) -> None:
+    m = _run(tiny, tmp_path, quantization="none", max_steps=10, lora_dropout=0.05, target_modules=["q_proj", "v_proj"])
+    assert m["steps"] == 10 and m["eval_loss"] < m["first_eval_loss"]
+    cfg = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    assert sorted(cfg["target_modules"]) == ["q_proj", "v_proj"] and cfg["r"] == 8
+
+
+def test_batch_keeps_precomputed_labels(tiny: dict[str, Path]) -> None:
+    """trl's collator pads what it is given: labels are not rebuilt from input_ids, prompts stay -100."""
+    from datasets import load_from_disk
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    rows = [dict(r) for r in load_from_disk(str(tiny["data"]))["train"].select(range(2))]
+    rows[1] = {k: v[:10] for k, v in rows[1].items()}  # shorter row -> padded
+    batch = DataCollatorForLanguageModeling(pad_token_id=0)(rows)
+    assert batch["labels"][0, :4].tolist() == [-100] * 4 and batch["labels"][0, 4:].tolist() == rows[0]["input_ids"][4:]
+    assert batch["labels"][1, 10:].tolist() == [-100] * 6 and batch["attention_mask"][1].sum() == 10
+
+
+# --- resume after a kill ------------------------------------------------------
+
+
+def test_killed_run_resumes_from_its_checkpoint(tiny: dict[str, Path], tmp_path: Path) -> None:
+    params = _params(tmp_path / "params.yaml", max_steps=60, save_every_steps=5, early_stopping_patience=0)
+    cmd = _cmd(tiny, params, tmp_path)
+    first = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while train.latest_checkpoint(tmp_path / "ckpt") is None:
+        assert first.poll() is None and time.monotonic() < deadline, "no checkpoint before the run ended"
+        time.sleep(0.02)
+    first.send_signal(signal.SIGKILL)
+    assert first.wait() == -signal.SIGKILL
+    ckpt = train.latest_checkpoint(tmp_path / "ckpt")
+    step = int(ckpt.name.split("-")[1])
+    assert 5 <= step < 60 and not (tmp_path / "adapter").exists()
+
+    # The rerun: shorten nothing (same params, same fingerprint), so it must pick up the checkpoint.
+    done = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, check=False, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"resuming from {ckpt} (step {step})" in done.stderr
+    m = json.loads((tmp_path / "metrics.json").read_text())
+    assert m["resumed"] and m["steps"] == 60
+    # dvclive history: the checkpoint's log replayed, then the rest: every logged step once, in order.
+    rows = (tmp_path / "live" / "plots" / "metrics" / "train" / "loss.tsv").read_text().splitlines()[1:]
+    steps = [int(r.split("\t")[0]) for r in rows]
+    assert steps == list(range(2, 61, 2))
+    assert not (tmp_path / "ckpt").exists()
+
+
+def test_checkpoints_of_other_params_are_not_resumed(tiny: dict[str, Path], tmp_path: Path) -> None:
+    stale = tmp_path / "ckpt" / "checkpoint-5"
+    stale.mkdir(parents=True)
+    (stale / "trainer_state.json").write_text("{}")
+    (tmp_path / "ckpt" / train.RUN_RECORD).write_text(json.dumps({"fingerprint": "other"}))
+    m = _run(tiny, tmp_path, max_steps=5)
+    assert not m["resumed"] and m["steps"] == 5
+
+
+# --- DDP ----------------------------------------------------------------------
+
+
+def test_ddp_two_processes_on_cpu(tiny: dict[str, Path], tmp_path: Path) -> None:
+    params = _params(tmp_path / "params.yaml", num_processes=2, max_steps=10)
+    done = subprocess.run(
+        _cmd(tiny, params, tmp_path), cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=400, check=False
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    m = json.loads((tmp_path / "metrics.json").read_text())
+    assert m["world_size"] == 2 and m["steps"] == 10 and m["eval_loss"] < m["first_eval_loss"]
+    assert (tmp_path / "adapter" / "adapter_model.safetensors").exists()
+    assert done.stderr.count("world size 2") == 2  # one line per rank
+
+
+# --- params -------------------------------------------------------------------
+
+
+def test_params_errors_list_every_problem(tmp_path: Path) -> None:
+    bad = {**SPEC, "quantization": "fp4", "lora_rank": 0, "typo": 1, "save_every_steps": 7}
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump({"common": {"seed": 1}, "train": {"chat": bad}}))
+    with pytest.raises(StageError) as err:
+        train.load_spec(path, "chat")
+    msg = str(err.value)
+    assert "3 problem(s)" in msg
+    assert "train.chat.quantization:" in msg and "'nf4_4bit'" in msg and "'fp4'" in msg
+    assert "train.chat.lora_rank:" in msg and "train.chat.typo: unknown key (value 1)" in msg
+    path.write_text(yaml.safe_dump({"common": {"seed": 1}, "train": {"chat": {**SPEC, "save_every_steps": 7}}}))
+    with pytest.raises(StageError, match=r"save_every_steps \(7\) must be a multiple of eval_every_steps \(5\)"):
+        train.load_spec(path, "chat")
+    with pytest.raises(StageError, match=r"no variant 'base' under `train` \(declared: \['chat'\]\)"):
+        train.load_spec(path, "base")
+    assert train.params_keys("chat") == ["common.seed", "train.chat"]
+
+
+def test_int8_on_cpu_and_bad_data_are_refused(tiny: dict[str, Path], tmp_path: Path) -> None:
+    spec = train.TrainSpec.model_validate({**SPEC, "quantization": "int8"})
+    with pytest.raises(StageError, match="8-bit training needs CUDA"):
+        train.load_base(tiny["model"], spec, "cpu", 0)
+    with pytest.raises(StageError, match="expected a DatasetDict saved with save_to_disk"):
+        train.load_data(tmp_path)

@@ -87,6 +87,23 @@ def drop_metrics(total: int, kept: int, dropped: Mapping[str, int], **extra: Any
     return out
 
 
+def is_unreachable(exc: BaseException | None) -> bool:
+    """Whether an exception (or one it was raised from) says the network is off or unreachable.
+
+    Used to turn a Hub library's offline failure into a StageError that says so.
+    """
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        name = type(exc).__name__
+        if isinstance(exc, ConnectionError | TimeoutError) or any(
+            k in name for k in ("Connect", "Timeout", "Offline", "LocalEntryNotFound")
+        ):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
 # --- running a stage ----------------------------------------------------------
 
 

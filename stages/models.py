@@ -333,20 +333,6 @@ def _checkpoint_source(path: Path, text: str, provenance: dict[str, Any]) -> Sou
     return Source("checkpoint", path, _manifest_sha256(manifest), provenance)
 
 
-def _is_unreachable(exc: BaseException | None) -> bool:
-    """Whether an exception (or one it was raised from) says the network is off or unreachable."""
-    seen: set[int] = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        name = type(exc).__name__
-        if isinstance(exc, ConnectionError | TimeoutError) or any(
-            k in name for k in ("Connect", "Timeout", "Offline", "LocalEntryNotFound")
-        ):
-            return True
-        exc = exc.__cause__ or exc.__context__
-    return False
-
-
 def _resolve_hf(spec: Spec) -> Source:
     from huggingface_hub import constants, snapshot_download
 
@@ -356,7 +342,7 @@ def _resolve_hf(spec: Spec) -> Source:
             snapshot_download(spec.repo_id, revision=spec.revision, allow_patterns=HF_PATTERNS, repo_type="model")
         )
     except Exception as e:
-        if _is_unreachable(e):
+        if _io.is_unreachable(e):
             why = "offline mode is on (HF_HUB_OFFLINE=1)" if constants.HF_HUB_OFFLINE else f"{type(e).__name__}: {e}"
             raise StageError(
                 f"model source {spec.text!r}: cannot reach the Hugging Face Hub for {what}, and the snapshot is "

@@ -261,20 +261,6 @@ def _local_rows(source: _params.Source) -> Iterator[Row]:
 # --- the Hub and the web --------------------------------------------------------
 
 
-def _is_unreachable(exc: BaseException | None) -> bool:
-    """Whether an exception (or one it was raised from) says the network is off or unreachable."""
-    seen: set[int] = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        name = type(exc).__name__
-        if isinstance(exc, ConnectionError | TimeoutError) or any(
-            k in name for k in ("Connect", "Timeout", "Offline", "LocalEntryNotFound")
-        ):
-            return True
-        exc = exc.__cause__ or exc.__context__
-    return False
-
-
 def _hf_rows(source: _params.Source) -> Iterator[Row]:
     name = source.location.removeprefix("hf://")
     what = f"hf://{name} (revision {source.revision}, split {source.split})"
@@ -283,7 +269,7 @@ def _hf_rows(source: _params.Source) -> Iterator[Row]:
     try:
         ds = datasets.load_dataset(name, revision=source.revision, split=source.split)
     except Exception as e:
-        if _is_unreachable(e):
+        if _io.is_unreachable(e):
             from huggingface_hub import constants
 
             why = "offline mode is on (HF_HUB_OFFLINE=1)" if constants.HF_HUB_OFFLINE else f"{type(e).__name__}: {e}"

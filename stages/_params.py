@@ -303,15 +303,20 @@ def scope(params: Params, keys: tuple[str, ...] | list[str]) -> Scoped:
     return Scoped(params, tuple(keys))
 
 
-def load(path: str | Path, keys: tuple[str, ...] | list[str], overrides: dict[str, Any] | None = None) -> Scoped:
-    """Read, validate and scope `path`; `overrides` maps dotted keys to values (for tests)."""
-    path = Path(path)
+def read_yaml(path: str | Path) -> Any:
+    """Parse a params file; a missing or malformed file is a StageError naming it."""
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        return yaml.safe_load(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise StageError(f"{path}: params file not found; run from the project root") from None
     except yaml.YAMLError as e:
         raise StageError(f"{path}: not valid YAML: {e}") from None
+
+
+def load(path: str | Path, keys: tuple[str, ...] | list[str], overrides: dict[str, Any] | None = None) -> Scoped:
+    """Read, validate and scope `path`; `overrides` maps dotted keys to values (for tests)."""
+    path = Path(path)
+    raw = read_yaml(path)
     for dotted, value in (overrides or {}).items():
         cur = raw
         *parents, last = dotted.split(".")

@@ -62,7 +62,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import ValidationError, field_validator
 
 from stages import _io, _params
@@ -592,12 +591,7 @@ def load_spec(path: Path, variant: str) -> ModelSpec:
     Standalone until ``variants`` is part of ``stages._params.Params``; then ``main`` becomes
     ``_params.load(path, params_keys(variant))`` and reads ``variants.<variant>.model`` from the scoped view.
     """
-    try:
-        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise StageError(f"{path}: params file not found; run from the project root") from None
-    except yaml.YAMLError as e:
-        raise StageError(f"{path}: not valid YAML: {e}") from None
+    raw = _params.read_yaml(path)
     variants = raw.get("variants") if isinstance(raw, dict) else None
     if not isinstance(variants, dict) or variant not in variants:
         known = sorted(variants) if isinstance(variants, dict) else []

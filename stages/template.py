@@ -46,7 +46,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import pyarrow as pa
-import yaml
 from pydantic import Field, ValidationError, field_validator
 
 from stages import _io, _params, _records
@@ -137,12 +136,7 @@ def load_params(path: Path, variant: str) -> AlpacaTemplate | ChatTemplate:
     Standalone until ``template`` is part of ``stages._params.Params``.
     """
     key = f"template.{variant}"
-    try:
-        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise StageError(f"{path}: params file not found; run from the project root") from None
-    except yaml.YAMLError as e:
-        raise StageError(f"{path}: not valid YAML: {e}") from None
+    raw = _params.read_yaml(path)
     section = raw.get("template") if isinstance(raw, dict) else None
     if not isinstance(section, dict) or variant not in section:
         known = sorted(section) if isinstance(section, dict) else []

@@ -55,7 +55,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import Field, ValidationError
 
 from stages import _io, _params
@@ -94,12 +93,7 @@ def load_params(path: Path, variant: str) -> TokenizeParams:
     Standalone until ``tokenize`` is part of ``stages._params.Params``.
     """
     key = f"tokenize.{variant}"
-    try:
-        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise StageError(f"{path}: params file not found; run from the project root") from None
-    except yaml.YAMLError as e:
-        raise StageError(f"{path}: not valid YAML: {e}") from None
+    raw = _params.read_yaml(path)
     section = raw.get("tokenize") if isinstance(raw, dict) else None
     if not isinstance(section, dict) or variant not in section:
         known = sorted(section) if isinstance(section, dict) else []

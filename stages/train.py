@@ -42,7 +42,6 @@ import time
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import Field, ValidationError, model_validator
 
 from stages import _io, _params
@@ -116,12 +115,7 @@ def load_spec(path: Path, variant: str) -> tuple[int, TrainSpec]:
 
     Standalone until ``train`` is part of ``stages._params.Params`` (as ``models.load_spec``).
     """
-    try:
-        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise StageError(f"{path}: params file not found; run from the project root") from None
-    except yaml.YAMLError as e:
-        raise StageError(f"{path}: not valid YAML: {e}") from None
+    raw = _params.read_yaml(path)
     raw = raw if isinstance(raw, dict) else {}
     seed = (raw.get("common") or {}).get("seed") if isinstance(raw.get("common"), dict) else None
     if not isinstance(seed, int) or isinstance(seed, bool):

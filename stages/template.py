@@ -40,17 +40,15 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import string
 from collections import Counter
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import pyarrow as pa
-from pydantic import Field, ValidationError, field_validator
 
 from stages import _io, _params, _records
 from stages._io import StageError
-from stages._params import Section
+from stages._params import AlpacaTemplate, ChatTemplate
 
 log = logging.getLogger("steep.template")
 
@@ -74,82 +72,14 @@ Segment = dict[str, Any]
 # --- params ---------------------------------------------------------------------------------------------------------
 
 
-def _placeholders(template: str) -> set[str]:
-    try:
-        return {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
-    except ValueError as e:
-        raise ValueError(f"not a valid format string ({e}); write a literal brace as {{{{ or }}}}") from None
-
-
-def _check_placeholders(template: str, expected: set[str]) -> str:
-    found = _placeholders(template)
-    if found != expected:
-        want = ", ".join("{" + n + "}" for n in sorted(expected))
-        got = ", ".join("{" + n + "}" for n in sorted(found)) or "none"
-        raise ValueError(f"expected the placeholders {want}, found {got}")
-    return template
-
-
-class AlpacaTemplate(Section):
-    """``template.<variant>`` with ``format: alpaca``."""
-
-    format: Literal["alpaca"]
-    prompt_with_input: str
-    prompt_without_input: str
-    prompt_next_turn: str
-    documents_as: Literal["text", "skip"]
-
-    @field_validator("prompt_with_input")
-    @classmethod
-    def _with_input(cls, value: str) -> str:
-        return _check_placeholders(value, {"instruction", "input"})
-
-    @field_validator("prompt_without_input", "prompt_next_turn")
-    @classmethod
-    def _without_input(cls, value: str) -> str:
-        return _check_placeholders(value, {"instruction"})
-
-
-class ChatTemplate(Section):
-    """``template.<variant>`` with ``format: chat_template``."""
-
-    format: Literal["chat_template"]
-    system_prompt: str
-    documents_as: Literal["user_assistant", "skip"]
-    document_prompt: str = Field(min_length=1)
-
-
-FORMATS: dict[str, type[AlpacaTemplate] | type[ChatTemplate]] = {
-    "alpaca": AlpacaTemplate,
-    "chat_template": ChatTemplate,
-}
-
-
 def params_keys(variant: str) -> list[str]:
     """The params keys the stage reads for `variant` (PARAMS with the variant filled in)."""
     return [k.replace("${key}", variant) for k in PARAMS]
 
 
 def load_params(path: Path, variant: str) -> AlpacaTemplate | ChatTemplate:
-    """Read and validate ``template.<variant>``; one StageError lists every problem.
-
-    Standalone until ``template`` is part of ``stages._params.Params``.
-    """
-    key = f"template.{variant}"
-    raw = _params.read_yaml(path)
-    section = raw.get("template") if isinstance(raw, dict) else None
-    if not isinstance(section, dict) or variant not in section:
-        known = sorted(section) if isinstance(section, dict) else []
-        raise StageError(f"{path}: no {key} section (variants under `template`: {known})")
-    entry = section[variant]
-    fmt = entry.get("format") if isinstance(entry, dict) else None
-    if fmt not in FORMATS:
-        raise StageError(f"{path}: {key}.format: expected one of {list(FORMATS)}, got {fmt!r}")
-    model = FORMATS[fmt]
-    try:
-        return model.model_validate(entry)
-    except ValidationError as err:
-        raise StageError(_params.format_errors(err, model, str(path)).replace("\n  - ", f"\n  - {key}.")) from None
+    """Load and validate the params file; return ``template.<variant>``."""
+    return _params.get(_params.load(path, params_keys(variant)), f"template.{variant}")
 
 
 # --- rendering ------------------------------------------------------------------------------------------------------

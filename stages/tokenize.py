@@ -53,13 +53,11 @@ import logging
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
-
-from pydantic import Field, ValidationError
+from typing import Any
 
 from stages import _io, _params
 from stages._io import StageError
-from stages._params import Section
+from stages._params import TokenizeParams
 from stages.template import load_tokenizer, read_templated
 
 log = logging.getLogger("steep.tokenize")
@@ -70,39 +68,14 @@ IGNORE = -100  # the label PyTorch's cross-entropy ignores
 SPLITS = ("train", "validation")
 
 
-class TokenizeParams(Section):
-    """``tokenize.<variant>``."""
-
-    max_tokens: int = Field(ge=2)
-    truncation_side: Literal["left", "right"]
-    use_completion_only_loss: bool
-    use_eos: bool
-    use_packing: bool
-    use_padding: bool
-    validation_ratio: float = Field(ge=0, lt=1)
-
-
 def params_keys(variant: str) -> list[str]:
     """The params keys the stage reads for `variant` (PARAMS with the variant filled in)."""
     return [k.replace("${key}", variant) for k in PARAMS]
 
 
 def load_params(path: Path, variant: str) -> TokenizeParams:
-    """Read and validate ``tokenize.<variant>``; one StageError lists every problem.
-
-    Standalone until ``tokenize`` is part of ``stages._params.Params``.
-    """
-    key = f"tokenize.{variant}"
-    raw = _params.read_yaml(path)
-    section = raw.get("tokenize") if isinstance(raw, dict) else None
-    if not isinstance(section, dict) or variant not in section:
-        known = sorted(section) if isinstance(section, dict) else []
-        raise StageError(f"{path}: no {key} section (variants under `tokenize`: {known})")
-    try:
-        return TokenizeParams.model_validate(section[variant])
-    except ValidationError as err:
-        msg = _params.format_errors(err, TokenizeParams, str(path))
-        raise StageError(msg.replace("\n  - ", f"\n  - {key}.")) from None
+    """Load and validate the params file; return ``tokenize.<variant>``."""
+    return _params.get(_params.load(path, params_keys(variant)), f"tokenize.{variant}")
 
 
 # --- examples -------------------------------------------------------------------------------------------------------

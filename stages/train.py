@@ -40,21 +40,17 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Literal
-
-from pydantic import Field, ValidationError, model_validator
+from typing import Any
 
 from stages import _io, _params
 from stages._io import StageError
-from stages._params import Section
+from stages._params import TrainSpec
 
 log = logging.getLogger("steep.train")
 
 # dvc.yaml's `params:` for this foreach stage; `params_keys(variant)` fills in the variant.
 PARAMS = ["common.seed", "train.${key}"]
 
-QUANTIZATIONS = ("nf4_4bit", "int8", "none")
-SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")
 RUN_RECORD = "steep_run.json"
 ADAPTER_RECORD = "steep_train.json"
 REQUIRED_COLUMNS = ("input_ids", "labels")
@@ -70,65 +66,15 @@ LIVE_METRICS = {
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 
 
-class TrainSpec(Section):
-    """``train.<variant>``: how the adapter is trained."""
-
-    quantization: Literal[QUANTIZATIONS]  # type: ignore[valid-type]
-    compute_dtype: Literal["float32", "bfloat16"]
-    lora_rank: int = Field(gt=0)
-    lora_alpha: float = Field(gt=0)
-    lora_dropout: float = Field(ge=0, lt=1)
-    target_modules: Literal["all-linear"] | list[str] = Field(min_length=1)
-    learning_rate: float = Field(gt=0)
-    lr_scheduler: Literal[SCHEDULERS]  # type: ignore[valid-type]
-    warmup_ratio: float = Field(ge=0, lt=1)
-    max_steps: int = Field(gt=0)
-    per_device_batch_size: int = Field(gt=0)
-    gradient_accumulation_steps: int = Field(gt=0)
-    log_every_steps: int = Field(gt=0)
-    eval_every_steps: int = Field(gt=0)
-    save_every_steps: int = Field(gt=0)
-    # Evaluations in a row without a lower validation loss before training stops; 0 = never stop early.
-    early_stopping_patience: int = Field(ge=0)
-    # Checkpoints kept in --checkpoints (the best one is kept on top of these).
-    max_checkpoints: int = Field(gt=0)
-    use_gradient_checkpointing: bool
-    num_processes: int = Field(gt=0)
-
-    @model_validator(mode="after")
-    def _check(self) -> TrainSpec:
-        if self.save_every_steps % self.eval_every_steps:
-            raise ValueError(
-                f"save_every_steps ({self.save_every_steps}) must be a multiple of eval_every_steps "
-                f"({self.eval_every_steps}): the best adapter is picked among saved checkpoints by their eval loss"
-            )
-        return self
-
-
 def params_keys(variant: str) -> list[str]:
     """The params keys the stage reads for `variant` (PARAMS with the variant filled in)."""
     return [k.replace("${key}", variant) for k in PARAMS]
 
 
 def load_spec(path: Path, variant: str) -> tuple[int, TrainSpec]:
-    """Read and validate ``common.seed`` and ``train.<variant>`` from the params file.
-
-    Standalone until ``train`` is part of ``stages._params.Params`` (as ``models.load_spec``).
-    """
-    raw = _params.read_yaml(path)
-    raw = raw if isinstance(raw, dict) else {}
-    seed = (raw.get("common") or {}).get("seed") if isinstance(raw.get("common"), dict) else None
-    if not isinstance(seed, int) or isinstance(seed, bool):
-        raise StageError(f"{path}: common.seed must be an integer (got {seed!r})")
-    sections = raw.get("train")
-    if not isinstance(sections, dict) or variant not in sections:
-        known = sorted(sections) if isinstance(sections, dict) else []
-        raise StageError(f"{path}: no variant {variant!r} under `train` (declared: {known})")
-    try:
-        return seed, TrainSpec.model_validate(sections[variant])
-    except ValidationError as err:
-        msg = _params.format_errors(err, TrainSpec, str(path))
-        raise StageError(msg.replace("\n  - ", f"\n  - train.{variant}.")) from None
+    """Load and validate the params file; return ``common.seed`` and ``train.<variant>``."""
+    params = _params.load(path, params_keys(variant))
+    return params.common.seed, _params.get(params, f"train.{variant}")
 
 
 # --- checkpoints --------------------------------------------------------------
@@ -480,6 +426,10 @@ def run(
         }
         with _io.atomic_outputs(outputs["out"]) as (tmp,):
             # The best checkpoint's adapter is loaded back (load_best_model_at_end): save only the adapter.
+            for config in trainer.model.peft_config.values():
+                # peft keeps the resolved target modules as a set and writes them in hash order: sort for stable bytes
+                if isinstance(config.target_modules, set):
+                    config.target_modules = sorted(config.target_modules)
             trainer.model.save_pretrained(tmp, safe_serialization=True)
             tokenizer.save_pretrained(tmp)
             _io.write_json(tmp / ADAPTER_RECORD, record)

@@ -34,10 +34,15 @@ def test_demo_params_are_valid() -> None:
 
 @pytest.mark.parametrize(("name", "module", "declared"), _stage_modules())
 def test_dvc_params_match_stage_params(name: str, module: str, declared: list[str]) -> None:
-    """dvc.yaml lists exactly the keys the module declares in PARAMS (and every one exists)."""
+    """dvc.yaml lists exactly the keys the module declares in PARAMS (and every one exists, for every variant)."""
     mod = importlib.import_module(module)
     assert sorted(declared) == sorted(mod.PARAMS), f"dvc.yaml stage {name!r} vs {module}.PARAMS"
-    _params.scope(_params.validate(RAW), mod.PARAMS)
+    foreach = DVC["stages"][name].get("foreach")
+    variants = list(RAW["variants"]) if foreach == "${variants}" else [None]
+    for variant in variants:
+        keys = mod.params_keys(variant) if variant else mod.PARAMS
+        assert all("${" not in k for k in keys)
+        _params.scope(_params.validate(RAW), keys)
 
 
 def test_scoped_view_refuses_undeclared_keys() -> None:

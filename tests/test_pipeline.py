@@ -3,7 +3,10 @@
 One module-scoped run of `dvc repro` on the embedded demo data feeds every test
 here: the answer key of planted defects (checked per reason code), the
 metrics invariant, a second `dvc repro` that runs nothing, a clean `dvc status`,
-and byte-identical outputs after `dvc repro -f`.
+and byte-identical outputs after `dvc repro -f`. In the copy, both variants
+point at tiny random models (2 layers, 300-token vocabulary, built here) and
+train for a few steps, so the per-variant stages run end to end in CI in a
+minute or two; README's `make demo` runs the same stages on the real models.
 """
 
 from __future__ import annotations
@@ -24,7 +27,24 @@ from stages._records import REJECT_SCHEMA, read_record_dir, read_records
 ROOT = Path(__file__).resolve().parents[1]
 ANSWER_KEY = json.loads((ROOT / "data/sources/answer_key.json").read_text())
 DATA_STAGES = ("pull", "moderate", "dedup")
-OUTPUTS = ("data/pulled", "data/moderated.parquet", "data/curated.parquet", "data/rejected")
+VARIANTS = ("base", "chat")
+VARIANT_STAGES = tuple(f"{s}@{v}" for s in ("models", "template", "tokenize", "train") for v in VARIANTS)
+OUTPUTS = (
+    "data/pulled",
+    "data/moderated.parquet",
+    "data/curated.parquet",
+    "data/rejected",
+    "data/templated",
+    "data/tokenized",
+    "models",
+)
+# metrics whose bytes are a function of data and params (train's hold tokens/s and memory)
+STABLE_METRICS = (
+    *(f"metrics/{s}.json" for s in DATA_STAGES),
+    *(f"metrics/{s}_{v}.json" for s in ("models", "template", "tokenize") for v in VARIANTS),
+)
+# the demo trains for minutes on the real models; here: tiny models, a few steps, a higher learning rate
+TINY_TRAIN = {"max_steps": 10, "eval_every_steps": 5, "save_every_steps": 5, "learning_rate": 0.01}
 
 
 def _env() -> dict[str, str]:
@@ -59,14 +79,46 @@ def _dvc(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def _digest(repo: Path) -> dict[str, str]:
-    """sha256 of every output file (and metrics) of the data stages."""
+    """sha256 of every output file of the pipeline and of its data-determined metrics."""
     out = {}
-    for rel in (*OUTPUTS, "metrics"):
+    for rel in (*OUTPUTS, *STABLE_METRICS):
         base = repo / rel
         files = sorted(p for p in base.rglob("*") if p.is_file()) if base.is_dir() else [base]
         for f in files:
             out[str(f.relative_to(repo))] = hashlib.sha256(f.read_bytes()).hexdigest()
     return out
+
+
+def _use_tiny_models(repo: Path) -> None:
+    """Point both variants of the copy at tiny random Llama checkpoints (with SmolLM2- and Gemma-like tokenizers)."""
+    import torch
+    import yaml
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from tests.stages._tiny import base_tokenizer, chat_tokenizer
+
+    params_file = repo / "params.yaml"
+    raw = yaml.safe_load(params_file.read_text())
+    torch.manual_seed(0)
+    for variant, make_tokenizer in (("base", base_tokenizer), ("chat", chat_tokenizer)):
+        out = repo / "tiny_models" / variant
+        tok = make_tokenizer(out)
+        config = LlamaConfig(
+            vocab_size=len(tok),
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=4,
+            max_position_embeddings=512,
+            bos_token_id=tok.bos_token_id,
+            eos_token_id=tok.eos_token_id,
+            pad_token_id=tok.pad_token_id,
+        )
+        LlamaForCausalLM(config).save_pretrained(out)
+        raw["variants"][variant]["model"] = {"source": f"tiny_models/{variant}", "dtype": "float32"}
+        raw["train"][variant].update(TINY_TRAIN)
+    params_file.write_text(yaml.safe_dump(raw, sort_keys=False))
 
 
 @pytest.fixture(scope="module")
@@ -87,6 +139,7 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
             shutil.copy2(src, dst / rel)
     for rel in OUTPUTS:  # never start from outputs of the working tree
         assert not (dst / rel).exists()
+    _use_tiny_models(dst)
     _run(["git", "init", "-q"], dst)
     _run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "add", "-A"], dst)
     _run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"], dst)
@@ -167,7 +220,7 @@ def test_no_clean_record_is_dropped(outcomes: dict) -> None:
 def test_second_repro_runs_nothing_and_status_is_clean(repo: Path) -> None:
     before = _digest(repo)
     out = _dvc(repo, "repro").stdout
-    for stage in DATA_STAGES:
+    for stage in (*DATA_STAGES, *VARIANT_STAGES):
         assert f"Running stage '{stage}'" not in out
     assert "didn't change" in out or "up to date" in out
     status = _dvc(repo, "status").stdout
@@ -189,6 +242,10 @@ def test_forced_rerun_is_byte_identical(repo: Path) -> None:
         ("pull.web.timeout_s", 5, "pull"),
         ("moderate.toxicity.max_probability", 0.7, "moderate"),
         ("dedup.minhash.jaccard_threshold", 0.6, "dedup"),
+        ("variants.chat.model.dtype", "bfloat16", "models@chat"),
+        ("template.base.documents_as", "skip", "template@base"),
+        ("tokenize.chat.max_tokens", 128, "tokenize@chat"),
+        ("train.chat.lora_rank", 4, "train@chat"),
     ],
 )
 def test_a_param_change_outdates_only_the_stage_that_reads_it(repo: Path, key: str, value: float, stage: str) -> None:
@@ -216,5 +273,22 @@ def test_fresh_run_reproduces_the_committed_lock_and_metrics(repo: Path) -> None
 
     If this fails after a change to code, data or params, run `dvc repro` and commit dvc.lock and metrics/.
     """
-    for rel in ("dvc.lock", "metrics/pull.json", "metrics/moderate.json", "metrics/dedup.json"):
+    import yaml
+
+    lock, committed = (yaml.safe_load((r / "dvc.lock").read_text())["stages"] for r in (repo, ROOT))
+    for stage in DATA_STAGES:  # the copy runs the per-variant stages on tiny models: those differ by design
+        assert lock[stage] == committed[stage], stage
+    for rel in (f"metrics/{s}.json" for s in DATA_STAGES):
         assert (repo / rel).read_text() == (ROOT / rel).read_text(), rel
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_each_variant_trains_and_its_validation_loss_goes_down(repo: Path, variant: str) -> None:
+    m = json.loads((repo / f"metrics/train_{variant}.json").read_text())
+    assert m["eval_loss"] < m["first_eval_loss"], m
+    adapter = repo / f"models/{variant}/adapter"
+    assert (adapter / "adapter_model.safetensors").is_file() and (adapter / "adapter_config.json").is_file()
+    assert not list(adapter.glob("*.bin"))
+    assert (repo / f"dvclive/train_{variant}/plots/metrics/eval/loss.tsv").is_file()
+    tok = json.loads((repo / f"metrics/tokenize_{variant}.json").read_text())
+    assert tok["train_examples"] > 0 and tok["validation_examples"] > 0

@@ -69,3 +69,38 @@ def base_tokenizer(out: Path) -> Any:
     )
     fast.save_pretrained(out)
     return fast
+
+
+# --- params files -------------------------------------------------------------------------------------------------
+
+PARAMS_YAML = Path(__file__).resolve().parents[2] / "params.yaml"
+# The sections keyed by variant name: a params file must name the same variants under each.
+PER_VARIANT = ("variants", "template", "tokenize", "train")
+
+
+def write_params(path: Path, **sections: Any) -> Path:
+    """Write a whole params file to `path`: the repo's params.yaml with the given top-level sections replaced.
+
+    The stages validate the whole file, so a test states only the section(s) it is about. The per-variant sections
+    it does not give keep only the variants the given ones name (``train={"chat": ...}`` drops ``base`` from
+    variants, template and tokenize), so the variant names agree across the file. Returns `path`.
+    """
+    import copy
+
+    import yaml
+
+    raw = yaml.safe_load(PARAMS_YAML.read_text(encoding="utf-8"))
+    unknown = sorted(set(sections) - set(raw))
+    if unknown:
+        raise KeyError(f"not sections of {PARAMS_YAML.name}: {unknown}")
+    raw.update(copy.deepcopy(sections))
+    names = {name for key in PER_VARIANT if key in sections for name in sections[key]}
+    if names:
+        for key in PER_VARIANT:
+            if key not in sections:
+                missing = sorted(names - set(raw[key]))
+                if missing:
+                    raise KeyError(f"{PARAMS_YAML.name} has no {key} entry for {missing}; give the {key} section too")
+                raw[key] = {name: entry for name, entry in raw[key].items() if name in names}
+    path.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
+    return path

@@ -18,10 +18,10 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-import yaml
 
 from stages import models
 from stages._io import StageError
+from tests.stages._tiny import write_params
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -207,17 +207,19 @@ def test_bad_spec_shows_expected_forms(source: str, match: str) -> None:
 
 
 def test_params_errors_list_every_problem(tmp_path: Path) -> None:
-    params = tmp_path / "params.yaml"
-    params.write_text(yaml.safe_dump({"variants": {"chat": {"model": {"source": "hf://x/y", "dtype": "fp16"}}}}))
+    bad = {"chat": {"model": {"source": "hf://x/y", "dtype": "fp16"}}}
+    params = write_params(tmp_path / "params.yaml", variants=bad)
     with pytest.raises(StageError) as err:
         models.load_spec(params, "chat")
     msg = str(err.value)
     assert "2 problem(s)" in msg
     assert "variants.chat.model.source: 'hf://x/y': a Hub model needs a pinned revision" in msg
     assert "variants.chat.model.dtype:" in msg and "'bfloat16'" in msg and "'float32'" in msg and "'fp16'" in msg
-    with pytest.raises(StageError, match=r"no variant 'base' under `variants` \(declared: \['chat'\]\)"):
+    # The whole file is validated before the variant is looked up: an undeclared one needs a valid file to show.
+    write_params(params, variants={"chat": {"model": {"source": "m", "dtype": "float32"}}})
+    with pytest.raises(StageError, match=r"no 'base' in variants \(declared: \['chat'\]\)"):
         models.load_spec(params, "base")
-    params.write_text(yaml.safe_dump({"variants": {"chat": {"model": {"source": "m", "dtype": "float32", "x": 1}}}}))
+    write_params(params, variants={"chat": {"model": {"source": "m", "dtype": "float32", "x": 1}}})
     with pytest.raises(StageError, match=r"model\.x: unknown key \(value 1\); allowed here: \['source', 'dtype'\]"):
         models.load_spec(params, "chat")
 
@@ -531,9 +533,8 @@ def test_hub_source_from_the_local_hf_cache(offline_hub: Path, tiny: dict[str, A
 
 
 def test_command_line(tiny: dict[str, Any], tmp_path: Path) -> None:
-    params = tmp_path / "params.yaml"
     variants = {"chat": {"model": {"source": str(tiny["gguf"]), "dtype": "bfloat16"}}}
-    params.write_text(yaml.safe_dump({"variants": variants}))
+    params = write_params(tmp_path / "params.yaml", variants=variants)
     out, metrics = tmp_path / "models" / "chat" / "base", tmp_path / "metrics" / "models" / "chat.json"
     cmd = [sys.executable, "-m", "stages.models", "--params", str(params), "--variant", "chat"]
     cmd += ["--out", str(out), "--cache", str(tmp_path / "cache"), "--metrics", str(metrics)]

@@ -12,11 +12,10 @@ from typing import Any
 
 import pyarrow.parquet as pq
 import pytest
-import yaml
 
 from stages import _records, template
 from stages._io import StageError
-from tests.stages._tiny import base_tokenizer, chat_tokenizer
+from tests.stages._tiny import base_tokenizer, chat_tokenizer, write_params
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -85,9 +84,7 @@ def by_content(rows: list[dict[str, Any]], recs: list[_records.Record]) -> dict[
 
 @pytest.fixture
 def params_file(tmp_path: Path) -> Path:
-    path = tmp_path / "params.yaml"
-    path.write_text(yaml.safe_dump(PARAMS))
-    return path
+    return write_params(tmp_path / "params.yaml", **PARAMS)
 
 
 @pytest.fixture(scope="module")
@@ -226,9 +223,7 @@ def test_params_errors_list_every_problem(tmp_path: Path) -> None:
     raw["template"]["base"]["prompt_with_input"] = "### Instruction:\n{instruction}\n### Response:\n"
     raw["template"]["base"]["documents_as"] = "user_assistant"
     raw["template"]["base"]["colour"] = "blue"
-    raw["template"]["chat"]["format"] = "jinja"
-    path = tmp_path / "params.yaml"
-    path.write_text(yaml.safe_dump(raw))
+    path = write_params(tmp_path / "params.yaml", **raw)
     with pytest.raises(StageError) as err:
         template.load_params(path, "base")
     msg = str(err.value)
@@ -236,11 +231,17 @@ def test_params_errors_list_every_problem(tmp_path: Path) -> None:
     assert "template.base.prompt_with_input: expected the placeholders {input}, {instruction}" in msg
     assert "template.base.documents_as: Input should be 'text' or 'skip'" in msg
     assert "template.base.colour: unknown key" in msg
-    with pytest.raises(
-        StageError, match=r"template.chat.format: expected one of \['alpaca', 'chat_template'\], got 'jinja'"
-    ):
+    raw = copy.deepcopy(PARAMS)
+    raw["template"]["chat"]["format"] = "jinja"
+    write_params(path, **raw)
+    with pytest.raises(StageError) as err:
         template.load_params(path, "chat")
-    with pytest.raises(StageError, match=r"no template.large section \(variants under `template`: \['base', 'chat'\]"):
+    msg = str(err.value)
+    assert "1 problem(s)" in msg
+    assert "template.chat.format: expected one of ['alpaca', 'chat_template'], got 'jinja'" in msg
+    # The whole file is validated before the variant is looked up: an undeclared one needs a valid file to show.
+    write_params(path, **PARAMS)
+    with pytest.raises(StageError, match=r"no 'large' in template \(declared: \['base', 'chat'\]\)"):
         template.load_params(path, "large")
 
 

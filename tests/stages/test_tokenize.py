@@ -11,11 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
-from stages import _records, template, tokenize
+from stages import _params, _records, template, tokenize
 from stages._io import StageError
-from tests.stages._tiny import base_tokenizer, chat_tokenizer
+from tests.stages._tiny import base_tokenizer, chat_tokenizer, write_params
 from tests.stages.test_template import META, records
 from tests.stages.test_template import PARAMS as TEMPLATE_PARAMS
 
@@ -70,7 +69,7 @@ def templated(tmp_path: Path, variant: str, model: Path, recs: list[_records.Rec
     """Curated records rendered by the template stage with the proposed params."""
     src, out = tmp_path / "curated.parquet", tmp_path / f"templated-{variant}.parquet"
     _records.write_records(src, records() if recs is None else recs)
-    tparams = template.FORMATS[TEMPLATE_PARAMS["template"][variant]["format"]]
+    tparams = _params.FORMATS[TEMPLATE_PARAMS["template"][variant]["format"]]
     tparams = tparams.model_validate(TEMPLATE_PARAMS["template"][variant])
     template.run(tparams, inputs={"in": src, "model": model}, outputs={"out": out})
     return out
@@ -267,8 +266,7 @@ def test_params_errors_list_every_problem(tmp_path: Path) -> None:
     raw = copy.deepcopy(PARAMS)
     raw["tokenize"]["chat"] |= {"max_tokens": 1, "truncation_side": "middle", "use_packing": "maybe", "pad": 1}
     del raw["tokenize"]["chat"]["validation_ratio"]
-    path = tmp_path / "params.yaml"
-    path.write_text(yaml.safe_dump(raw))
+    path = write_params(tmp_path / "params.yaml", **raw)
     with pytest.raises(StageError) as err:
         tokenize.load_params(path, "chat")
     msg = str(err.value)
@@ -277,7 +275,12 @@ def test_params_errors_list_every_problem(tmp_path: Path) -> None:
     assert "tokenize.chat.truncation_side: Input should be 'left' or 'right' (got 'middle')" in msg
     assert "tokenize.chat.use_packing:" in msg and "tokenize.chat.validation_ratio: required key is missing" in msg
     assert "tokenize.chat.pad: unknown key (value 1); allowed here: ['max_tokens'" in msg
+    # The whole file is validated: a bad chat entry stops the base variant too; a valid file gives each its own.
+    with pytest.raises(StageError, match=r"5 problem\(s\)"):
+        tokenize.load_params(path, "base")
+    write_params(path, **PARAMS)
     assert tokenize.load_params(path, "base") == params_for("base")
+    assert tokenize.load_params(path, "chat") == params_for("chat")
 
 
 def test_bad_inputs(tmp_path: Path, models: dict[str, Path]) -> None:
@@ -300,8 +303,7 @@ def test_bad_inputs(tmp_path: Path, models: dict[str, Path]) -> None:
 
 def test_command_line_is_byte_deterministic(tmp_path: Path, models: dict[str, Path]) -> None:
     src = templated(tmp_path, "chat", models["chat"])
-    params = tmp_path / "params.yaml"
-    params.write_text(yaml.safe_dump(PARAMS))
+    params = write_params(tmp_path / "params.yaml", **PARAMS)
     digests = []
     for run in ("a", "b"):
         out, metrics = tmp_path / run / "chat", tmp_path / run / "tokenize_chat.json"

@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from stages import train
 from stages._io import StageError
+from tests.stages._tiny import write_params
 
 ROOT = Path(__file__).resolve().parents[2]
 VOCAB = 300
@@ -92,8 +92,8 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def _params(path: Path, **over: Any) -> Path:
-    path.write_text(yaml.safe_dump({"common": {"seed": 1234}, "train": {"chat": {**SPEC, **over}}}))
-    return path
+    """A params file with train.chat = SPEC changed by `over` (only the chat variant, common.seed the repo's)."""
+    return write_params(path, train={"chat": {**SPEC, **over}})
 
 
 def _cmd(tiny: dict[str, Path], params: Path, out: Path) -> list[str]:
@@ -231,18 +231,19 @@ def test_ddp_two_processes_on_cpu(tiny: dict[str, Path], tmp_path: Path) -> None
 
 def test_params_errors_list_every_problem(tmp_path: Path) -> None:
     bad = {**SPEC, "quantization": "fp4", "lora_rank": 0, "typo": 1, "save_every_steps": 7}
-    path = tmp_path / "params.yaml"
-    path.write_text(yaml.safe_dump({"common": {"seed": 1}, "train": {"chat": bad}}))
+    path = write_params(tmp_path / "params.yaml", train={"chat": bad})
     with pytest.raises(StageError) as err:
         train.load_spec(path, "chat")
     msg = str(err.value)
     assert "3 problem(s)" in msg
     assert "train.chat.quantization:" in msg and "'nf4_4bit'" in msg and "'fp4'" in msg
     assert "train.chat.lora_rank:" in msg and "train.chat.typo: unknown key (value 1)" in msg
-    path.write_text(yaml.safe_dump({"common": {"seed": 1}, "train": {"chat": {**SPEC, "save_every_steps": 7}}}))
+    write_params(path, train={"chat": {**SPEC, "save_every_steps": 7}})
     with pytest.raises(StageError, match=r"save_every_steps \(7\) must be a multiple of eval_every_steps \(5\)"):
         train.load_spec(path, "chat")
-    with pytest.raises(StageError, match=r"no variant 'base' under `train` \(declared: \['chat'\]\)"):
+    # The whole file is validated before the variant is looked up: an undeclared one needs a valid file to show.
+    write_params(path, train={"chat": SPEC})
+    with pytest.raises(StageError, match=r"no 'base' in train \(declared: \['chat'\]\)"):
         train.load_spec(path, "base")
     assert train.params_keys("chat") == ["common.seed", "train.chat"]
 

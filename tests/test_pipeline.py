@@ -292,3 +292,30 @@ def test_each_variant_trains_and_its_validation_loss_goes_down(repo: Path, varia
     assert (repo / f"dvclive/train_{variant}/plots/metrics/eval/loss.tsv").is_file()
     tok = json.loads((repo / f"metrics/tokenize_{variant}.json").read_text())
     assert tok["train_examples"] > 0 and tok["validation_examples"] > 0
+
+
+@pytest.mark.parametrize(("variant", "end"), [("base", "<eos>"), ("chat", "<|im_end|>\n")])
+def test_masks_cover_exactly_the_responses(repo: Path, variant: str, end: str) -> None:
+    """Decoding the label tokens of every untruncated instruction example gives back its response and end token."""
+    from datasets import load_from_disk
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(repo / f"models/{variant}/base")
+    records = {r["id"]: r for r in read_records(repo / "data/curated.parquet")}
+    max_tokens = yaml_params(repo)["tokenize"][variant]["max_tokens"]
+    checked = 0
+    for row in load_from_disk(str(repo / f"data/tokenized/{variant}"))["train"]:
+        record = records[row["ids"][0].split("/")[0]]
+        if record["kind"] != "instruction" or len(row["input_ids"]) >= max_tokens:
+            continue
+        trained = [t for t, label in zip(row["input_ids"], row["labels"], strict=True) if label != -100]
+        assert tok.decode(trained) == record["output"] + end, record["id"]
+        assert -100 in row["labels"]  # the prompt is masked
+        checked += 1
+    assert checked > 100
+
+
+def yaml_params(repo: Path) -> dict:
+    import yaml
+
+    return yaml.safe_load((repo / "params.yaml").read_text())

@@ -400,6 +400,158 @@ class TrainSpec(Section):
         return self
 
 
+# --- synthesize ------------------------------------------------------------------
+
+
+class Generation(Section):
+    """``synthesize.generation``: how the generator model samples (every value is part of each call's cache key)."""
+
+    # float32 is the faster dtype on CPU
+    dtype: Literal["float32", "bfloat16"]
+    temperature: float = Field(gt=0)
+    top_p: float = Field(gt=0, le=1)
+    min_p: float = Field(ge=0, lt=1)
+    max_new_tokens: int = Field(gt=0)
+    batch_size: int = Field(gt=0)
+    use_chat_template: bool
+
+
+class DocumentGenerator(Section):
+    """``synthesize.documents``: pairs grounded in chunks of the curated documents."""
+
+    enable: bool
+    max_chunk_chars: int = Field(ge=200)
+    min_chunk_chars: int = Field(ge=1)
+    use_prose_only: bool
+    # model calls per chunk, each with its own seed
+    samples_per_chunk: int = Field(gt=0)
+    prompt: str
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt(cls, value: str) -> str:
+        return _check_placeholders(value, {"document"})
+
+
+class SelfInstruct(Section):
+    """``synthesize.self_instruct``: new tasks from seed tasks (Self-Instruct's seed_tasks.jsonl format)."""
+
+    enable: bool
+    seed_tasks: str
+    num_prompts: int = Field(ge=0)
+    seeds_per_prompt: int = Field(gt=0)
+    prompt: str
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt(cls, value: str) -> str:
+        return _check_placeholders(value, {"examples"})
+
+
+class SynthFilters(Section):
+    """``synthesize.filters``: Self-Instruct/Alpaca's filters on the parsed pairs."""
+
+    min_instruction_words: int = Field(ge=1)
+    max_instruction_words: int = Field(ge=1)
+    # words the model cannot act on (matched as whole words, case-insensitive)
+    blacklist: list[str]
+    # ROUGE-L F1 against the seeds, the existing pairs and earlier generations, above which a pair is dropped
+    max_rouge_l: float = Field(gt=0, le=1)
+    min_answer_overlap_ratio: float = Field(ge=0, le=1)
+    use_moderate_rules: bool
+
+    @model_validator(mode="after")
+    def _bounds(self) -> SynthFilters:
+        if self.min_instruction_words > self.max_instruction_words:
+            raise ValueError(
+                f"min_instruction_words ({self.min_instruction_words}) is above max_instruction_words "
+                f"({self.max_instruction_words})"
+            )
+        return self
+
+
+class Synthesize(Section):
+    generation: Generation
+    documents: DocumentGenerator
+    self_instruct: SelfInstruct
+    filters: SynthFilters
+
+
+# --- probe / report ----------------------------------------------------------------
+
+PROBE_TYPES = ("multiple_choice", "perplexity", "generation", "knowledge")
+PROBE_FIELDS: dict[str, tuple[str, ...]] = {
+    "multiple_choice": ("question", "choices", "answer"),
+    "perplexity": ("text",),
+    "generation": ("prompt", "reference"),
+    "knowledge": ("question", "answer"),
+}
+
+
+class ProbeTask(Section):
+    """One entry of ``probe.tasks``."""
+
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
+    type: Literal[PROBE_TYPES]  # type: ignore[valid-type]
+    path: str
+    # the canonical names of the type (PROBE_FIELDS) -> the file's field names
+    fields: dict[str, str]
+    # multiple_choice only: the question prompt, {question} filled in; each choice is scored after one space.
+    # None: probe.multiple_choice_prompt.
+    prompt: str | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> ProbeTask:
+        want = set(PROBE_FIELDS[self.type])
+        if set(self.fields) != want:
+            raise ValueError(
+                f"task {self.name!r} ({self.type}): fields must map exactly {sorted(want)} to the file's field "
+                f"names, e.g. fields: {{{', '.join(f'{k}: {k}' for k in PROBE_FIELDS[self.type])}}}; "
+                f"got {sorted(self.fields)}"
+            )
+        if self.prompt is not None:
+            if self.type != "multiple_choice":
+                raise ValueError(f"task {self.name!r}: prompt applies to multiple_choice tasks only")
+            _check_placeholders(self.prompt, {"question"})
+        return self
+
+
+class Probe(Section):
+    # as_trained: the precision train.<variant> trained in (quantization, compute_dtype)
+    precision: Literal["as_trained", "4bit", "bf16", "fp32"]
+    batch_size: int = Field(gt=0)
+    max_new_tokens: int = Field(gt=0)
+    multiple_choice_prompt: str
+    bootstrap_resamples: int = Field(ge=100)
+    confidence: float = Field(gt=0, lt=1)
+    # a task forgets when its main score drops by more than this and the interval excludes zero
+    forgetting_threshold: float = Field(ge=0)
+    bertscore_model: str
+    showcase_prompts: list[str]
+    tasks: list[ProbeTask] = Field(min_length=1)
+
+    @field_validator("multiple_choice_prompt")
+    @classmethod
+    def _mc_prompt(cls, value: str) -> str:
+        return _check_placeholders(value, {"question"})
+
+    @field_validator("tasks")
+    @classmethod
+    def _unique(cls, value: list[ProbeTask]) -> list[ProbeTask]:
+        names = [t.name for t in value]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"task names must be unique; repeated: {dup}")
+        return value
+
+
+class Report(Section):
+    # rejected examples shown per drop reason
+    max_examples_per_reason: int = Field(ge=0)
+    # knowledge-gain and generation examples shown per task and variant
+    max_examples_per_task: int = Field(ge=0)
+
+
 # --- the whole file -----------------------------------------------------------
 
 
@@ -412,6 +564,9 @@ class Params(Section):
     template: dict[str, TemplateSpec]
     tokenize: dict[str, TokenizeParams]
     train: dict[str, TrainSpec]
+    synthesize: Synthesize
+    probe: Probe
+    report: Report
 
     @model_validator(mode="after")
     def _same_variants(self) -> Params:

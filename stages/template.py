@@ -1,6 +1,7 @@
 """Template: render each curated record as a variant's training text, split into prompt and response segments.
 
-Inputs: ``--in`` (``data/curated.parquet``, records of ``stages._records``); ``--model`` (``models/<variant>/base``),
+Inputs: ``--in`` (``data/curated.parquet`` and ``data/synthetic.parquet``: one or more files of records of
+    ``stages._records``); ``--model`` (``models/<variant>/base``),
     whose tokenizer's chat template renders the ``chat_template`` format (the ``alpaca`` format does not read it).
 Outputs: ``--out`` (``data/templated/<variant>.parquet``), one row per kept record, sorted by id::
 
@@ -13,7 +14,7 @@ Outputs: ``--out`` (``data/templated/<variant>.parquet``), one row per kept reco
 
 ``--metrics`` (``metrics/template_<variant>.json``): total, kept, dropped_<reason>, and kept_<kind> per kind.
 Run: ``dvc repro template@chat`` (= ``python -m stages.template --params params.yaml --variant chat
-    --in data/curated.parquet --model models/chat/base --out data/templated/chat.parquet
+    --in data/curated.parquet data/synthetic.parquet --model models/chat/base --out data/templated/chat.parquet
     --metrics metrics/template_chat.json``).
 
 Formats (``template.<variant>.format``):
@@ -31,7 +32,8 @@ Formats (``template.<variant>.format``):
   stops the stage. A document becomes a user turn ``document_prompt`` answered by the document with
   ``documents_as: user_assistant``, or is dropped (``document_skipped``).
 
-Drop reasons: ``document_skipped`` (documents_as says so), ``no_assistant_turn`` (a conversation with no assistant
+Drop reasons: ``duplicate_input`` (a record whose id an earlier ``--in`` file already holds),
+``document_skipped`` (documents_as says so), ``no_assistant_turn`` (a conversation with no assistant
 turn: nothing to learn). Turns after a conversation's last assistant turn are left out, for the same reason.
 """
 
@@ -208,17 +210,29 @@ def load_tokenizer(model_dir: Path) -> Any:
 
 
 def run(params: AlpacaTemplate | ChatTemplate, *, inputs: dict[str, Path], outputs: dict[str, Path]) -> dict[str, Any]:
-    """Render ``inputs["in"]`` (curated records) into ``outputs["out"]`` (segment rows); return the metrics.
+    """Render ``inputs["in"]`` (record files) into ``outputs["out"]`` (segment rows); return the metrics.
 
     Args:
         params: the variant's ``template`` section.
-        inputs: ``{"in": curated records, "model": checkpoint directory}`` (the model is read by ``chat_template``).
+        inputs: ``{"in": a record file or a list of them, "model": checkpoint directory}`` (the model is read by
+            ``chat_template``).
         outputs: ``{"out": templated Parquet}``.
 
     Returns:
         Metrics: total, kept, dropped_<reason>, kept_<kind>.
     """
-    records = _records.read_records(inputs["in"])
+    paths = inputs["in"] if isinstance(inputs["in"], list) else [inputs["in"]]
+    records: list[_records.Record] = []
+    seen: set[str] = set()
+    dropped: Counter[str] = Counter()
+    for path in paths:
+        for record in _records.read_records(path):
+            if record["id"] in seen:
+                dropped["duplicate_input"] += 1
+            else:
+                seen.add(record["id"])
+                records.append(record)
+    total = len(records) + dropped["duplicate_input"]
     tokenizer = None
     if params.format == "chat_template":
         tokenizer = load_tokenizer(inputs["model"])
@@ -228,7 +242,6 @@ def run(params: AlpacaTemplate | ChatTemplate, *, inputs: dict[str, Path], outpu
                 "conversations. Fix: use a chat model for this variant, or `format: alpaca`"
             )
     rows: list[dict[str, Any]] = []
-    dropped: Counter[str] = Counter()
     kinds: Counter[str] = Counter()
     for record in sorted(records, key=lambda r: r["id"]):
         out = render_alpaca(record, params) if tokenizer is None else render_chat(record, params, tokenizer)
@@ -241,7 +254,7 @@ def run(params: AlpacaTemplate | ChatTemplate, *, inputs: dict[str, Path], outpu
     with _io.atomic_outputs(outputs["out"]) as (tmp,):
         _io.write_table(tmp, pa.Table.from_pylist(rows, schema=SCHEMA))
     extra = {f"kept_{k}": kinds[k] for k in _records.KINDS}
-    return _io.drop_metrics(len(records), len(rows), dropped, **extra)
+    return _io.drop_metrics(total, len(rows), dropped, **extra)
 
 
 def read_templated(path: str | Path) -> list[dict[str, Any]]:
@@ -267,7 +280,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(prog="python -m stages.template", description=__doc__.split("\n")[0])
     ap.add_argument("--params", required=True, type=Path, help="params.yaml")
     ap.add_argument("--variant", required=True, help="the variant to render for (base, chat)")
-    ap.add_argument("--in", dest="inp", required=True, type=Path, help="curated records (Parquet)")
+    ap.add_argument("--in", dest="inp", required=True, type=Path, nargs="+", help="record files (Parquet)")
     ap.add_argument("--model", required=True, type=Path, help="the variant's checkpoint directory (its tokenizer)")
     ap.add_argument("--out", required=True, type=Path, help="templated rows (Parquet)")
     ap.add_argument("--metrics", required=True, type=Path, help="metrics JSON")

@@ -27,12 +27,14 @@ from stages._records import REJECT_SCHEMA, read_record_dir, read_records
 ROOT = Path(__file__).resolve().parents[1]
 ANSWER_KEY = json.loads((ROOT / "data/sources/answer_key.json").read_text())
 DATA_STAGES = ("pull", "moderate", "dedup")
+MODEL_STAGES = ("synthesize",)
 VARIANTS = ("base", "chat")
 VARIANT_STAGES = tuple(f"{s}@{v}" for s in ("models", "template", "tokenize", "train") for v in VARIANTS)
 OUTPUTS = (
     "data/pulled",
     "data/moderated.parquet",
     "data/curated.parquet",
+    "data/synthetic.parquet",
     "data/rejected",
     "data/templated",
     "data/tokenized",
@@ -45,6 +47,8 @@ STABLE_METRICS = (
 )
 # the demo trains for minutes on the real models; here: tiny models, a few steps, a higher learning rate
 TINY_TRAIN = {"max_steps": 10, "eval_every_steps": 5, "save_every_steps": 5, "learning_rate": 0.01}
+# a random generator writes noise: few tokens a call, two self-instruct prompts
+TINY_SYNTHESIZE = {"generation": {"max_new_tokens": 8}, "self_instruct": {"num_prompts": 2}}
 
 
 def _env() -> dict[str, str]:
@@ -91,33 +95,20 @@ def _digest(repo: Path) -> dict[str, str]:
 
 def _use_tiny_models(repo: Path) -> None:
     """Point both variants of the copy at tiny random Llama checkpoints (with SmolLM2- and Gemma-like tokenizers)."""
-    import torch
     import yaml
-    from transformers import LlamaConfig, LlamaForCausalLM
 
-    from tests.stages._tiny import base_tokenizer, chat_tokenizer
+    from tests.stages._tiny import base_tokenizer, chat_tokenizer, tiny_llama
 
     params_file = repo / "params.yaml"
     raw = yaml.safe_load(params_file.read_text())
-    torch.manual_seed(0)
     for variant, make_tokenizer in (("base", base_tokenizer), ("chat", chat_tokenizer)):
         out = repo / "tiny_models" / variant
-        tok = make_tokenizer(out)
-        config = LlamaConfig(
-            vocab_size=len(tok),
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=4,
-            max_position_embeddings=512,
-            bos_token_id=tok.bos_token_id,
-            eos_token_id=tok.eos_token_id,
-            pad_token_id=tok.pad_token_id,
-        )
-        LlamaForCausalLM(config).save_pretrained(out)
+        # byte-level 300-token vocabularies: a synthesize prompt is ~1,000 tokens
+        tiny_llama(out, make_tokenizer(out), max_positions=2048)
         raw["variants"][variant]["model"] = {"source": f"tiny_models/{variant}", "dtype": "float32"}
         raw["train"][variant].update(TINY_TRAIN)
+    for section, values in TINY_SYNTHESIZE.items():
+        raw["synthesize"][section].update(values)
     params_file.write_text(yaml.safe_dump(raw, sort_keys=False))
 
 
@@ -220,7 +211,7 @@ def test_no_clean_record_is_dropped(outcomes: dict) -> None:
 def test_second_repro_runs_nothing_and_status_is_clean(repo: Path) -> None:
     before = _digest(repo)
     out = _dvc(repo, "repro").stdout
-    for stage in (*DATA_STAGES, *VARIANT_STAGES):
+    for stage in (*DATA_STAGES, *MODEL_STAGES, *VARIANT_STAGES):
         assert f"Running stage '{stage}'" not in out
     assert "didn't change" in out or "up to date" in out
     status = _dvc(repo, "status").stdout
@@ -237,18 +228,22 @@ def test_forced_rerun_is_byte_identical(repo: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("key", "value", "stage"),
+    ("key", "value", "stages"),
     [
-        ("pull.web.timeout_s", 5, "pull"),
-        ("moderate.toxicity.max_probability", 0.7, "moderate"),
-        ("dedup.minhash.jaccard_threshold", 0.6, "dedup"),
-        ("variants.chat.model.dtype", "bfloat16", "models@chat"),
-        ("template.base.documents_as", "skip", "template@base"),
-        ("tokenize.chat.max_tokens", 128, "tokenize@chat"),
-        ("train.chat.lora_rank", 4, "train@chat"),
+        ("pull.web.timeout_s", 5, ["pull"]),
+        # synthesize applies moderate's rules to every generated pair
+        ("moderate.toxicity.max_probability", 0.7, ["moderate", "synthesize"]),
+        ("dedup.minhash.jaccard_threshold", 0.6, ["dedup"]),
+        ("synthesize.filters.max_rouge_l", 0.6, ["synthesize"]),
+        ("variants.chat.model.dtype", "bfloat16", ["models@chat"]),
+        ("template.base.documents_as", "skip", ["template@base"]),
+        ("tokenize.chat.max_tokens", 128, ["tokenize@chat"]),
+        ("train.chat.lora_rank", 4, ["train@chat"]),
     ],
 )
-def test_a_param_change_outdates_only_the_stage_that_reads_it(repo: Path, key: str, value: float, stage: str) -> None:
+def test_a_param_change_outdates_only_the_stages_that_read_it(
+    repo: Path, key: str, value: float, stages: list[str]
+) -> None:
     import yaml
 
     params_file = repo / "params.yaml"
@@ -264,7 +259,7 @@ def test_a_param_change_outdates_only_the_stage_that_reads_it(repo: Path, key: s
         status = json.loads(_dvc(repo, "status", "--json").stdout)
     finally:
         params_file.write_text(original)
-    assert sorted(status) == [stage], status
+    assert sorted(status) == stages, status
     assert json.loads(_dvc(repo, "status", "--json").stdout) == {}
 
 
@@ -301,7 +296,7 @@ def test_masks_cover_exactly_the_responses(repo: Path, variant: str, end: str) -
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(repo / f"models/{variant}/base")
-    records = {r["id"]: r for r in read_records(repo / "data/curated.parquet")}
+    records = {r["id"]: r for f in ("curated", "synthetic") for r in read_records(repo / f"data/{f}.parquet")}
     max_tokens = yaml_params(repo)["tokenize"][variant]["max_tokens"]
     checked = 0
     for row in load_from_disk(str(repo / f"data/tokenized/{variant}"))["train"]:

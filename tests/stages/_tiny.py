@@ -104,3 +104,29 @@ def write_params(path: Path, **sections: Any) -> Path:
                 raw[key] = {name: entry for name, entry in raw[key].items() if name in names}
     path.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
     return path
+
+
+# --- models -------------------------------------------------------------------------------------------------------
+
+
+def tiny_llama(out: Path, tokenizer: Any, *, seed: int = 0, max_positions: int = 1024) -> Path:
+    """A random 2-layer LlamaForCausalLM (hidden 64) over `tokenizer`'s vocabulary, saved with it to `out`."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=max_positions,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    LlamaForCausalLM(cfg).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out

@@ -90,31 +90,9 @@ def train_spec(args: argparse.Namespace) -> tuple[int, Any]:
 
 def tiny_model(out: Path) -> Path:
     """A random 2-layer LlamaForCausalLM (hidden 64, vocab 300) + word-level tokenizer, as in the stage's tests."""
-    import torch
-    from tokenizers import Tokenizer, pre_tokenizers
-    from tokenizers import models as tk_models
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from tests.stages._tiny import tiny_llama, word_tokenizer
 
-    torch.manual_seed(0)
-    vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, **{f"t{i}": i for i in range(3, TINY_VOCAB)}}
-    tk = Tokenizer(tk_models.WordLevel(vocab, unk_token="<pad>"))
-    tk.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tok = PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
-    cfg = LlamaConfig(
-        vocab_size=TINY_VOCAB,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=4,
-        max_position_embeddings=512,
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=0,
-    )
-    LlamaForCausalLM(cfg).save_pretrained(out)
-    tok.save_pretrained(out)
-    return out
+    return tiny_llama(out, word_tokenizer(TINY_VOCAB), max_positions=512)
 
 
 def materialize(params: Path, variant: str, out: Path, cache: Path) -> tuple[Path, str]:

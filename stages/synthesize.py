@@ -185,7 +185,8 @@ def document_calls(records: list[Record], cfg: _params.DocumentGenerator, seed: 
             for sample in range(cfg.samples_per_chunk):
                 provenance = {
                     "document_id": rec["id"],
-                    "source_file": rec["meta"].get("source_file", ""),
+                    # a document pulled from a folder names its own file in meta.path
+                    "source_file": rec["meta"].get("path", rec["meta"].get("source_file", "")),
                     "row": rec["meta"].get("row", 0),
                     "chunk_index": index,
                     "chunk_sha256": hashlib.sha256(chunk.encode("utf-8")).hexdigest()[:16],

@@ -109,7 +109,18 @@ def write_params(path: Path, **sections: Any) -> Path:
 # --- models -------------------------------------------------------------------------------------------------------
 
 
-def tiny_llama(out: Path, tokenizer: Any, *, seed: int = 0, max_positions: int = 1024) -> Path:
+def word_tokenizer(vocab_size: int = 300) -> Any:
+    """A word-level tokenizer over ``t3 .. t<vocab_size - 1>`` (id = the number), with ``<pad>``, ``<s>``, ``</s>``."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, **{f"t{i}": i for i in range(3, vocab_size)}}
+    tk = Tokenizer(models.WordLevel(vocab, unk_token="<pad>"))
+    tk.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
+
+
+def tiny_llama(out: Path, tokenizer: Any, *, seed: int = 0, max_positions: int = 1024, dtype: str = "float32") -> Path:
     """A random 2-layer LlamaForCausalLM (hidden 64) over `tokenizer`'s vocabulary, saved with it to `out`."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -127,6 +138,6 @@ def tiny_llama(out: Path, tokenizer: Any, *, seed: int = 0, max_positions: int =
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
-    LlamaForCausalLM(cfg).save_pretrained(out)
+    LlamaForCausalLM(cfg).to(getattr(torch, dtype)).save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out

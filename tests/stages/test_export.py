@@ -17,6 +17,7 @@ import pytest
 
 from stages import export
 from stages._io import StageError
+from tests.stages._tiny import tiny_llama, word_tokenizer
 
 ROOT = Path(__file__).resolve().parents[2]
 VOCAB = 300
@@ -26,29 +27,7 @@ IDS = [[1, 10, 11, 12, 13, 14, 15, 16], [1, 200, 7, 42, 299, 3, 4, 5]]  # (B=2, 
 
 def _base(out: Path, dtype: str) -> None:
     """A tiny LlamaForCausalLM saved in `dtype` with a word-level tokenizer (as test_train's fixture)."""
-    import torch
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
-    torch.manual_seed(0)
-    vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, **{f"t{i}": i for i in range(3, VOCAB)}}
-    tk = Tokenizer(models.WordLevel(vocab, unk_token="<pad>"))
-    tk.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tok = PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
-    cfg = LlamaConfig(
-        vocab_size=VOCAB,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=4,
-        max_position_embeddings=64,
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=0,
-    )
-    LlamaForCausalLM(cfg).to(getattr(torch, dtype)).save_pretrained(out)
-    tok.save_pretrained(out)
+    tiny_llama(out, word_tokenizer(VOCAB), max_positions=64, dtype=dtype)
 
 
 def _adapter(base: Path, out: Path) -> None:

@@ -19,7 +19,7 @@ import pytest
 
 from stages import train
 from stages._io import StageError
-from tests.stages._tiny import write_params
+from tests.stages._tiny import tiny_llama, word_tokenizer, write_params
 
 ROOT = Path(__file__).resolve().parents[2]
 VOCAB = 300
@@ -60,31 +60,10 @@ def _rows(starts: range) -> Any:
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """A saved tiny LlamaForCausalLM + word-level tokenizer, and a tokenized DatasetDict (67 train / 8 val rows)."""
-    import torch
     from datasets import DatasetDict
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
     root = tmp_path_factory.mktemp("tiny")
-    torch.manual_seed(0)
-    vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, **{f"t{i}": i for i in range(3, VOCAB)}}
-    tk = Tokenizer(models.WordLevel(vocab, unk_token="<pad>"))
-    tk.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tok = PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
-    cfg = LlamaConfig(
-        vocab_size=VOCAB,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=4,
-        max_position_embeddings=64,
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=0,
-    )
-    LlamaForCausalLM(cfg).save_pretrained(root / "model")
-    tok.save_pretrained(root / "model")
+    tiny_llama(root / "model", word_tokenizer(VOCAB), max_positions=64)
     DatasetDict({"train": _rows(range(0, 200, 3)), "validation": _rows(range(1, 200, 25))}).save_to_disk(
         str(root / "data")
     )

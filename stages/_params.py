@@ -502,6 +502,8 @@ class ProbeTask(Section):
 
     @model_validator(mode="after")
     def _check(self) -> ProbeTask:
+        if self.name == "showcase":
+            raise ValueError("the task name 'showcase' is taken by the rows of probe.showcase_prompts; rename the task")
         want = set(PROBE_FIELDS[self.type])
         if set(self.fields) != want:
             raise ValueError(

@@ -27,15 +27,18 @@ from stages._records import REJECT_SCHEMA, read_record_dir, read_records
 ROOT = Path(__file__).resolve().parents[1]
 ANSWER_KEY = json.loads((ROOT / "data/sources/answer_key.json").read_text())
 DATA_STAGES = ("pull", "moderate", "dedup")
-MODEL_STAGES = ("synthesize",)
+MODEL_STAGES = ("synthesize", "report")
 VARIANTS = ("base", "chat")
-VARIANT_STAGES = tuple(f"{s}@{v}" for s in ("models", "template", "tokenize", "train") for v in VARIANTS)
+VARIANT_STAGES = tuple(
+    f"{s}@{v}" for s in ("models", "template", "tokenize", "train", "baseline", "probe") for v in VARIANTS
+)
 OUTPUTS = (
     "data/pulled",
     "data/moderated.parquet",
     "data/curated.parquet",
     "data/synthetic.parquet",
     "data/rejected",
+    "data/probe",
     "data/templated",
     "data/tokenized",
     "models",
@@ -43,7 +46,7 @@ OUTPUTS = (
 # metrics whose bytes are a function of data and params (train's hold tokens/s and memory)
 STABLE_METRICS = (
     *(f"metrics/{s}.json" for s in DATA_STAGES),
-    *(f"metrics/{s}_{v}.json" for s in ("models", "template", "tokenize") for v in VARIANTS),
+    *(f"metrics/{s}_{v}.json" for s in ("models", "template", "tokenize", "baseline", "probe") for v in VARIANTS),
 )
 # the demo trains for minutes on the real models; here: tiny models, a few steps, a higher learning rate
 TINY_TRAIN = {"max_steps": 10, "eval_every_steps": 5, "save_every_steps": 5, "learning_rate": 0.01}
@@ -236,9 +239,14 @@ def test_forced_rerun_is_byte_identical(repo: Path) -> None:
         ("dedup.minhash.jaccard_threshold", 0.6, ["dedup"]),
         ("synthesize.filters.max_rouge_l", 0.6, ["synthesize"]),
         ("variants.chat.model.dtype", "bfloat16", ["models@chat"]),
-        ("template.base.documents_as", "skip", ["template@base"]),
+        # the probe stages render their generation prompts with the variant's template
+        ("template.base.documents_as", "skip", ["baseline@base", "probe@base", "template@base"]),
         ("tokenize.chat.max_tokens", 128, ["tokenize@chat"]),
         ("train.chat.lora_rank", 4, ["train@chat"]),
+        # the bootstrap does not change what the baseline measured
+        ("probe.confidence", 0.9, ["probe@base", "probe@chat"]),
+        ("probe.max_new_tokens", 32, ["baseline@base", "baseline@chat", "probe@base", "probe@chat"]),
+        ("report.max_examples_per_task", 3, ["report"]),
     ],
 )
 def test_a_param_change_outdates_only_the_stages_that_read_it(
@@ -314,3 +322,38 @@ def yaml_params(repo: Path) -> dict:
     import yaml
 
     return yaml.safe_load((repo / "params.yaml").read_text())
+
+
+def test_synthesize_rerun_makes_no_model_call(repo: Path, tmp_path: Path) -> None:
+    """With the generation cache of the run, the stage's command makes zero calls and writes the same pairs."""
+    out = tmp_path / "synthetic.parquet"
+    cmd = (
+        "python -m stages.synthesize --params params.yaml --in data/curated.parquet --model models/chat/base "
+        f"--seed-tasks data/sources/seed_tasks.jsonl --out {out} --rejects {tmp_path / 'rejected.parquet'} "
+        f"--metrics {tmp_path / 'm.json'} --cache .steep_cache/synthesize"
+    )
+    _run(cmd.split(), repo)
+    m = json.loads((tmp_path / "m.json").read_text())
+    first = json.loads((repo / "metrics/synthesize.json").read_text())
+    assert m["model_calls"] == 0 and m["cache_hits"] == m["prompts"] == first["prompts"] > 0
+    assert out.read_bytes() == (repo / "data/synthetic.parquet").read_bytes()
+    assert m["total"] == first["total"] and m["kept"] == first["kept"]
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_probe_compares_every_task_and_the_report_shows_it(repo: Path, variant: str) -> None:
+    import yaml
+
+    tasks = [t["name"] for t in yaml.safe_load((repo / "params.yaml").read_text())["probe"]["tasks"]]
+    m = json.loads((repo / f"metrics/probe_{variant}.json").read_text())
+    for task in tasks:
+        for metric, v in m[task].items():
+            if isinstance(v, dict):
+                assert v["ci_low"] <= v["delta"] <= v["ci_high"], (task, metric, v)
+                assert v["delta"] == pytest.approx(v["adapted"] - v["base"], abs=1e-5)
+        assert m[task]["forgetting"] in (0, 1) and m[task]["gain"] in (0, 1)
+    assert "mcnemar_p" in m["general_mc"]
+    report = (repo / "metrics/report.md").read_text()
+    for name in (*tasks, "synthesize", "dedup", "reference"):
+        assert name in report, name
+    assert "<svg" in (repo / "metrics/report.html").read_text()

@@ -1,0 +1,114 @@
+"""Baseline: evaluate a variant's pretrained model (no adapter) on every probe task: what the probe compares to.
+
+Inputs: ``--model`` (``models/<variant>/base``, the checkpoint of the models stage) and the task files of
+    ``probe.tasks`` (JSONL; formats in ``stages/_probe.py``). The params ``probe.*`` that change the numbers (not the
+    bootstrap or verdict settings), ``template.<variant>`` (generation prompts) and ``train.<variant>.quantization`` /
+    ``compute_dtype`` (what ``probe.precision: as_trained`` resolves to). It does not read the adapter: retraining
+    never re-evaluates the base model.
+Outputs: ``--out`` (``data/probe/baseline_<variant>.parquet``): one row per (task, item), sorted by task then item::
+
+    task        the task name (``showcase`` for the showcase generations)
+    type        multiple_choice | perplexity | generation | knowledge | showcase
+    item        0-based line index in the task file (showcase: index in probe.showcase_prompts)
+    prompt      what the model saw (the harness context; the text; the templated prompt)
+    reference   the gold choice / reference / answer ("" for perplexity and showcase)
+    prediction  the chosen choice (highest log-likelihood) / the generated text ("" for perplexity)
+    scores      JSON object, sorted keys: multiple_choice {acc, acc_norm}; perplexity {nll, tokens, bytes};
+                generation {bertscore_f1, bleu, rougeL}; knowledge {contains, exact, rougeL}; showcase {}
+
+``--metrics`` (``metrics/baseline_<variant>.json``): per task its scores and n (multiple_choice acc, acc_norm;
+    perplexity token_perplexity, bits_per_byte, byte_perplexity; generation rougeL, bleu (0-100), bertscore_f1;
+    knowledge exact, contains, rougeL), plus tasks_evaluated and tasks_cached (tasks found in ``--cache``).
+Cache: ``--cache`` (``.steep_cache/probe``) keeps each task's per-item results by a hash of everything they depend
+    on: adding a task evaluates only that task, and a rerun with nothing changed loads no model.
+Run: ``dvc repro baseline@chat`` (= ``python -m stages.baseline --params params.yaml --variant chat
+    --model models/chat/base --out data/probe/baseline_chat.parquet --metrics metrics/baseline_chat.json
+    --cache .steep_cache/probe``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from stages import _io, _params, _probe
+
+log = logging.getLogger("steep.baseline")
+
+# dvc.yaml's `params:` for this foreach stage; `params_keys(variant)` fills in the variant.
+PARAMS = [
+    "probe.precision",
+    "probe.batch_size",
+    "probe.max_new_tokens",
+    "probe.multiple_choice_prompt",
+    "probe.bertscore_model",
+    "probe.showcase_prompts",
+    "probe.tasks",
+    "template.${key}",
+    "train.${key}.quantization",
+    "train.${key}.compute_dtype",
+]
+
+
+def params_keys(variant: str) -> list[str]:
+    """The params keys the stage reads for `variant` (PARAMS with the variant filled in)."""
+    return [k.replace("${key}", variant) for k in PARAMS]
+
+
+def task_metrics(tasks: list[_probe.TaskData], rows: list[_probe.Row]) -> dict[str, Any]:
+    """Per task: its scores (``_probe.aggregate``) and n."""
+    out: dict[str, Any] = {}
+    for t in tasks:
+        mine = [r for r in rows if r["task"] == t.name]
+        out[t.name] = _probe.aggregate(t.type, mine) | {"n": len(mine)}
+    return out
+
+
+def run(
+    params: _params.Scoped, variant: str, *, inputs: dict[str, Path], outputs: dict[str, Path], cache_dir: Path
+) -> dict[str, Any]:
+    """Evaluate the pretrained model on every task; write the per-item rows; return the metrics.
+
+    Args:
+        params: the view of :data:`PARAMS` (``params_keys(variant)``).
+        variant: the variant (base, chat).
+        inputs: ``{"model": <base checkpoint dir>}``.
+        outputs: ``{"out": <per-item Parquet>}``.
+        cache_dir: the per-task result cache.
+
+    Returns:
+        ``{<task>: {<score>: value, "n": items}, "tasks_evaluated": n, "tasks_cached": n}``.
+    """
+    s = _probe.settings(params, variant)
+    tasks = _probe.read_tasks(s.tasks)  # every file checked before a model is loaded
+    engine = _probe.Engine(s, Path(inputs["model"]))
+    rows, counts = _probe.evaluate(engine, tasks, Path(cache_dir))
+    with _io.atomic_outputs(outputs["out"]) as (tmp,):
+        _io.write_table(tmp, _probe.to_table(rows))
+    return task_metrics(tasks, rows) | counts
+
+
+def main() -> None:
+    """Command line: the flags of the baseline stage's cmd in dvc.yaml."""
+    ap = argparse.ArgumentParser(prog="python -m stages.baseline", description=__doc__.split("\n")[0])
+    ap.add_argument("--params", required=True, type=Path, help="params.yaml")
+    ap.add_argument("--variant", required=True, help="the variant to evaluate (base, chat)")
+    ap.add_argument("--model", required=True, type=Path, help="the variant's base checkpoint directory")
+    ap.add_argument("--out", required=True, type=Path, help="per-item results (Parquet)")
+    ap.add_argument("--metrics", required=True, type=Path, help="metrics JSON")
+    ap.add_argument("--cache", required=True, type=Path, help="per-task result cache directory")
+    args = ap.parse_args()
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    keys = params_keys(args.variant)
+    params = _params.load(args.params, keys)
+    _probe.log_params(params, keys)
+    metrics = run(params, args.variant, inputs={"model": args.model}, outputs={"out": args.out}, cache_dir=args.cache)
+    with _io.atomic_outputs(args.metrics) as (tmp,):
+        _io.write_json(tmp, metrics)
+
+
+if __name__ == "__main__":
+    _io.run_main(main)

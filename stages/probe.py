@@ -1,0 +1,172 @@
+"""Probe: evaluate a variant's adapted model on the probe tasks and compare it with the baseline, item by item.
+
+Inputs: ``--model`` (``models/<variant>/base``) and ``--adapter`` (``models/<variant>/adapter``), loaded as trained
+    (``probe.precision: as_trained``: 4-bit NF4 base + LoRA adapter by default); ``--baseline``
+    (``data/probe/baseline_<variant>.parquet``, the pretrained model's per-item results); the task files of
+    ``probe.tasks``. The params ``probe``, ``common.seed`` (the bootstrap), ``template.<variant>`` and
+    ``train.<variant>.quantization`` / ``compute_dtype``.
+Outputs: ``--out`` (``data/probe/<variant>.parquet``): the baseline's columns (see ``stages/baseline.py``) describing
+    the ADAPTED model, plus ``base_prediction`` and ``base_scores`` (JSON) copied from the baseline row of the same
+    (task, item); sorted by task then item.
+    ``--metrics`` (``metrics/probe_<variant>.json``), flat enough for ``dvc metrics diff``::
+
+        {"<task>": {"<score>": {"base": x, "adapted": y, "delta": y - x, "ci_low": lo, "ci_high": hi}, ...,
+                    "mcnemar_p": p,            # multiple_choice only: exact binomial McNemar test on acc
+                    "forgetting": 0 | 1, "gain": 0 | 1},
+         "tasks_forgetting": n, "tasks_gaining": n, "tasks_evaluated": n, "tasks_cached": n}
+
+    The interval is a paired bootstrap over items (``probe.bootstrap_resamples`` resamples of item indices, the same
+    for base and adapted, seeded with ``common.seed`` and the task name; each task score recomputed per resample;
+    percentile interval at ``probe.confidence``). The verdicts use each type's main score (multiple_choice acc,
+    perplexity bits_per_byte (lower is better), generation rougeL, knowledge contains): forgetting when it is worse
+    by more than ``probe.forgetting_threshold`` and the interval excludes 0 on the worse side; gain likewise on the
+    better side. Floats are rounded to 6 decimals.
+Cache: ``--cache`` (``.steep_cache/probe``), as for the baseline (the adapter's files are part of the key).
+Run: ``dvc repro probe@chat`` (= ``python -m stages.probe --params params.yaml --variant chat --model models/chat/base
+    --adapter models/chat/adapter --baseline data/probe/baseline_chat.parquet --out data/probe/chat.parquet
+    --metrics metrics/probe_chat.json --cache .steep_cache/probe``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from stages import _io, _params, _probe
+from stages._io import StageError
+
+log = logging.getLogger("steep.probe")
+
+# dvc.yaml's `params:` for this foreach stage; `params_keys(variant)` fills in the variant.
+PARAMS = ["common.seed", "probe", "template.${key}", "train.${key}.quantization", "train.${key}.compute_dtype"]
+
+
+def params_keys(variant: str) -> list[str]:
+    """The params keys the stage reads for `variant` (PARAMS with the variant filled in)."""
+    return [k.replace("${key}", variant) for k in PARAMS]
+
+
+def _reference(t: _probe.TaskData, item: dict[str, Any]) -> str:
+    if t.type == "multiple_choice":
+        return item["choices"][item["answer"]]
+    return {"perplexity": "", "generation": item.get("reference", ""), "knowledge": item.get("answer", "")}[t.type]
+
+
+def check_baseline(tasks: list[_probe.TaskData], showcase: int, base: list[_probe.Row], baseline: Path) -> None:
+    """Refuse a baseline made from other task files or tasks (before any model is loaded)."""
+    want = {(t.name, index, t.type, _reference(t, it)) for t in tasks for index, it in t.items}
+    want |= {(_probe.SHOWCASE, i, _probe.SHOWCASE, "") for i in range(showcase)}
+    have = {(r["task"], r["item"], r["type"], r["reference"]) for r in base}
+    if want != have:
+        missing, extra = sorted(want - have), sorted(have - want)
+        first = f"it lacks {missing[0][:2]}" if missing else f"it has {extra[0][:2]}, not among the current items"
+        raise StageError(
+            f"{baseline} does not match the current tasks and params ({len(missing)} items missing, {len(extra)} "
+            f"extra; {first}); rerun `dvc repro baseline` first"
+        )
+
+
+def _pair(
+    tasks: list[_probe.TaskData], adapted: list[_probe.Row], base: list[_probe.Row], baseline: Path
+) -> list[_probe.Row]:
+    """Adapted rows with base_prediction / base_scores of the same (task, item); a stale baseline is a StageError."""
+    by_key = {(r["task"], r["item"]): r for r in base}
+    types = {t.name: t.type for t in tasks} | {_probe.SHOWCASE: _probe.SHOWCASE}
+    stale = f"{baseline} does not match the current tasks and params; rerun `dvc repro baseline` first"
+    out = []
+    for r in adapted:
+        b = by_key.get((r["task"], r["item"]))
+        if b is None or b["type"] != types[r["task"]] or b["reference"] != r["reference"] or b["prompt"] != r["prompt"]:
+            what = "no row" if b is None else f"a different row (type {b['type']!r}, reference {b['reference']!r})"
+            raise StageError(f"{stale}: it has {what} for task {r['task']!r} item {r['item']}")
+        out.append(r | {"base_prediction": b["prediction"], "base_scores": b["scores"]})
+    extra = sorted({r["task"] for r in base} - {r["task"] for r in adapted})
+    if extra or len(base) != len(adapted):
+        raise StageError(f"{stale}: it has {len(base)} rows for tasks {sorted({r['task'] for r in base})}, "
+                         f"the probe {len(adapted)} (tasks only in the baseline: {extra})")  # fmt: skip
+    return out
+
+
+def run(
+    params: _params.Scoped, variant: str, *, inputs: dict[str, Path], outputs: dict[str, Path], cache_dir: Path
+) -> dict[str, Any]:
+    """Evaluate the adapted model, pair its rows with the baseline's, write them; return the comparison metrics.
+
+    Args:
+        params: the view of :data:`PARAMS` (``params_keys(variant)``).
+        variant: the variant (base, chat).
+        inputs: ``{"model": <base checkpoint dir>, "adapter": <adapter dir>, "baseline": <baseline Parquet>}``.
+        outputs: ``{"out": <per-item Parquet>}``.
+        cache_dir: the per-task result cache.
+
+    Returns:
+        The metrics described in the module docstring.
+    """
+    s = _probe.settings(params, variant)
+    p = params.probe
+    seed = params.common.seed
+    tasks = _probe.read_tasks(s.tasks)
+    base = _probe.read_rows(Path(inputs["baseline"]))
+    check_baseline(tasks, len(s.showcase_prompts), base, Path(inputs["baseline"]))
+    engine = _probe.Engine(s, Path(inputs["model"]), Path(inputs["adapter"]))
+    adapted, counts = _probe.evaluate(engine, tasks, Path(cache_dir))
+    rows = _pair(tasks, adapted, base, Path(inputs["baseline"]))
+    metrics: dict[str, Any] = {}
+    for t in tasks:
+        mine = [r for r in rows if r["task"] == t.name]
+        base_rows = [r | {"prediction": r["base_prediction"], "scores": r["base_scores"]} for r in mine]
+        metrics[t.name] = _probe.compare(
+            t.name,
+            t.type,
+            base_rows,
+            mine,
+            seed=seed,
+            resamples=p.bootstrap_resamples,
+            confidence=p.confidence,
+            threshold=p.forgetting_threshold,
+        )
+        m = metrics[t.name]
+        main = _probe.MAIN_METRIC[t.type]
+        verdict = "FORGETTING" if m["forgetting"] else "gain" if m["gain"] else "no clear change"
+        log.info("%s %s: base %.4f -> adapted %.4f (delta %+.4f, %g%% CI [%+.4f, %+.4f]): %s", t.name, main,
+                 m[main]["base"], m[main]["adapted"], m[main]["delta"], 100 * p.confidence, m[main]["ci_low"],
+                 m[main]["ci_high"], verdict)  # fmt: skip
+    with _io.atomic_outputs(outputs["out"]) as (tmp,):
+        _io.write_table(tmp, _probe.to_table(rows, _probe.PROBE_SCHEMA))
+    metrics["tasks_forgetting"] = sum(metrics[t.name]["forgetting"] for t in tasks)
+    metrics["tasks_gaining"] = sum(metrics[t.name]["gain"] for t in tasks)
+    return metrics | counts
+
+
+def main() -> None:
+    """Command line: the flags of the probe stage's cmd in dvc.yaml."""
+    ap = argparse.ArgumentParser(prog="python -m stages.probe", description=__doc__.split("\n")[0])
+    ap.add_argument("--params", required=True, type=Path, help="params.yaml")
+    ap.add_argument("--variant", required=True, help="the variant to probe (base, chat)")
+    ap.add_argument("--model", required=True, type=Path, help="the variant's base checkpoint directory")
+    ap.add_argument("--adapter", required=True, type=Path, help="the variant's adapter directory")
+    ap.add_argument("--baseline", required=True, type=Path, help="the baseline's per-item results (Parquet)")
+    ap.add_argument("--out", required=True, type=Path, help="per-item results of the adapted model (Parquet)")
+    ap.add_argument("--metrics", required=True, type=Path, help="metrics JSON")
+    ap.add_argument("--cache", required=True, type=Path, help="per-task result cache directory")
+    args = ap.parse_args()
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    keys = params_keys(args.variant)
+    params = _params.load(args.params, keys)
+    _probe.log_params(params, keys)
+    metrics = run(
+        params,
+        args.variant,
+        inputs={"model": args.model, "adapter": args.adapter, "baseline": args.baseline},
+        outputs={"out": args.out},
+        cache_dir=args.cache,
+    )
+    with _io.atomic_outputs(args.metrics) as (tmp,):
+        _io.write_json(tmp, metrics)
+
+
+if __name__ == "__main__":
+    _io.run_main(main)

@@ -357,3 +357,27 @@ def test_probe_compares_every_task_and_the_report_shows_it(repo: Path, variant: 
     for name in (*tasks, "synthesize", "dedup", "reference"):
         assert name in report, name
     assert "<svg" in (repo / "metrics/report.html").read_text()
+
+
+def test_metrics_diff_across_commits_shows_the_probe_deltas_move(repo: Path) -> None:
+    """Two commits that differ in one training param: `dvc metrics diff` shows the chat probe's deltas changed.
+
+    Runs last: it leaves the copy at the second commit.
+    """
+    import yaml
+
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
+    _run([*git, "add", "-A"], repo)
+    _run([*git, "commit", "-qm", "run 1", "--allow-empty"], repo)
+    raw = yaml.safe_load((repo / "params.yaml").read_text())
+    raw["train"]["chat"]["learning_rate"] = 0.03
+    (repo / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    out = _dvc(repo, "repro").stdout
+    assert "Running stage 'train@chat'" in out and "Running stage 'probe@chat'" in out
+    assert "Running stage 'baseline@chat'" not in out and "Running stage 'train@base'" not in out
+    _run([*git, "add", "-A"], repo)
+    _run([*git, "commit", "-qm", "run 2: train.chat.learning_rate 0.03"], repo)
+    diff = json.loads(_dvc(repo, "metrics", "diff", "HEAD~1", "--json").stdout)
+    moved = diff.get("metrics/probe_chat.json", {})
+    assert any(k.endswith(".delta") and v["diff"] for k, v in moved.items()), moved
+    assert "metrics/probe_base.json" not in diff and "metrics/baseline_chat.json" not in diff

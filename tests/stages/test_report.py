@@ -19,7 +19,7 @@ from typing import Any
 import pyarrow as pa
 import pytest
 
-from stages import _io, _params, report
+from stages import _io, _params, _probe, report
 from stages._io import StageError
 from stages._records import make_record, write_records, write_rejects
 from tests.stages._tiny import write_params
@@ -34,19 +34,8 @@ CHATML = (
     "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
     "<|im_start|>user\n{q}<|im_end|>\n<|im_start|>assistant\n"
 )
-PROBE_SCHEMA = pa.schema(
-    [
-        ("task", pa.string()),
-        ("type", pa.string()),
-        ("item", pa.int64()),
-        ("prompt", pa.string()),
-        ("reference", pa.string()),
-        ("prediction", pa.string()),
-        ("scores", pa.string()),
-        ("base_prediction", pa.string()),
-        ("base_scores", pa.string()),
-    ]
-)
+# the per-item table of the probe stage, as written by it
+PROBE_SCHEMA = _probe.PROBE_SCHEMA
 INPUT_FLAGS = {
     "metrics_dir": "metrics",
     "rejects_dir": "data/rejected",

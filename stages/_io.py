@@ -8,6 +8,7 @@ interrupted or failing stage leaves no half-written output behind.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -70,6 +71,30 @@ def _remove(path: Path) -> None:
 def write_table(path: Path, table: pa.Table) -> None:
     """Write Parquet the same way every time: same rows, same bytes."""
     pq.write_table(table, path, compression="zstd", row_group_size=1 << 16, write_statistics=False)
+
+
+def fingerprint(*dirs: Path | None) -> str:
+    """sha256 over every file (relative name and bytes) of each directory given (None: skipped).
+
+    The identity of a model (and adapter) directory in cache keys: any changed byte gives another key.
+    """
+    h = hashlib.sha256()
+    for n, root in enumerate(dirs):
+        if root is None:
+            continue
+        root = Path(root)
+        files = sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else []
+        if not files:
+            raise StageError(
+                f"{root}: model directory not found or empty; run the stage that makes it first (dvc repro)"
+            )
+        h.update(f"dir{n}\0".encode())
+        for f in files:
+            h.update(f"{f.relative_to(root).as_posix()}\0".encode())
+            with f.open("rb") as fh:
+                for block in iter(lambda fh=fh: fh.read(1 << 20), b""):
+                    h.update(block)
+    return h.hexdigest()
 
 
 def write_json(path: Path, data: Mapping[str, Any]) -> None:

@@ -294,24 +294,6 @@ def read_tasks(tasks: tuple[ProbeTask, ...] | list[ProbeTask]) -> list[TaskData]
 # --- cache ----------------------------------------------------------------------------------------------------------
 
 
-def fingerprint(*dirs: Path | None) -> str:
-    """sha256 over every file (relative name and bytes) of each directory given (None: skipped)."""
-    h = hashlib.sha256()
-    for n, root in enumerate(dirs):
-        if root is None:
-            continue
-        root = Path(root)
-        if not root.is_dir():
-            raise StageError(f"{root}: model directory not found; run the stage that makes it first (dvc repro)")
-        h.update(f"dir{n}\0".encode())
-        for f in sorted(p for p in root.rglob("*") if p.is_file()):
-            h.update(f"{f.relative_to(root).as_posix()}\0".encode())
-            with f.open("rb") as fh:
-                for block in iter(lambda fh=fh: fh.read(1 << 20), b""):
-                    h.update(block)
-    return h.hexdigest()
-
-
 def _version(package: str) -> str:
     try:
         return importlib.metadata.version(package)
@@ -644,7 +626,7 @@ class Engine:
 
     @cached_property
     def fingerprint(self) -> str:
-        return fingerprint(self.model_dir, self.adapter_dir)
+        return _io.fingerprint(self.model_dir, self.adapter_dir)
 
     def _base_key(self) -> dict[str, Any]:
         s = self.settings

@@ -215,20 +215,6 @@ def self_instruct_calls(tasks: list[dict[str, Any]], cfg: _params.SelfInstruct, 
 # --- the generation cache ---------------------------------------------------------------------------------------------
 
 
-def model_fingerprint(model_dir: Path) -> str:
-    """sha256 over the name and bytes of every file of the model directory."""
-    h = hashlib.sha256()
-    files = sorted(p for p in model_dir.rglob("*") if p.is_file())
-    if not files:
-        raise StageError(f"{model_dir}: no model files; run `dvc repro models@chat` first")
-    for p in files:
-        h.update(p.relative_to(model_dir).as_posix().encode("utf-8") + b"\0")
-        with p.open("rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-    return h.hexdigest()
-
-
 def call_key(model_fp: str, gen: _params.Generation, call: Call) -> str:
     """The cache key of a call: (model, prompt, generation params, seed, stop string)."""
     blob = json.dumps(
@@ -567,7 +553,7 @@ def run(
         seeds = read_seed_tasks(inputs["seed_tasks"])
         calls += self_instruct_calls(seeds, cfg.self_instruct, seed)
 
-    model_fp = model_fingerprint(inputs["model"])
+    model_fp = _io.fingerprint(inputs["model"])
     calls = sorted(
         (
             Call(c.generator, c.prompt, c.seed, c.provenance, c.context, call_key(model_fp, cfg.generation, c))

@@ -10,7 +10,7 @@ from typing import Any
 import pyarrow.parquet as pq
 import pytest
 
-from stages import _params, _records, synthesize
+from stages import _io, _params, _records, synthesize
 from stages._io import StageError
 from tests.stages._tiny import chat_tokenizer, tiny_llama
 
@@ -280,7 +280,7 @@ def test_recorded_completions_go_through_every_filter(model_dir: Path, tmp_path:
     curated = _docs(tmp_path, [DOC], extra=[existing])
     calls = synthesize.document_calls(_records.read_records(curated), params.synthesize.documents, params.common.seed)
     assert [c.provenance["chunk_index"] for c in calls] == [0, 0, 0, 1, 1, 1]
-    fp = synthesize.model_fingerprint(model_dir)
+    fp = _io.fingerprint(model_dir)
     keys = [synthesize.call_key(fp, params.synthesize.generation, c) for c in calls]
     completions = [
         # chunk 0 (the pull stage writes one Parquet file per source): an answer not in the chunk; the curated pair

@@ -489,27 +489,54 @@ PROBE_FIELDS: dict[str, tuple[str, ...]] = {
 
 
 class ProbeTask(Section):
-    """One entry of ``probe.tasks``."""
+    """One entry of ``probe.tasks``: a local JSONL (``path`` + ``fields``) or an lm-evaluation-harness task by name."""
 
     name: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
     type: Literal[PROBE_TYPES]  # type: ignore[valid-type]
-    path: str
+    # a local JSONL task: its path (relative to the project root) and
     # the canonical names of the type (PROBE_FIELDS) -> the file's field names
-    fields: dict[str, str]
+    path: str | None = None
+    fields: dict[str, str] | None = None
     # multiple_choice only: the question prompt, {question} filled in; each choice is scored after one space.
     # None: probe.multiple_choice_prompt.
     prompt: str | None = None
+    # or a multiple-choice task of lm-evaluation-harness by name (arc_easy, hellaswag, piqa, mmlu_anatomy, ...): its
+    # own dataset, prompt, choices and target, read with the harness (the dataset comes from the Hugging Face Hub or
+    # the local datasets cache); harness_include: a folder of further harness task YAMLs (the harness's include_path)
+    harness_task: str | None = Field(default=None, min_length=1)
+    harness_include: str | None = None
+    # evaluate the first `limit` items only (None: all)
+    limit: int | None = Field(default=None, gt=0)
 
     @model_validator(mode="after")
     def _check(self) -> ProbeTask:
         if self.name == "showcase":
             raise ValueError("the task name 'showcase' is taken by the rows of probe.showcase_prompts; rename the task")
+        if (self.path is None) == (self.harness_task is None):
+            raise ValueError(
+                f"task {self.name!r}: give either path (a local JSONL, with fields) or harness_task (an "
+                "lm-evaluation-harness task name), not both and not neither"
+            )
+        if self.harness_task is not None:
+            if self.type != "multiple_choice":
+                raise ValueError(
+                    f"task {self.name!r}: harness_task is supported for type multiple_choice only (got {self.type}); "
+                    "for other types export the items to a JSONL and use path and fields"
+                )
+            if self.fields is not None or self.prompt is not None:
+                raise ValueError(
+                    f"task {self.name!r}: a harness task brings its own prompt, choices and target "
+                    "(doc_to_text, doc_to_choice, doc_to_target); remove fields and prompt"
+                )
+            return self
+        if self.harness_include is not None:
+            raise ValueError(f"task {self.name!r}: harness_include applies with harness_task only")
         want = set(PROBE_FIELDS[self.type])
-        if set(self.fields) != want:
+        if self.fields is None or set(self.fields) != want:
             raise ValueError(
                 f"task {self.name!r} ({self.type}): fields must map exactly {sorted(want)} to the file's field "
                 f"names, e.g. fields: {{{', '.join(f'{k}: {k}' for k in PROBE_FIELDS[self.type])}}}; "
-                f"got {sorted(self.fields)}"
+                f"got {sorted(self.fields or {})}"
             )
         if self.prompt is not None:
             if self.type != "multiple_choice":

@@ -1,13 +1,16 @@
 """The probe engine shared by the baseline and probe stages: tasks, model, per-item scores, cache, comparison.
 
 Task files (``probe.tasks``): JSONL, one item per non-blank line; an item's index is its 0-based line number in the
-file. Every file is read and checked before any model is loaded; a bad file stops the stage naming the file, the
-line and the fix. ``fields`` maps each type's canonical names to the file's:
+file (``limit``: the first that many items only). Every file is read and checked before any model is loaded; a bad
+file stops the stage naming the file, the line and the fix. ``fields`` maps each type's canonical names to the file's:
 
     multiple_choice  question (text), choices (a list of at least 2 texts), answer (the 0-based index of the right one)
     perplexity       text
     generation       prompt, reference
     knowledge        question, answer
+
+A multiple-choice task may instead name an lm-evaluation-harness task (``harness_task``, e.g. ``arc_easy``): its
+items are the harness's own rendering of its documents (``stages/_harness.py``), read before any model is loaded too.
 
 How each type is evaluated (one model: a base checkpoint, optionally with a LoRA adapter, in the probe precision):
 
@@ -34,10 +37,10 @@ generation mean rougeL, corpus BLEU (sacrebleu, 0-100), mean bertscore_f1; knowl
 The main score of each type (:data:`MAIN_METRIC`) decides forgetting and gain.
 
 Cache. Each task's per-item results are stored in ``--cache`` under a sha256 over what they depend on (the sha256
-of every file of the model and adapter directories, the resolved precision and device, the task's type, fields and
-prompt, the task file's sha256, the settings that matter to the type, :data:`CODE_VERSION` and the versions of the
-libraries that compute the numbers). A hit evaluates nothing; adding a task evaluates only that task; when every task
-hits, no model is loaded.
+of every file of the model and adapter directories, the resolved precision and device, the task's type, fields,
+prompt and limit, the task file's sha256 (a harness task: its rendered items'), the settings that matter to the type,
+:data:`CODE_VERSION` and the versions of the libraries that compute the numbers). A hit evaluates nothing; adding
+a task evaluates only that task; when every task hits, no model is loaded.
 """
 
 from __future__ import annotations
@@ -198,13 +201,18 @@ class TaskData:
 
     Attributes:
         task: the ``probe.tasks`` entry.
-        items: (0-based line index, the item's fields under their canonical names), in file order.
-        sha256: the task file's sha256.
+        items: (0-based line index, the item's fields under their canonical names), in file order (a harness task:
+            (document index, question / choices / answer), see ``stages/_harness.py``).
+        sha256: the task file's sha256 (a harness task: its items').
     """
 
     task: ProbeTask
     items: tuple[tuple[int, dict[str, Any]], ...]
     sha256: str
+    # multiple_choice: the prompt ({question} filled in; None: probe.multiple_choice_prompt) and what goes before
+    # each choice. A harness task's question is its whole rendered context: prompt "{question}".
+    prompt: str | None = None
+    delimiter: str = " "
 
     @property
     def name(self) -> str:
@@ -257,7 +265,13 @@ def _check_item(task: ProbeTask, obj: Any, where: str) -> dict[str, Any]:
 
 
 def read_task(task: ProbeTask) -> TaskData:
-    """Read and check a task file (path relative to the working directory, the project root)."""
+    """Read and check a task file (path relative to the working directory, the project root) or a harness task."""
+    if task.harness_task is not None:
+        from stages import _harness
+
+        items, delimiter, sha = _harness.read(task)
+        return TaskData(task, items, sha, prompt="{question}", delimiter=delimiter)
+    assert task.path is not None and task.fields is not None  # ProbeTask's validator
     path = Path(task.path)
     try:
         raw = path.read_bytes()
@@ -281,9 +295,11 @@ def read_task(task: ProbeTask) -> TaskData:
             raise StageError(f"{where}: not valid JSON ({e.msg} at column {e.colno}); {_example(task)!s} "
                              "is the expected form, one object a line") from None  # fmt: skip
         items.append((i, _check_item(task, obj, where)))
+        if task.limit is not None and len(items) == task.limit:
+            break
     if not items:
         raise StageError(f"{path}: task {task.name!r} has no items; add at least one JSON line")
-    return TaskData(task, tuple(items), hashlib.sha256(raw).hexdigest())
+    return TaskData(task, tuple(items), hashlib.sha256(raw).hexdigest(), prompt=task.prompt)
 
 
 def read_tasks(tasks: tuple[ProbeTask, ...] | list[ProbeTask]) -> list[TaskData]:
@@ -395,7 +411,7 @@ def cut_at_stop(text: str, stops: tuple[str, ...]) -> str:
 
 
 @contextlib.contextmanager
-def _quiet_harness() -> Iterator[None]:
+def quiet_harness() -> Iterator[None]:
     """lm-eval and datasets log every step at INFO; keep warnings only while they run."""
     loggers = [logging.getLogger(n) for n in ("lm_eval", "lm-eval", "datasets", "evaluate")]
     levels = [lg.level for lg in loggers]
@@ -436,7 +452,7 @@ class Engine:
         """The harness's HFLM around the loaded model (scores multiple_choice and perplexity)."""
         from lm_eval.models.huggingface import HFLM
 
-        with _quiet_harness():
+        with quiet_harness():
             return HFLM(
                 pretrained=self.model, tokenizer=load_tokenizer(self.model_dir), batch_size=self.settings.batch_size
             )
@@ -454,7 +470,7 @@ class Engine:
             for t in tasks:
                 harness_name = f"steep_{t.name}"
                 names[harness_name] = t
-                prompt = t.task.prompt or self.settings.multiple_choice_prompt
+                prompt = t.prompt or self.settings.multiple_choice_prompt
                 data = Path(tmp) / f"{t.name}.jsonl"
                 with data.open("w", encoding="utf-8") as f:
                     for index, it in t.items:
@@ -471,7 +487,7 @@ class Engine:
                     "doc_to_text": "prompt",
                     "doc_to_choice": "choices",
                     "doc_to_target": "answer",
-                    "target_delimiter": " ",
+                    "target_delimiter": t.delimiter,
                     "num_fewshot": 0,
                     "metric_list": [
                         {"metric": "acc", "aggregation": "mean", "higher_is_better": True},
@@ -479,7 +495,7 @@ class Engine:
                     ],
                 }
                 (Path(tmp) / f"{harness_name}.yaml").write_text(yaml.safe_dump(config, sort_keys=True))
-            with _quiet_harness():
+            with quiet_harness():
                 manager = TaskManager(include_path=tmp, include_defaults=False)
                 results = simple_evaluate(
                     model=self.lm,
@@ -526,7 +542,7 @@ class Engine:
         # harness score predicting BOS after its BOS prefix token.
         saved, lm.add_bos_token = lm.add_bos_token, False
         try:
-            with _quiet_harness():
+            with quiet_harness():
                 lls = lm.loglikelihood_rolling(requests, disable_tqdm=False)
         finally:
             lm.add_bos_token = saved
@@ -645,10 +661,14 @@ class Engine:
 
     def task_key(self, t: TaskData) -> str:
         """The cache key of a task's per-item results (only what changes them)."""
-        entry = {"type": t.type, "fields": dict(sorted(t.task.fields.items())), "file": t.sha256}
+        entry = {"type": t.type, "fields": dict(sorted((t.task.fields or {}).items())), "file": t.sha256}
+        if t.task.limit is not None:
+            entry["limit"] = t.task.limit
         payload = self._base_key() | {"task": entry}
         if t.type == "multiple_choice":
-            payload |= {"prompt": t.task.prompt or self.settings.multiple_choice_prompt, "lm_eval": _version("lm_eval")}
+            payload |= {"prompt": t.prompt or self.settings.multiple_choice_prompt, "lm_eval": _version("lm_eval")}
+            if t.delimiter != " ":
+                payload["delimiter"] = t.delimiter
         elif t.type == "perplexity":
             payload |= {"lm_eval": _version("lm_eval")}
         else:
@@ -793,7 +813,7 @@ def bertscore(predictions: list[str], references: list[str], model: str) -> list
     out = [0.0] * len(predictions)
     if not scored:
         return out
-    with _no_hub(), _quiet_harness():
+    with _no_hub(), quiet_harness():
         _, _, f1 = bert_score.score(
             [predictions[i] for i in scored], [references[i] for i in scored], model_type=model_dir,
             num_layers=layers, batch_size=1, rescale_with_baseline=False, idf=False, verbose=False,

@@ -1,0 +1,136 @@
+"""lm-evaluation-harness tasks by name (``probe.tasks[].harness_task``), read into probe items.
+
+A multiple-choice task of the harness's registry (``arc_easy``, ``hellaswag``, ``piqa``, ``mmlu_anatomy``, ...) or
+of a folder of harness task YAMLs (``harness_include``, the harness's ``--include_path``) is loaded with the harness's
+``TaskManager``, which reads its dataset with ``datasets`` (from the Hugging Face Hub, or from the local datasets
+cache where it was read before). Each evaluation document becomes one probe item, rendered by the harness itself:
+
+    question  the task's context for the document (``fewshot_context``: description, the task's configured few-shot
+              examples drawn with the harness's default seed, ``doc_to_text``), scored with the prompt "{question}"
+    choices   ``doc_to_choice``
+    answer    ``doc_to_target`` (an index, or a choice text turned into its index)
+
+and the task's ``target_delimiter`` goes before each choice. The probe then scores the items like any
+multiple-choice task (a generated task YAML through ``simple_evaluate``), so the per-item acc / acc_norm are the
+harness's on the same contexts and continuations (tests/stages/test_harness_tasks.py holds them to a direct
+``simple_evaluate`` of the named task). The items' sha256 stands in for a task file's in the probe cache key.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from stages._io import StageError
+from stages._params import ProbeTask
+
+# simple_evaluate's default fewshot_random_seed (lm_eval.defaults.DEFAULT_OTHER_SEED)
+FEWSHOT_SEED = 1234
+
+
+@lru_cache(maxsize=4)
+def task_manager(include: str | None) -> Any:
+    """The harness's task index (its registry, plus the YAMLs under `include`); about 10 s to build, once."""
+    from lm_eval.tasks import TaskManager
+
+    from stages._probe import quiet_harness
+
+    with quiet_harness():
+        return TaskManager(include_path=include) if include else TaskManager()
+
+
+def _where(task: ProbeTask) -> str:
+    return f"probe task {task.name!r} (harness_task {task.harness_task!r})"
+
+
+def load(task: ProbeTask) -> Any:
+    """The harness's task object for `task` (its dataset loaded); a clear StageError for every way this fails."""
+    where = _where(task)
+    include = task.harness_include
+    if include is not None and not Path(include).is_dir():
+        raise StageError(f"{include}: harness_include of {where} is not a folder; fix the path (relative to the "
+                         "project root) or remove it")  # fmt: skip
+    manager = task_manager(str(include) if include is not None else None)
+    name = task.harness_task
+    if name in manager.all_groups or name in manager.all_tags:
+        kind = "group" if name in manager.all_groups else "tag"
+        members = sorted(t for t in manager.all_subtasks if t.startswith(f"{name}_"))
+        hint = f" (e.g. {', '.join(map(str, members[:3]))})" if members else ""
+        raise StageError(f"{where}: {name!r} is a harness {kind} of several tasks; name one task per probe task"
+                         f"{hint}")  # fmt: skip
+    if name not in manager.all_tasks:
+        close = difflib.get_close_matches(name, manager.all_tasks, n=3)
+        hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
+        raise StageError(f"{where}: lm-evaluation-harness has no task {name!r}{hint} (`lm-eval list subtasks` "
+                         "lists them; a task of your own goes in a YAML under harness_include)")  # fmt: skip
+    from stages._probe import quiet_harness
+
+    try:
+        with quiet_harness():
+            loaded = manager.load(name)
+    except Exception as e:  # datasets raises many kinds (ConnectionError, FileNotFoundError, DatasetNotFoundError)
+        raise StageError(
+            f"{where}: cannot read its dataset ({type(e).__name__}: {e}). A harness task reads its data from the "
+            "Hugging Face Hub, or from the local datasets cache where it was read before: run once where the Hub "
+            "is reachable, or write the items to a JSONL and declare the task with path and fields"
+        ) from None
+    obj = loaded["tasks"].get(name)
+    if obj is None or len(loaded["tasks"]) != 1:
+        raise StageError(f"{where}: the harness loaded {sorted(loaded['tasks'])}, not one task {name!r}; "
+                         "name one task per probe task")  # fmt: skip
+    return obj
+
+
+def _answer(obj: Any, doc: Any, choices: list[str], where: str) -> int:
+    target = obj.doc_to_target(doc)
+    if isinstance(target, str) and target in choices:
+        return choices.index(target)
+    if isinstance(target, str) and target.strip().isdigit():
+        target = int(target)
+    if isinstance(target, int) and not isinstance(target, bool) and 0 <= target < len(choices):
+        return target
+    raise StageError(f"{where}: doc_to_target gives {target!r}, neither a choice nor an index into its "
+                     f"{len(choices)} choices; steep scores one right choice per item")  # fmt: skip
+
+
+def read(task: ProbeTask) -> tuple[tuple[tuple[int, dict[str, Any]], ...], str, str]:
+    """The items of a harness task, in the harness's document order (first ``limit`` only).
+
+    Returns:
+        (items as (document index, {question, choices, answer})), the task's target delimiter, and the sha256 of
+        the items and delimiter.
+    """
+    obj = load(task)
+    where = _where(task)
+    output_type = getattr(obj, "OUTPUT_TYPE", None)
+    if output_type != "multiple_choice":
+        raise StageError(f"{where}: its output_type is {output_type!r}; steep runs harness tasks of output_type "
+                         "multiple_choice (export other tasks' items to a JSONL of the matching probe "
+                         "type)")  # fmt: skip
+    if getattr(obj, "multiple_input", 0):
+        raise StageError(f"{where}: it scores one continuation after several contexts (like winogrande); steep "
+                         "scores several choices after one context: export the items to a JSONL")  # fmt: skip
+    num_fewshot = obj.get_config("num_fewshot") or 0
+    obj.set_fewshot_seed(seed=FEWSHOT_SEED)
+    delimiter = obj.get_config("target_delimiter")
+    delimiter = " " if delimiter is None else str(delimiter)
+    items = []
+    for index, doc in enumerate(obj.eval_docs):
+        if task.limit is not None and index >= task.limit:
+            break
+        at = f"{where}, document {index}"
+        context = obj.fewshot_context(doc, num_fewshot)
+        choices = obj.doc_to_choice(doc)
+        if not isinstance(context, str) or not isinstance(choices, list) or len(choices) < 2:
+            raise StageError(f"{at}: expected a text context and at least 2 choices, got {type(context).__name__} "
+                             f"and {choices!r}")  # fmt: skip
+        choices = [str(c) for c in choices]
+        items.append((index, {"question": context, "choices": choices, "answer": _answer(obj, doc, choices, at)}))
+    if not items:
+        raise StageError(f"{where}: the task has no evaluation documents")
+    payload = json.dumps({"items": items, "delimiter": delimiter}, sort_keys=True, ensure_ascii=False)
+    return tuple(items), delimiter, hashlib.sha256(payload.encode("utf-8")).hexdigest()

@@ -28,9 +28,8 @@ Run: ``dvc repro baseline@chat`` (= ``python -m stages.baseline --params params.
 
 from __future__ import annotations
 
-import argparse
 import logging
-import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -93,21 +92,12 @@ def run(
 
 def main() -> None:
     """Command line: the flags of the baseline stage's cmd in dvc.yaml."""
-    ap = argparse.ArgumentParser(prog="python -m stages.baseline", description=__doc__.split("\n")[0])
-    ap.add_argument("--params", required=True, type=Path, help="params.yaml")
-    ap.add_argument("--variant", required=True, help="the variant to evaluate (base, chat)")
-    ap.add_argument("--model", required=True, type=Path, help="the variant's base checkpoint directory")
-    ap.add_argument("--out", required=True, type=Path, help="per-item results (Parquet)")
-    ap.add_argument("--metrics", required=True, type=Path, help="metrics JSON")
-    ap.add_argument("--cache", required=True, type=Path, help="per-task result cache directory")
-    args = ap.parse_args()
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    keys = params_keys(args.variant)
-    params = _params.load(args.params, keys)
-    _probe.log_params(params, keys)
-    metrics = run(params, args.variant, inputs={"model": args.model}, outputs={"out": args.out}, cache_dir=args.cache)
-    with _io.atomic_outputs(args.metrics) as (tmp,):
-        _io.write_json(tmp, metrics)
+    _probe.stage_main(
+        sys.modules[__name__],
+        "the variant to evaluate (base, chat)",
+        {"model": "the variant's base checkpoint directory"},
+        "per-item results (Parquet)",
+    )
 
 
 if __name__ == "__main__":

@@ -29,9 +29,8 @@ Run: ``dvc repro probe@chat`` (= ``python -m stages.probe --params params.yaml -
 
 from __future__ import annotations
 
-import argparse
 import logging
-import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -143,29 +142,16 @@ def run(
 
 def main() -> None:
     """Command line: the flags of the probe stage's cmd in dvc.yaml."""
-    ap = argparse.ArgumentParser(prog="python -m stages.probe", description=__doc__.split("\n")[0])
-    ap.add_argument("--params", required=True, type=Path, help="params.yaml")
-    ap.add_argument("--variant", required=True, help="the variant to probe (base, chat)")
-    ap.add_argument("--model", required=True, type=Path, help="the variant's base checkpoint directory")
-    ap.add_argument("--adapter", required=True, type=Path, help="the variant's adapter directory")
-    ap.add_argument("--baseline", required=True, type=Path, help="the baseline's per-item results (Parquet)")
-    ap.add_argument("--out", required=True, type=Path, help="per-item results of the adapted model (Parquet)")
-    ap.add_argument("--metrics", required=True, type=Path, help="metrics JSON")
-    ap.add_argument("--cache", required=True, type=Path, help="per-task result cache directory")
-    args = ap.parse_args()
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    keys = params_keys(args.variant)
-    params = _params.load(args.params, keys)
-    _probe.log_params(params, keys)
-    metrics = run(
-        params,
-        args.variant,
-        inputs={"model": args.model, "adapter": args.adapter, "baseline": args.baseline},
-        outputs={"out": args.out},
-        cache_dir=args.cache,
+    _probe.stage_main(
+        sys.modules[__name__],
+        "the variant to probe (base, chat)",
+        {
+            "model": "the variant's base checkpoint directory",
+            "adapter": "the variant's adapter directory",
+            "baseline": "the baseline's per-item results (Parquet)",
+        },
+        "per-item results of the adapted model (Parquet)",
     )
-    with _io.atomic_outputs(args.metrics) as (tmp,):
-        _io.write_json(tmp, metrics)
 
 
 if __name__ == "__main__":

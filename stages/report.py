@@ -1110,6 +1110,19 @@ def section_probe(doc: Doc, run: Run, per_task: int) -> None:
     section_side_by_side(doc, run, per_task)
 
 
+def _by_task(doc: Doc, run: Run, variant: str, task_type: str) -> dict[str, list[dict]] | None:
+    """The variant's per-item rows of one task type, by task name (sorted); None, said in the report, if not found."""
+    rows = run.items[variant]
+    if rows is None:
+        doc.p(f"`{variant}`: no per-item results ({_not_found(run, f'items@{variant}')}).")
+        return None
+    by_task: dict[str, list[dict]] = defaultdict(list)
+    for row in rows:
+        if row["type"] == task_type:
+            by_task[row["task"]].append(row)
+    return dict(sorted(by_task.items()))
+
+
 def _right(scores: dict[str, Any]) -> bool:
     return float(scores.get("contains", 0) or 0) >= 0.5
 
@@ -1127,15 +1140,10 @@ def section_knowledge(doc: Doc, run: Run, per_task: int) -> None:
     shown = False
     order = {"gained": 0, "both right": 1, "lost": 2, "both wrong": 3}
     for v in run.variants:
-        rows = run.items[v]
-        if rows is None:
-            doc.p(f"`{v}`: no per-item results ({_not_found(run, f'items@{v}')}).")
+        by_task = _by_task(doc, run, v, "knowledge")
+        if by_task is None:
             continue
-        by_task: dict[str, list[dict]] = defaultdict(list)
-        for row in rows:
-            if row["type"] == "knowledge":
-                by_task[row["task"]].append(row)
-        for task, group in sorted(by_task.items()):
+        for task, group in by_task.items():
             change = {}
             for row in group:
                 before, after = _right(row["base_scores"]), _right(row["scores"])
@@ -1210,17 +1218,12 @@ def section_side_by_side(doc: Doc, run: Run, per_task: int) -> None:
         "`rougeL` against the reference."
     )
     for v in run.variants:
-        rows = run.items[v]
-        if rows is None:
-            doc.p(f"`{v}`: no per-item results ({_not_found(run, f'items@{v}')}).")
+        by_task = _by_task(doc, run, v, "generation")
+        if by_task is None:
             continue
-        by_task: dict[str, list[dict]] = defaultdict(list)
-        for row in rows:
-            if row["type"] == "generation":
-                by_task[row["task"]].append(row)
         if not by_task:
             doc.p(f"`{v}`: no generation task in the probe results.")
-        for task, group in sorted(by_task.items()):
+        for task, group in by_task.items():
             doc.p(f"`{task}` on `{v}`:")
             doc.table(
                 ["item", "prompt", "reference", "base answer", "adapted answer"],

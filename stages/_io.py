@@ -97,6 +97,30 @@ def fingerprint(*dirs: Path | None) -> str:
     return h.hexdigest()
 
 
+# Keys transformers writes into tokenizer_config.json that describe how it was loaded (offline mode, a local
+# path), not the tokenizer: left in, the same model would give other bytes with HF_HUB_OFFLINE set or not.
+LOAD_STATE_KEYS = ("is_local", "local_files_only", "name_or_path", "_commit_hash")
+
+
+def scrub_load_state(out_dir: Path, source_dir: Path | None = None) -> None:
+    """Drop load-time state and absolute source paths from the JSON files `out_dir` holds.
+
+    tokenizer_config.json loses :data:`LOAD_STATE_KEYS`; any file loses ``_name_or_path`` when it names `source_dir`
+    (outputs name no absolute paths).
+    """
+    for path in sorted(out_dir.glob("*.json")):
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(data, dict):
+            continue
+        drop = [k for k in LOAD_STATE_KEYS if k in data and path.name == "tokenizer_config.json"]
+        if source_dir is not None and data.get("_name_or_path") in (str(source_dir), str(source_dir.resolve())):
+            drop.append("_name_or_path")
+        if drop:
+            for key in drop:
+                del data[key]
+            path.write_text(json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
 def write_json(path: Path, data: Mapping[str, Any]) -> None:
     """Stable JSON: sorted keys, two-space indent, trailing newline."""
     path.write_text(json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")

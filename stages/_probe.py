@@ -221,7 +221,7 @@ def log_params(params: _params.Scoped, keys: list[str]) -> None:
     for key in keys:
         value = _params.get(params, key)
         if isinstance(value, list):
-            value = [v.model_dump() if hasattr(v, "model_dump") else v for v in value]
+            value = [v.model_dump(exclude_none=True) if hasattr(v, "model_dump") else v for v in value]
         _io.log_params(key, value)
 
 

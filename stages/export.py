@@ -155,6 +155,7 @@ def run(*, inputs: dict[str, Path], outputs: dict[str, Path]) -> dict[str, Any]:
     with torch.no_grad(), _io.atomic_outputs(out) as (tmp,):
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
+        _io.scrub_load_state(tmp)
         _io.write_json(tmp / RECORD, record)
     stats = {"parameters": model.num_parameters(), "dtype": dtype, "merged_modules": merged_modules}
     log.info("wrote %s (%d parameters, %s, %d merged modules)", out, *stats.values())

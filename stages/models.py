@@ -360,26 +360,6 @@ def _check_architecture(path: Path) -> None:
         )
 
 
-# Keys transformers writes into tokenizer_config.json that describe how it was loaded (offline mode, a local
-# path), not the tokenizer: left in, the same model would give other bytes with HF_HUB_OFFLINE set or not.
-LOAD_STATE_KEYS = ("is_local", "local_files_only", "name_or_path", "_commit_hash")
-
-
-def _scrub(out_dir: Path, source_dir: Path) -> None:
-    """Drop load-time state and absolute source paths from the JSON files (outputs name no absolute paths)."""
-    for path in sorted(out_dir.glob("*.json")):
-        data = json.loads(path.read_text(encoding="utf-8"))
-        if not isinstance(data, dict):
-            continue
-        drop = [k for k in LOAD_STATE_KEYS if k in data and path.name == "tokenizer_config.json"]
-        if data.get("_name_or_path") in (str(source_dir), str(source_dir.resolve())):
-            drop.append("_name_or_path")
-        if drop:
-            for key in drop:
-                del data[key]
-            path.write_text(json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
-
-
 # --- the cache ----------------------------------------------------------------
 
 
@@ -423,7 +403,7 @@ def cached_conversion(source: Source, dtype: str, cache_dir: Path) -> tuple[Path
     start = time.perf_counter()
     with _io.atomic_outputs(entry) as (tmp,):
         info = convert(source, tmp, dtype)
-        _scrub(tmp, source.path if source.kind == "checkpoint" else source.path.parent)
+        _io.scrub_load_state(tmp, source.path if source.kind == "checkpoint" else source.path.parent)
         rec = {
             "format": FORMAT,
             "dtype": dtype,

@@ -432,6 +432,7 @@ def run(
                     config.target_modules = sorted(config.target_modules)
             trainer.model.save_pretrained(tmp, safe_serialization=True)
             tokenizer.save_pretrained(tmp)
+            _io.scrub_load_state(tmp)
             _io.write_json(tmp / ADAPTER_RECORD, record)
         shutil.rmtree(checkpoints, ignore_errors=True)
         log.info("wrote %s (best step %s, eval loss %.4f)", outputs["out"], best_step, state.best_metric)

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from stages import train
+from stages import _io, train
 from stages._io import StageError
 from tests.stages._tiny import tiny_llama, word_tokenizer, write_params
 
@@ -115,6 +115,8 @@ def test_qlora_trains_keeps_best_adapter_and_reloads_on_4bit_base(tiny: dict[str
     assert {"adapter_model.safetensors", "adapter_config.json", "tokenizer.json", "steep_train.json"} <= names
     assert not [n for n in names if n.endswith((".bin", ".pt"))] and "model.safetensors" not in names
     assert json.loads((adapter / "steep_train.json").read_text())["deterministic"] is True
+    # no load-time state (HF_HUB_OFFLINE is set in tests): the adapter's bytes do not depend on the environment
+    assert not set(_io.LOAD_STATE_KEYS) & set(json.loads((adapter / "tokenizer_config.json").read_text()))
     assert not (tmp_path / "ckpt").exists()  # checkpoints removed after success
     # dvclive: one row per logged step, train and eval curves, tokens/s and memory
     plots = tmp_path / "live" / "plots" / "metrics"

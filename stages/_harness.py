@@ -5,8 +5,9 @@ of a folder of harness task YAMLs (``harness_include``, the harness's ``--includ
 ``TaskManager``, which reads its dataset with ``datasets`` (from the Hugging Face Hub, or from the local datasets
 cache where it was read before). Each evaluation document becomes one probe item, rendered by the harness itself:
 
-    question  the task's context for the document (``fewshot_context``: description, the task's configured few-shot
-              examples drawn with the harness's default seed, ``doc_to_text``), scored with the prompt "{question}"
+    question  the task's context for the document (``fewshot_context``: description, few-shot examples (the task's
+              configured number, or ``num_fewshot``) drawn with the harness's default seed, ``doc_to_text``), scored
+              with the prompt "{question}"
     choices   ``doc_to_choice``
     answer    ``doc_to_target`` (an index, or a choice text turned into its index)
 
@@ -114,7 +115,12 @@ def read(task: ProbeTask) -> tuple[tuple[tuple[int, dict[str, Any]], ...], str, 
     if getattr(obj, "multiple_input", 0):
         raise StageError(f"{where}: it scores one continuation after several contexts (like winogrande); steep "
                          "scores several choices after one context: export the items to a JSONL")  # fmt: skip
-    num_fewshot = obj.get_config("num_fewshot") or 0
+    # as simple_evaluate(num_fewshot=...): the entry's number, else the task's configured one, else 0
+    configured = obj.get_config("num_fewshot")
+    if task.num_fewshot is not None and task.num_fewshot > 0 and configured == 0:
+        raise StageError(f"{where}: the task pins num_fewshot 0 in its config (the harness ignores an override); "
+                         "remove num_fewshot from the entry")  # fmt: skip
+    num_fewshot = task.num_fewshot if task.num_fewshot is not None else configured or 0
     obj.set_fewshot_seed(seed=FEWSHOT_SEED)
     delimiter = obj.get_config("target_delimiter")
     delimiter = " " if delimiter is None else str(delimiter)

@@ -505,6 +505,8 @@ class ProbeTask(Section):
     # the local datasets cache); harness_include: a folder of further harness task YAMLs (the harness's include_path)
     harness_task: str | None = Field(default=None, min_length=1)
     harness_include: str | None = None
+    # harness tasks: few-shot examples per item (None: the task's own num_fewshot, else 0), as lm-eval --num_fewshot
+    num_fewshot: int | None = Field(default=None, ge=0)
     # evaluate the first `limit` items only (None: all)
     limit: int | None = Field(default=None, gt=0)
 
@@ -529,8 +531,8 @@ class ProbeTask(Section):
                     "(doc_to_text, doc_to_choice, doc_to_target); remove fields and prompt"
                 )
             return self
-        if self.harness_include is not None:
-            raise ValueError(f"task {self.name!r}: harness_include applies with harness_task only")
+        if self.harness_include is not None or self.num_fewshot is not None:
+            raise ValueError(f"task {self.name!r}: harness_include and num_fewshot apply with harness_task only")
         want = set(PROBE_FIELDS[self.type])
         if self.fields is None or set(self.fields) != want:
             raise ValueError(

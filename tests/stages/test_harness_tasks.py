@@ -127,6 +127,29 @@ def test_named_harness_task_gives_the_harness_numbers(
     assert again["tasks_evaluated"] == 0 and again["tasks_cached"] == 1
 
 
+def test_num_fewshot_overrides_the_task_config_as_the_harness_does(
+    tiny: dict[str, Path],  # noqa: F811
+    harness_dir: Path,
+    tmp_path: Path,
+) -> None:
+    import torch
+    from lm_eval import simple_evaluate
+    from lm_eval.models.huggingface import HFLM
+    from lm_eval.tasks import TaskManager
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    _run_baseline(tiny, tmp_path, [_entry(harness_dir, num_fewshot=1, limit=3)])
+    rows = _rows(tmp_path / "base.parquet", "hmc")
+    model = AutoModelForCausalLM.from_pretrained(tiny["model"], dtype=torch.float32).eval()
+    lm = HFLM(pretrained=model, tokenizer=AutoTokenizer.from_pretrained(tiny["model"]), batch_size=4)
+    manager = TaskManager(include_path=str(harness_dir))
+    out = simple_evaluate(model=lm, tasks=["local_mc"], task_manager=manager, num_fewshot=1, limit=3)
+    samples = sorted(out["samples"]["local_mc"], key=lambda s: s["doc_id"])
+    assert [r["prompt"] for r in rows] == [s["arguments"][0][0] for s in samples]
+    assert all(r["prompt"].count("Q: ") == 2 for r in rows)  # one example, then the question
+    assert [r["scores"]["acc"] for r in rows] == [s["acc"] for s in samples]
+
+
 @pytest.mark.parametrize(
     ("entry", "match"),
     [
@@ -167,8 +190,10 @@ def test_harness_task_errors_before_any_model_loads(
 def test_harness_task_entries_are_checked(entry: dict[str, Any], match: str) -> None:
     with pytest.raises(ValidationError, match=match):
         _params.ProbeTask(**(_entry(Path("tasks")) | entry))
-    with pytest.raises(ValidationError, match=r"harness_include applies with harness_task only"):
-        _params.ProbeTask(name="x", type="perplexity", path="t.jsonl", fields={"text": "t"}, harness_include="d")
+    local = {"name": "x", "type": "perplexity", "path": "t.jsonl", "fields": {"text": "t"}}
+    for extra in ({"harness_include": "d"}, {"num_fewshot": 2}):
+        with pytest.raises(ValidationError, match=r"harness_include and num_fewshot apply with harness_task only"):
+            _params.ProbeTask(**local, **extra)
 
 
 def test_limit_on_a_local_file_takes_the_first_items_and_keys_the_cache(tmp_path: Path) -> None:

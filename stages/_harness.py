@@ -28,6 +28,7 @@ from typing import Any
 
 from stages._io import StageError
 from stages._params import ProbeTask
+from stages._probe import TaskData, quiet_harness
 
 # simple_evaluate's default fewshot_random_seed (lm_eval.defaults.DEFAULT_OTHER_SEED)
 FEWSHOT_SEED = 1234
@@ -37,8 +38,6 @@ FEWSHOT_SEED = 1234
 def task_manager(include: str | None) -> Any:
     """The harness's task index (its registry, plus the YAMLs under `include`); about 10 s to build, once."""
     from lm_eval.tasks import TaskManager
-
-    from stages._probe import quiet_harness
 
     with quiet_harness():
         return TaskManager(include_path=include) if include else TaskManager()
@@ -68,8 +67,6 @@ def load(task: ProbeTask) -> Any:
         hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
         raise StageError(f"{where}: lm-evaluation-harness has no task {name!r}{hint} (`lm-eval list subtasks` "
                          "lists them; a task of your own goes in a YAML under harness_include)")  # fmt: skip
-    from stages._probe import quiet_harness
-
     try:
         with quiet_harness():
             loaded = manager.load(name)
@@ -88,22 +85,22 @@ def load(task: ProbeTask) -> Any:
 
 def _answer(obj: Any, doc: Any, choices: list[str], where: str) -> int:
     target = obj.doc_to_target(doc)
+    # as the harness scores it: a text is the choice it names (the harness already turns a rendered number into an
+    # int); anything else would score 0 for every model
     if isinstance(target, str) and target in choices:
         return choices.index(target)
-    if isinstance(target, str) and target.strip().isdigit():
-        target = int(target)
     if isinstance(target, int) and not isinstance(target, bool) and 0 <= target < len(choices):
         return target
     raise StageError(f"{where}: doc_to_target gives {target!r}, neither a choice nor an index into its "
                      f"{len(choices)} choices; steep scores one right choice per item")  # fmt: skip
 
 
-def read(task: ProbeTask) -> tuple[tuple[tuple[int, dict[str, Any]], ...], str, str]:
+def read(task: ProbeTask) -> TaskData:
     """The items of a harness task, in the harness's document order (first ``limit`` only).
 
     Returns:
-        (items as (document index, {question, choices, answer})), the task's target delimiter, and the sha256 of
-        the items and delimiter.
+        The task's items (document index, {question, choices, answer}) with the prompt "{question}", the task's
+        target delimiter, and the sha256 of the items and delimiter in place of a file's.
     """
     obj = load(task)
     where = _where(task)
@@ -139,4 +136,5 @@ def read(task: ProbeTask) -> tuple[tuple[tuple[int, dict[str, Any]], ...], str, 
     if not items:
         raise StageError(f"{where}: the task has no evaluation documents")
     payload = json.dumps({"items": items, "delimiter": delimiter}, sort_keys=True, ensure_ascii=False)
-    return tuple(items), delimiter, hashlib.sha256(payload.encode("utf-8")).hexdigest()
+    sha = hashlib.sha256(payload.encode("utf-8")).hexdigest()
+    return TaskData(task, tuple(items), sha, prompt="{question}", delimiter=delimiter)

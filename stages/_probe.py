@@ -236,7 +236,7 @@ class TaskData:
         task: the ``probe.tasks`` entry.
         items: (0-based line index, the item's fields under their canonical names), in file order (a harness task:
             (document index, question / choices / answer), see ``stages/_harness.py``).
-        sha256: the task file's sha256 (a harness task: its items').
+        sha256: the task file's sha256 (a harness task: its items' and delimiter's).
     """
 
     task: ProbeTask
@@ -300,10 +300,9 @@ def _check_item(task: ProbeTask, obj: Any, where: str) -> dict[str, Any]:
 def read_task(task: ProbeTask) -> TaskData:
     """Read and check a task file (path relative to the working directory, the project root) or a harness task."""
     if task.harness_task is not None:
-        from stages import _harness
+        from stages import _harness  # imports this module
 
-        items, delimiter, sha = _harness.read(task)
-        return TaskData(task, items, sha, prompt="{question}", delimiter=delimiter)
+        return _harness.read(task)
     assert task.path is not None and task.fields is not None  # ProbeTask's validator
     path = Path(task.path)
     try:
@@ -700,8 +699,6 @@ class Engine:
         payload = self._base_key() | {"task": entry}
         if t.type == "multiple_choice":
             payload |= {"prompt": t.prompt or self.settings.multiple_choice_prompt, "lm_eval": _version("lm_eval")}
-            if t.delimiter != " ":
-                payload["delimiter"] = t.delimiter
         elif t.type == "perplexity":
             payload |= {"lm_eval": _version("lm_eval")}
         else:

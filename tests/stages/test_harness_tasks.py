@@ -68,6 +68,7 @@ def harness_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     tasks.mkdir()
     (tasks / "utils.py").write_text(UTILS)
     (tasks / "local_mc.yaml").write_text(_yaml("local_mc", root))
+    (tasks / "local_badtarget.yaml").write_text(_yaml("local_badtarget", root, doc_to_target='"{{label}}!"'))
     (tasks / "local_gen.yaml").write_text(
         _yaml("local_gen", root, output_type="generate_until", doc_to_choice="null", metric_list="\n  - metric: bleu")
     )
@@ -160,6 +161,8 @@ def test_num_fewshot_overrides_the_task_config_as_the_harness_does(
          r"task per probe task \(e\.g\. mmlu_"),
         ({"harness_task": "local_gen"}, r"its output_type is 'generate_until'; steep runs harness tasks of "
          r"output_type multiple_choice"),
+        ({"harness_task": "local_badtarget"}, r"document 0: doc_to_target gives 'Paris!', neither a choice nor an "
+         r"index into its 3 choices"),
         ({"harness_include": "no/such/dir"}, r"no/such/dir: harness_include of probe task 'hmc' .* is not a folder"),
     ],
 )  # fmt: skip

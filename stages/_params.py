@@ -103,6 +103,15 @@ class Web(Section):
     user_agent: str
 
 
+def _unique_names(entries: list[Any], what: str) -> list[Any]:
+    """`entries` (each with a ``name``) unchanged; a ValueError listing the names given more than once."""
+    names = [e.name for e in entries]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ValueError(f"{what} names must be unique; repeated: {repeated}")
+    return entries
+
+
 class Pull(Section):
     sources: list[Source] = Field(min_length=1)
     web: Web
@@ -110,11 +119,7 @@ class Pull(Section):
     @field_validator("sources")
     @classmethod
     def _unique(cls, sources: list[Source]) -> list[Source]:
-        names = [s.name for s in sources]
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        if dupes:
-            raise ValueError(f"source names must be unique; repeated: {dupes}")
-        return sources
+        return _unique_names(sources, "source")
 
 
 # --- moderate -----------------------------------------------------------------
@@ -569,11 +574,7 @@ class Probe(Section):
     @field_validator("tasks")
     @classmethod
     def _unique(cls, value: list[ProbeTask]) -> list[ProbeTask]:
-        names = [t.name for t in value]
-        dup = sorted({n for n in names if names.count(n) > 1})
-        if dup:
-            raise ValueError(f"task names must be unique; repeated: {dup}")
-        return value
+        return _unique_names(value, "task")
 
 
 class Report(Section):

@@ -9,7 +9,8 @@ Outputs: ``--out`` (``data/probe/baseline_<variant>.parquet``): one row per (tas
 
     task        the task name (``showcase`` for the showcase generations)
     type        multiple_choice | perplexity | generation | knowledge | showcase
-    item        0-based line index in the task file (showcase: index in probe.showcase_prompts)
+    item        0-based line index in the task file (a harness task: the document's index in its evaluation
+                split; showcase: index in probe.showcase_prompts)
     prompt      what the model saw (the harness context; the text; the templated prompt)
     reference   the gold choice / reference / answer ("" for perplexity and showcase)
     prediction  the chosen choice (highest log-likelihood) / the generated text ("" for perplexity)

@@ -20,7 +20,8 @@ dropped once, under the first reason that applies:
    ``affine32`` permutation scheme, bit for bit) instead of one ``MinHash.update`` per shingle.
 3. ``semantic_duplicate``: cosine similarity of unit sentence embeddings (``common.embedding``: model and
    the fields embedded) at least ``dedup.semantic.cosine_threshold``; skipped when ``semantic.enable`` is
-   false. Vectors come from the content-addressed cache in :mod:`stages._embed`.
+   false. Vectors come from the content-addressed cache in :mod:`stages._embed`; their cosines are exact
+   (:func:`stages._embed.cosine`), so a pair at the threshold is decided the same way on every CPU.
 4. ``reference_overlap``: each text of each reference file (its ``fields`` joined by blank lines) is
    compared with every remaining record by the same three methods and thresholds; an overlapping record
    is dropped, and the detail names the reference file, line and method.
@@ -53,7 +54,7 @@ import numpy as np
 from datasketch import LeanMinHash, MinHash, MinHashLSH
 
 from stages import _io, _params
-from stages._embed import embed
+from stages._embed import cosine, embed
 from stages._io import StageError
 from stages._records import Record, clean_text, order_key, read_records, record_text, write_records, write_rejects
 
@@ -64,8 +65,8 @@ METHODS = ("exact", "minhash", "semantic")
 
 log = logging.getLogger("steep.dedup")
 
-# Rows of the embedding matrix compared at once in the cosine pass: (1024, N) float32 similarities.
-COSINE_CHUNK_ROWS = 1024
+# Rows of the embedding matrix compared at once in the cosine pass: (512, N) float64 similarities.
+COSINE_CHUNK_ROWS = 512
 # Shingles hashed at once in the signature pass: (P, 4096) uint32 = 2 MiB at P = 128 (stays in cache).
 SIGNATURE_CHUNK_SHINGLES = 1 << 12
 
@@ -275,7 +276,7 @@ def cosine_pairs(emb: np.ndarray, threshold: float) -> list[tuple[int, int, floa
     """Pairs ``(i, j, cosine)``, i < j, of unit-norm rows of `emb` (N, D) with cosine >= threshold."""
     out: list[tuple[int, int, float]] = []
     for lo in range(0, len(emb), COSINE_CHUNK_ROWS):
-        block = emb[lo : lo + COSINE_CHUNK_ROWS] @ emb[lo:].T  # (C, N - lo): row r is item lo + r
+        block = cosine(emb[lo : lo + COSINE_CHUNK_ROWS], emb[lo:])  # (C, N - lo), exact: row r is item lo + r
         rows, cols = np.nonzero(block >= threshold)
         upper = cols > rows  # column c is item lo + c; keep j > i once
         for r, c in zip(rows[upper], cols[upper], strict=True):
@@ -545,7 +546,7 @@ def reference_overlaps(
             ref_emb = embed([r.text for r in references], params.common.embedding, cache_dir)
             rows = emb[[emb_rows[i] for i in rest]]
             for lo in range(0, len(rest), COSINE_CHUNK_ROWS):
-                sims = rows[lo : lo + COSINE_CHUNK_ROWS] @ ref_emb.T  # (C, R)
+                sims = cosine(rows[lo : lo + COSINE_CHUNK_ROWS], ref_emb)  # (C, R), exact
                 arg = sims.argmax(axis=1)  # first maximum: the earliest reference on ties
                 for c, r in enumerate(arg):
                     score = float(sims[c, r])

@@ -52,7 +52,9 @@ is checked on its own, since a source is one distribution and a small source mix
 look like a cloud of outliers for its kind alone: Datalab's outlier check on every source with at least
 ``cleanlab.min_records`` records, and its label check on the records of a source that carry
 ``meta.label`` (pull's ``label_field``). Scores go into ``meta.moderate.cleanlab``, rounded to 6 decimals;
-a record is dropped on them only when ``enable_drop_*`` says so.
+a record is dropped on them only when ``enable_drop_*`` says so. Cleanlab gets the grid vectors of
+:mod:`stages._embed` (the same bytes on every CPU) in float64, so its distances differ between BLAS kernels
+by ~1e-16 only and the 6-decimal scores, ~1e6 times coarser, are the same on every CPU.
 
 Every kept record gets ``meta["moderate"] = {"passed": [rules it was checked by], "normalized": [...],
 "redacted": {entity: spans}, "cleanlab": {...}}``. Output rows are sorted by id; the same inputs and params
@@ -575,7 +577,7 @@ def cleanlab_scores(
             for i in idx:
                 records[i]["meta"]["moderate"]["cleanlab"]["skipped"] = note
             continue
-        issues = _datalab_issues(vectors[idx], "outlier", None, seed)
+        issues = _datalab_issues(vectors[idx].astype(np.float64), "outlier", None, seed)
         for i, score, flag in zip(idx, issues["outlier_score"], issues["is_outlier_issue"], strict=True):
             records[i]["meta"]["moderate"]["cleanlab"].update(
                 {"outlier_score": round(float(score), 6), "is_outlier": bool(flag)}
@@ -593,7 +595,7 @@ def cleanlab_scores(
             for i in labeled:
                 records[i]["meta"]["moderate"]["cleanlab"]["skipped"] = f"label check: {note}"
             continue
-        issues = _datalab_issues(vectors[labeled], "label", labels, seed)
+        issues = _datalab_issues(vectors[labeled].astype(np.float64), "label", labels, seed)
         for i, score, flag, predicted in zip(
             labeled, issues["label_score"], issues["is_label_issue"], issues["predicted_label"], strict=True
         ):

@@ -54,16 +54,22 @@ TINY_TRAIN = {"max_steps": 10, "eval_every_steps": 5, "save_every_steps": 5, "le
 TINY_SYNTHESIZE = {"generation": {"max_new_tokens": 8}, "self_instruct": {"num_prompts": 2}}
 
 
-def _env() -> dict[str, str]:
+def _env(**extra: str | None) -> dict[str, str]:
+    """This process's environment for a child, offline, with `extra` set (None: removed)."""
     env = dict(os.environ)
     # `python` in dvc.yaml's cmd must be this interpreter (the project's venv).
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1", DVC_NO_ANALYTICS="1")
+    for key, value in extra.items():
+        if value is None:
+            env.pop(key, None)
+        else:
+            env[key] = value
     return env
 
 
-def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(args, cwd=cwd, env=_env(), capture_output=True, text=True, check=False)
+def _run(args: list[str], cwd: Path, **env: str | None) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(args, cwd=cwd, env=_env(**env), capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise AssertionError(f"{' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc
@@ -77,9 +83,9 @@ def _offline_prefix() -> list[str]:
     return []
 
 
-def _dvc(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def _dvc(cwd: Path, *args: str, **env: str | None) -> subprocess.CompletedProcess[str]:
     """Run DVC with no network (where the sandbox allows it): the pipeline must not need one."""
-    proc = _run([*_offline_prefix(), sys.executable, "-m", "dvc", *args], cwd)
+    proc = _run([*_offline_prefix(), sys.executable, "-m", "dvc", *args], cwd, **env)
     logs = proc.stdout + proc.stderr
     assert "Traceback" not in logs, logs
     return proc
@@ -228,6 +234,21 @@ def test_forced_rerun_is_byte_identical(repo: Path) -> None:
     shutil.rmtree(repo / ".steep_cache")
     _dvc(repo, "repro", "-f")
     assert _digest(repo) == before
+
+
+def test_another_cpus_kernels_give_the_same_curation_bytes(repo: Path) -> None:
+    """PyTorch picks its CPU kernels by instruction set, and so would a colleague's machine: under another
+    CPU's kernels (ATEN_CPU_CAPABILITY) and a cold embedding cache, the curation stages write the same bytes,
+    so nothing after them is outdated.
+    """
+    before = _digest(repo)
+    # "default" (no SIMD) against this run's setting; where that already was "default", the native kernels
+    other = None if os.environ.get("ATEN_CPU_CAPABILITY") == "default" else "default"
+    shutil.rmtree(repo / ".steep_cache" / "embeddings")
+    out = _dvc(repo, "repro", "-f", "dedup", ATEN_CPU_CAPABILITY=other).stdout
+    assert "Running stage 'moderate'" in out and "Running stage 'dedup'" in out, out
+    assert _digest(repo) == before
+    assert json.loads(_dvc(repo, "status", "--json").stdout) == {}
 
 
 @pytest.mark.parametrize(

@@ -4,7 +4,7 @@
    ``data/sources/alpaca_demo.jsonl`` minus the rows its answer key marks) plus planted near-duplicates of
    known kinds -- whitespace/punctuation/case edits, reordered sentences, swapped words, hand-written
    paraphrases -- and hand-written hard negatives (lexically close, different task: must be kept). steep's
-   dedup stage (``stages.dedup.run``, the params of ``params.yaml`` without references) runs twice, without
+   dedup stage (``stages.curate.dedup.run``, the params of ``params.yaml`` without references) runs twice, without
    and with the semantic pass; a plain datasketch MinHash LSH loop runs on the same records for reference.
    Precision = planted copies dropped / records dropped; recall per kind = planted copies dropped / planted.
 2. Speed: docs/s of the MinHash + LSH pass on ~8k documents (the corpus replicated with random word edits),
@@ -36,8 +36,11 @@ from datasketch import MinHash, MinHashLSH
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from stages import _io, _params, dedup  # noqa: E402
-from stages._records import REJECT_SCHEMA, make_record, read_records, record_text, write_records  # noqa: E402
+from stages.core import cli  # noqa: E402
+from stages.core import io as _io  # noqa: E402
+from stages.core import params as _params  # noqa: E402
+from stages.core.records import REJECT_SCHEMA, make_record, read_records, record_text, write_records  # noqa: E402
+from stages.curate import dedup  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "dedup.json"
 
@@ -433,7 +436,7 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3, help="timed runs per implementation (best is kept)")
     ap.add_argument("--skip-semantic", action="store_true", help="quality without the embedding pass")
     args = ap.parse_args()
-    _io.setup_logging()
+    cli.setup_logging()
     logging.getLogger("steep").setLevel(logging.WARNING)  # the stage's per-run lines, times 11 runs
     params = _params.load(ROOT / "params.yaml", dedup.PARAMS)
     seed, mh = params.common.seed, params.dedup.minhash

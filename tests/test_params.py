@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from stages import _params
-from stages._io import StageError
+from stages.core import params as _params
+from stages.core.io import StageError
 
 ROOT = Path(__file__).resolve().parents[1]
 DVC = yaml.safe_load((ROOT / "dvc.yaml").read_text())
@@ -100,7 +100,7 @@ def test_load_reports_missing_file(tmp_path: Path) -> None:
 
 def test_each_stage_reads_exactly_its_declared_params(tmp_path: Path) -> None:
     """Run pull → moderate → dedup in process on a tiny source: each reads every key it declares, no other."""
-    from stages import dedup, moderate, pull
+    from stages.curate import dedup, moderate, pull
 
     src = tmp_path / "tiny.jsonl"
     src.write_text(

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from stages._records import REJECT_SCHEMA, read_record_dir, read_records
+from stages.core.records import REJECT_SCHEMA, read_record_dir, read_records
 
 ROOT = Path(__file__).resolve().parents[1]
 ANSWER_KEY = json.loads((ROOT / "data/sources/answer_key.json").read_text())
@@ -349,7 +349,7 @@ def test_synthesize_rerun_makes_no_model_call(repo: Path, tmp_path: Path) -> Non
     """With the generation cache of the run, the stage's command makes zero calls and writes the same pairs."""
     out = tmp_path / "synthetic.parquet"
     cmd = (
-        "python -m stages.synthesize --params params.yaml --in data/curated.parquet --model models/chat/base "
+        "python -m stages.curate.synthesize --params params.yaml --in data/curated.parquet --model models/chat/base "
         f"--seed-tasks data/sources/seed_tasks.jsonl --out {out} --rejects {tmp_path / 'rejected.parquet'} "
         f"--metrics {tmp_path / 'm.json'} --cache .steep_cache/synthesize"
     )

@@ -17,9 +17,10 @@ import numpy as np
 import pytest
 from datasketch import MinHash
 
-from stages import _params, dedup
-from stages._io import StageError
-from stages._records import REJECT_SCHEMA, make_record, read_records, write_records
+from stages.core import params as _params
+from stages.core.io import StageError
+from stages.core.records import REJECT_SCHEMA, make_record, read_records, write_records
+from stages.curate import dedup
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -299,7 +300,7 @@ def test_bad_reference_file(tmp_path: Path, cache_dir: Path, content: str | None
 
 
 def test_command_line(tmp_path: Path) -> None:
-    """`python -m stages.dedup` with dvc.yaml's flags: outputs and metrics; a bad input exits 1 without traceback."""
+    """`python -m stages.curate.dedup` with dvc.yaml's flags: outputs, metrics; a bad input exits 1, no traceback."""
     import yaml
 
     raw = yaml.safe_load((ROOT / "params.yaml").read_text(encoding="utf-8"))
@@ -309,7 +310,7 @@ def test_command_line(tmp_path: Path) -> None:
     params.write_text(yaml.safe_dump(raw), encoding="utf-8")
     inp = tmp_path / "moderated.parquet"
     write_records(inp, [rec(SKY, 1), rec(SKY_EDITED, 2), rec(BREAD, 3)])
-    args = [sys.executable, "-m", "stages.dedup", "--params", str(params), "--in", str(inp)]
+    args = [sys.executable, "-m", "stages.curate.dedup", "--params", str(params), "--in", str(inp)]
     args += ["--out", str(tmp_path / "curated.parquet"), "--rejects", str(tmp_path / "rejected" / "dedup.parquet")]
     args += ["--metrics", str(tmp_path / "metrics" / "dedup.json"), "--cache", str(tmp_path / "cache")]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}

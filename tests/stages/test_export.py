@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from stages import export
-from stages._io import StageError
+from stages.core.io import StageError
+from stages.variant import export
 from tests.stages._tiny import tiny_llama, word_tokenizer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -131,7 +131,15 @@ def test_saved_dtype_is_kept_and_outputs_are_byte_identical(tiny: dict[str, Path
 
 def test_command_line(tiny: dict[str, Path], tmp_path: Path) -> None:
     out = tmp_path / "merged"
-    cmd = [sys.executable, "-m", "stages.export", "--base", str(tiny["base"]), "--adapter", str(tiny["adapter"])]
+    cmd = [
+        sys.executable,
+        "-m",
+        "stages.variant.export",
+        "--base",
+        str(tiny["base"]),
+        "--adapter",
+        str(tiny["adapter"]),
+    ]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     done = subprocess.run(
         [*cmd, "--out", str(out)], cwd=ROOT, env=env, capture_output=True, text=True, check=False, timeout=300

@@ -15,8 +15,10 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from stages import _params, _probe, baseline
-from stages._io import StageError
+from stages.core import params as _params
+from stages.core.io import StageError
+from stages.probe import baseline
+from stages.probe import engine as _probe
 from tests.stages.test_probe import _params_file, _rows, tiny  # noqa: F401  (tiny: the module fixture)
 
 TRAIN = [

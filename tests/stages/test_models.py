@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 import torch
 
-from stages import models
-from stages._io import StageError
+from stages.core.io import StageError
+from stages.variant import models
 from tests.stages._tiny import write_params
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -536,7 +536,7 @@ def test_command_line(tiny: dict[str, Any], tmp_path: Path) -> None:
     variants = {"chat": {"model": {"source": str(tiny["gguf"]), "dtype": "bfloat16"}}}
     params = write_params(tmp_path / "params.yaml", variants=variants)
     out, metrics = tmp_path / "models" / "chat" / "base", tmp_path / "metrics" / "models" / "chat.json"
-    cmd = [sys.executable, "-m", "stages.models", "--params", str(params), "--variant", "chat"]
+    cmd = [sys.executable, "-m", "stages.variant.models", "--params", str(params), "--variant", "chat"]
     cmd += ["--out", str(out), "--cache", str(tmp_path / "cache"), "--metrics", str(metrics)]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, check=False)

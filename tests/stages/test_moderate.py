@@ -12,9 +12,10 @@ from typing import Any
 
 import pytest
 
-from stages import _params
-from stages import moderate as mod
-from stages._records import REJECT_SCHEMA, Record, make_record, read_records, write_records
+from stages.core import params as _params
+from stages.core.records import REJECT_SCHEMA, Record, make_record, read_records, write_records
+from stages.curate import moderate as mod
+from stages.curate import rules
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -81,7 +82,7 @@ CASES = {
 @pytest.mark.parametrize("reason", list(CASES))
 def test_each_rule_drops_with_its_reason_code(cfg, reason):
     record = CASES[reason]
-    _, got, detail = mod.check_record(record, cfg)
+    _, got, detail = rules.check_record(record, cfg)
     assert got == reason, detail
     assert detail
 
@@ -89,11 +90,11 @@ def test_each_rule_drops_with_its_reason_code(cfg, reason):
 def test_clean_record_passes_every_rule_and_is_not_modified(cfg):
     record = rec()
     before = json.dumps(record, sort_keys=True)
-    out, reason, _ = mod.check_record(record, cfg)
+    out, reason, _ = rules.check_record(record, cfg)
     assert reason is None
     assert json.dumps(record, sort_keys=True) == before  # the input record is never modified
     assert out["meta"]["moderate"] == {
-        "passed": [name for name, _, _ in mod.RULES],
+        "passed": [name for name, _, _ in rules.RULES],
         "normalized": [],
         "redacted": {},
         "cleanlab": {},
@@ -102,7 +103,7 @@ def test_clean_record_passes_every_rule_and_is_not_modified(cfg):
 
 def test_first_failing_rule_wins(cfg):
     record = rec(output="As an AI language model\x00 I cannot answer.")  # canned and a control character
-    assert mod.check_record(record, cfg)[1] == "control_characters"
+    assert rules.check_record(record, cfg)[1] == "control_characters"
 
 
 @pytest.mark.parametrize(
@@ -138,15 +139,15 @@ def test_first_failing_rule_wins(cfg):
     ],
 )
 def test_rules_per_kind(cfg, record, reason):
-    assert mod.check_record(record, cfg)[1] == reason
+    assert rules.check_record(record, cfg)[1] == reason
 
 
 def test_conversations_and_documents_skip_rules_that_do_not_apply(cfg):
     # a conversation's user turn may be short and point at a URL; a document has no output
-    out, reason, _ = mod.check_record(conv("Hi", "Hello! How can I help you today?"), cfg)
+    out, reason, _ = rules.check_record(conv("Hi", "Hello! How can I help you today?"), cfg)
     assert reason is None
     assert "too_short" not in out["meta"]["moderate"]["passed"]
-    out, reason, _ = mod.check_record(rec("document", text=DOC + " See https://example.com for more."), cfg)
+    out, reason, _ = rules.check_record(rec("document", text=DOC + " See https://example.com for more."), cfg)
     assert reason is None
     assert out["meta"]["moderate"]["passed"] == [
         "control_characters",
@@ -173,7 +174,7 @@ def test_conversations_and_documents_skip_rules_that_do_not_apply(cfg):
     ids=["list", "verse", "closed-code-fence", "number"],
 )
 def test_finished_outputs_without_a_period_are_not_truncated(cfg, output):
-    assert mod.check_record(rec(output=output), cfg)[1] is None
+    assert rules.check_record(rec(output=output), cfg)[1] is None
 
 
 @pytest.mark.parametrize(
@@ -186,7 +187,7 @@ def test_finished_outputs_without_a_period_are_not_truncated(cfg, output):
     ids=["open-code-fence", "colon", "mid-sentence"],
 )
 def test_cut_off_outputs_are_truncated(cfg, output):
-    assert mod.check_record(rec(output=output), cfg)[1] == "truncated_output"
+    assert rules.check_record(rec(output=output), cfg)[1] == "truncated_output"
 
 
 def test_translation_task_is_not_wrong_language(cfg):
@@ -195,7 +196,7 @@ def test_translation_task_is_not_wrong_language(cfg):
         input="The weather is nice today and we are going to the beach.",
         output="Il fait beau aujourd'hui et nous allons à la plage.",
     )
-    assert mod.check_record(record, cfg)[1] is None
+    assert rules.check_record(record, cfg)[1] is None
 
 
 # --- normalizations -------------------------------------------------------------------------------
@@ -204,7 +205,7 @@ def test_translation_task_is_not_wrong_language(cfg):
 @pytest.mark.parametrize("placeholder", ["<noinput>", "<No Input>", "N/A", "none."])
 def test_noinput_placeholder_is_blanked_not_dropped(cfg, placeholder):
     record = rec(input=placeholder)
-    out, reason, _ = mod.check_record(record, cfg)
+    out, reason, _ = rules.check_record(record, cfg)
     assert reason is None
     assert out["input"] == ""
     assert out["id"] == record["id"]  # the id names the record as pulled
@@ -223,7 +224,7 @@ PII = {
 @pytest.mark.parametrize("entity", list(PII))
 def test_pii_is_redacted(cfg, entity):
     text, redacted = PII[entity]
-    out, reason, _ = mod.check_record(rec(output=text), cfg)
+    out, reason, _ = rules.check_record(rec(output=text), cfg)
     assert reason is None
     assert out["output"] == redacted
     assert out["meta"]["moderate"]["redacted"] == {entity: 1}
@@ -232,7 +233,7 @@ def test_pii_is_redacted(cfg, entity):
 @pytest.mark.parametrize("entity", list(PII))
 def test_pii_drop_action_drops_with_entity_reason(entity):
     cfg = load_params(**{"moderate.pii.action": "drop"}).moderate
-    _, reason, detail = mod.check_record(conv("Hello there, how are you?", PII[entity][0]), cfg)
+    _, reason, detail = rules.check_record(conv("Hello there, how are you?", PII[entity][0]), cfg)
     assert reason == f"pii_{entity}"
     assert detail == f"messages[1]: 1 {entity} span(s)"  # where, not what: the PII stays out of the detail
     assert f"pii_{entity}" in mod.reason_codes(cfg)
@@ -249,14 +250,14 @@ def test_pii_drop_action_drops_with_entity_reason(entity):
     ids=["loopback", "unspecified", "placeholder-key", "no-secret"],
 )
 def test_not_pii(cfg, text):
-    out, reason, _ = mod.check_record(rec(output=text), cfg)
+    out, reason, _ = rules.check_record(rec(output=text), cfg)
     assert reason is None
     assert out["meta"]["moderate"]["redacted"] == {}
 
 
 def test_pii_entities_follow_params(cfg):
     cfg = load_params(**{"moderate.pii.entities": ["email"]}).moderate
-    out, _, _ = mod.check_record(rec(output=PII["email"][0] + " " + PII["phone"][0]), cfg)
+    out, _, _ = rules.check_record(rec(output=PII["email"][0] + " " + PII["phone"][0]), cfg)
     assert out["output"] == PII["email"][1] + " " + PII["phone"][0]
 
 
@@ -292,14 +293,14 @@ def no_network(monkeypatch, tmp_path):
 
 def test_pii_language_and_toxicity_never_reach_for_the_network(cfg, no_network, caplog):
     # load the detectors under the block: presidio's stock email recognizer would fetch the public-suffix list
-    mod._recognizers.cache_clear()
-    mod._language_identifier.cache_clear()
+    rules._recognizers.cache_clear()
+    rules._language_identifier.cache_clear()
     caplog.set_level(logging.WARNING)
     record = rec(
         input="Contact jane.doe@example.co.uk or bob@mail.example.org, phone +44 20 7946 0958.",
         output=PII["ip_address"][0] + " " + PII["api_key"][0] + " " + PII["credit_card"][0],
     )
-    out, reason, _ = mod.check_record(record, cfg)
+    out, reason, _ = rules.check_record(record, cfg)
     assert reason is None
     assert out["meta"]["moderate"]["redacted"] == {
         "api_key": 1,
@@ -308,7 +309,7 @@ def test_pii_language_and_toxicity_never_reach_for_the_network(cfg, no_network, 
         "ip_address": 1,
         "phone": 1,
     }
-    assert mod.check_record(CASES["wrong_language"], cfg)[1] == "wrong_language"
+    assert rules.check_record(CASES["wrong_language"], cfg)[1] == "wrong_language"
     assert no_network == []
     assert [r.getMessage() for r in caplog.records] == []
 
@@ -445,7 +446,7 @@ def test_cleanlab_drop_is_a_params_choice(stage, tmp_path):
 
 
 def test_unreadable_input_is_one_clear_error(tmp_path):
-    cmd = [sys.executable, "-m", "stages.moderate", "--params", "params.yaml", "--in", str(tmp_path / "missing")]
+    cmd = [sys.executable, "-m", "stages.curate.moderate", "--params", "params.yaml", "--in", str(tmp_path / "missing")]
     cmd += ["--out", str(tmp_path / "o.parquet"), "--rejects", str(tmp_path / "r.parquet")]
     cmd += ["--metrics", str(tmp_path / "m.json"), "--cache", str(tmp_path / "cache")]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False)

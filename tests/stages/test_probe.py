@@ -16,8 +16,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from stages import _params, _probe, baseline, probe
-from stages._io import StageError
+from stages.core import params as _params
+from stages.core.io import StageError
+from stages.probe import baseline, probe
+from stages.probe import engine as _probe
 from tests.stages._tiny import chat_tokenizer, write_params
 
 MC = [

@@ -1,4 +1,4 @@
-"""Tests of stages/pull.py: every format and location kind, provenance, determinism, and every bad input.
+"""Tests of stages/curate/pull.py: every format and location kind, provenance, determinism, and every bad input.
 
 Each test works in its own temporary directory (the "project root" the stage reads relative paths from).
 Nothing reaches the network: sockets may connect to 127.0.0.1 only (see `no_network`), web pages are served
@@ -24,10 +24,10 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from stages import _params
-from stages._io import StageError
-from stages._records import read_record_dir, read_records
-from stages.pull import PARAMS, run
+from stages.core import params as _params
+from stages.core.io import StageError
+from stages.core.records import read_record_dir, read_records
+from stages.curate.pull import PARAMS, run
 
 # --- fixtures and helpers ---------------------------------------------------------
 
@@ -527,7 +527,7 @@ def _cli(root: Path, work: Path, sources: list[dict[str, Any]]) -> subprocess.Co
     raw = yaml.safe_load((root / "params.yaml").read_text(encoding="utf-8"))
     raw["pull"]["sources"] = sources
     Path("params.yaml").write_text(yaml.safe_dump(raw), encoding="utf-8")
-    cmd = [sys.executable, "-m", "stages.pull", "--params", "params.yaml", "--out", "data/pulled"]
+    cmd = [sys.executable, "-m", "stages.curate.pull", "--params", "params.yaml", "--out", "data/pulled"]
     env = {**os.environ, "PYTHONPATH": str(root)}
     return subprocess.run([*cmd, "--metrics", "metrics/pull.json"], cwd=work, env=env, capture_output=True, text=True)
 

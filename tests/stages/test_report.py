@@ -19,9 +19,12 @@ from typing import Any
 import pyarrow as pa
 import pytest
 
-from stages import _io, _params, _probe, report
-from stages._io import StageError
-from stages._records import make_record, write_records, write_rejects
+from stages.core import io as _io
+from stages.core import params as _params
+from stages.core.io import StageError
+from stages.core.records import make_record, write_records, write_rejects
+from stages.probe import engine as _probe
+from stages.report import report
 from tests.stages._tiny import write_params
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -630,7 +633,7 @@ def test_command_line(fixture_dir: Path) -> None:
     params_file = write_params(
         fixture_dir / "params.yaml", report={"max_examples_per_reason": 1, "max_examples_per_task": 2}
     )
-    cmd = [sys.executable, "-m", "stages.report", "--params", "params.yaml", "--variants", "base", "chat"]
+    cmd = [sys.executable, "-m", "stages.report.report", "--params", "params.yaml", "--variants", "base", "chat"]
     cmd += ["--metrics-dir", "metrics", "--rejects-dir", "data/rejected", "--synthetic", "data/synthetic.parquet"]
     cmd += ["--live-dir", "dvclive", "--probe-dir", "data/probe", "--md", "out/report.md", "--html", "out/report.html"]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}

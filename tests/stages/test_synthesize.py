@@ -10,8 +10,11 @@ from typing import Any
 import pyarrow.parquet as pq
 import pytest
 
-from stages import _io, _params, _records, synthesize
-from stages._io import StageError
+from stages.core import io as _io
+from stages.core import params as _params
+from stages.core import records as _records
+from stages.core.io import StageError
+from stages.curate import synthesize
 from tests.stages._tiny import chat_tokenizer, tiny_llama
 
 ROOT = Path(__file__).resolve().parents[2]

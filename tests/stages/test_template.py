@@ -13,8 +13,10 @@ from typing import Any
 import pyarrow.parquet as pq
 import pytest
 
-from stages import _records, template
-from stages._io import StageError
+from stages.core import records as _records
+from stages.core.io import StageError
+from stages.variant import lm as variant_lm
+from stages.variant import template
 from tests.stages._tiny import base_tokenizer, chat_tokenizer, write_params
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -102,7 +104,7 @@ def render(
     src, out = tmp_path / "curated.parquet", tmp_path / "templated.parquet"
     _records.write_records(src, recs)
     metrics = template.run(params, inputs={"in": src, "model": model}, outputs={"out": out})
-    return template.read_templated(out), metrics
+    return variant_lm.read_templated(out), metrics
 
 
 # --- alpaca ---------------------------------------------------------------------------------------------------------
@@ -162,7 +164,7 @@ def test_chat_segments_are_the_assistant_spans(tmp_path: Path, params_file: Path
         {"text": "Berlin.<|im_end|>\n", "train": True},
     ]
     # The segments are exactly the template's rendering of the conversation (up to the last assistant turn).
-    tok = template.load_tokenizer(tokenizers["chat"])
+    tok = variant_lm.load_tokenizer(tokenizers["chat"])
     conv = records()[3]["messages"][:5]
     assert "".join(s["text"] for s in seg["conversation"]) == tok.apply_chat_template(conv, tokenize=False)
     assert metrics["dropped_document_skipped"] == 1 and metrics["dropped_no_assistant_turn"] == 1
@@ -253,7 +255,7 @@ def test_unreadable_input_is_a_clear_error(tmp_path: Path, params_file: Path, to
         template.run(params, inputs={"in": bad, "model": tokenizers["base"]}, outputs={"out": tmp_path / "o.parquet"})
     with pytest.raises(StageError, match=r"not a templated file, missing columns \['segments'\]"):
         _records.write_records(bad, records())
-        template.read_templated(bad)
+        variant_lm.read_templated(bad)
 
 
 def test_command_line_is_deterministic(tmp_path: Path, params_file: Path, tokenizers: dict[str, Path]) -> None:
@@ -262,7 +264,7 @@ def test_command_line_is_deterministic(tmp_path: Path, params_file: Path, tokeni
     outs = []
     for run in ("a", "b"):
         out, metrics = tmp_path / run / "chat.parquet", tmp_path / run / "template_chat.json"
-        cmd = [sys.executable, "-m", "stages.template", "--params", str(params_file), "--variant", "chat"]
+        cmd = [sys.executable, "-m", "stages.variant.template", "--params", str(params_file), "--variant", "chat"]
         cmd += ["--in", str(src), "--model", str(tokenizers["chat"]), "--out", str(out), "--metrics", str(metrics)]
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, check=False)

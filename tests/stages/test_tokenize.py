@@ -12,8 +12,11 @@ from typing import Any
 
 import pytest
 
-from stages import _params, _records, template, tokenize
-from stages._io import StageError
+from stages.core import params as _params
+from stages.core import records as _records
+from stages.core.io import StageError
+from stages.variant import lm as variant_lm
+from stages.variant import template, tokenize
 from tests.stages._tiny import base_tokenizer, chat_tokenizer, write_params
 from tests.stages.test_template import META, records
 from tests.stages.test_template import PARAMS as TEMPLATE_PARAMS
@@ -111,12 +114,12 @@ def decode(tok: Any, ids: list[int]) -> str:
 
 @pytest.mark.parametrize("variant", ["base", "chat"])
 def test_labels_cover_exactly_the_responses(tmp_path: Path, models: dict[str, Path], variant: str) -> None:
-    tok = template.load_tokenizer(models[variant])
+    tok = variant_lm.load_tokenizer(models[variant])
     rows, metrics = tokenized(tmp_path, variant, models[variant], params_for(variant, validation_ratio=0.0))
     assert rows["validation"] == []
     by_id = {r["ids"][0].split("/")[0]: r for r in rows["train"]}
     recs = records()
-    texts = {row["id"]: row["segments"] for row in template.read_templated(tmp_path / f"templated-{variant}.parquet")}
+    texts = {row["id"]: row["segments"] for row in variant_lm.read_templated(tmp_path / f"templated-{variant}.parquet")}
     for rec, expected in zip(recs, RESPONSES[variant], strict=False):
         if expected is None:  # a conversation with no assistant turn: dropped by template
             continue
@@ -151,7 +154,7 @@ def test_completion_only_loss_off_trains_every_token(tmp_path: Path, models: dic
 
 
 def test_truncation_sides(tmp_path: Path, models: dict[str, Path]) -> None:
-    tok = template.load_tokenizer(models["chat"])
+    tok = variant_lm.load_tokenizer(models["chat"])
     recs = records()[:1]  # "Name the capital of France." -> "Paris."
     full, _ = tokenized(tmp_path, "chat", models["chat"], params_for("chat", validation_ratio=0.0), recs)
     ids = full["train"][0]["input_ids"]
@@ -178,7 +181,7 @@ def test_truncation_sides(tmp_path: Path, models: dict[str, Path]) -> None:
 
 
 def test_documents_are_chunked_not_truncated(tmp_path: Path, models: dict[str, Path]) -> None:
-    tok = template.load_tokenizer(models["base"])
+    tok = variant_lm.load_tokenizer(models["base"])
     doc = records()[5]
     full, _ = tokenized(tmp_path, "base", models["base"], params_for("base", validation_ratio=0.0), [doc])
     ids = full["train"][0]["input_ids"]  # <bos> text <eos>
@@ -222,7 +225,7 @@ def test_packing_keeps_examples_and_their_labels(tmp_path: Path, models: dict[st
 
 
 def test_padding(tmp_path: Path, models: dict[str, Path]) -> None:
-    tok = template.load_tokenizer(models["base"])
+    tok = variant_lm.load_tokenizer(models["base"])
     plain, _ = tokenized(tmp_path, "base", models["base"], params_for("base", validation_ratio=0.0))
     padded, metrics = tokenized(
         tmp_path, "base", models["base"], params_for("base", max_tokens=200, use_padding=True, validation_ratio=0.0)
@@ -307,7 +310,7 @@ def test_command_line_is_byte_deterministic(tmp_path: Path, models: dict[str, Pa
     digests = []
     for run in ("a", "b"):
         out, metrics = tmp_path / run / "chat", tmp_path / run / "tokenize_chat.json"
-        cmd = [sys.executable, "-m", "stages.tokenize", "--params", str(params), "--variant", "chat"]
+        cmd = [sys.executable, "-m", "stages.variant.tokenize", "--params", str(params), "--variant", "chat"]
         cmd += ["--in", str(src), "--model", str(models["chat"]), "--out", str(out), "--metrics", str(metrics)]
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, check=False)

@@ -17,8 +17,10 @@ from typing import Any
 
 import pytest
 
-from stages import _io, train
-from stages._io import StageError
+from stages.core import io as _io
+from stages.core.io import StageError
+from stages.variant import lm as variant_lm
+from stages.variant import train
 from tests.stages._tiny import tiny_llama, word_tokenizer, write_params
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -77,7 +79,7 @@ def _params(path: Path, **over: Any) -> Path:
 
 def _cmd(tiny: dict[str, Path], params: Path, out: Path) -> list[str]:
     return [
-        sys.executable, "-m", "stages.train", "--params", str(params), "--variant", "chat",
+        sys.executable, "-m", "stages.variant.train", "--params", str(params), "--variant", "chat",
         "--model", str(tiny["model"]), "--data", str(tiny["data"]), "--out", str(out / "adapter"),
         "--checkpoints", str(out / "ckpt"), "--metrics", str(out / "metrics.json"), "--live", str(out / "live"),
     ]  # fmt: skip
@@ -232,6 +234,6 @@ def test_params_errors_list_every_problem(tmp_path: Path) -> None:
 def test_int8_on_cpu_and_bad_data_are_refused(tiny: dict[str, Path], tmp_path: Path) -> None:
     spec = train.TrainSpec.model_validate({**SPEC, "quantization": "int8"})
     with pytest.raises(StageError, match="8-bit training needs CUDA"):
-        train.load_base(tiny["model"], spec, "cpu", 0)
+        variant_lm.load_base(tiny["model"], spec, "cpu", 0)
     with pytest.raises(StageError, match="expected a DatasetDict saved with save_to_disk"):
         train.load_data(tmp_path)

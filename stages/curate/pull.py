@@ -4,10 +4,10 @@ Inputs: the sources of ``pull.sources`` (paths relative to the project root, the
     local files (``.jsonl`` ``.json`` ``.csv`` ``.parquet``, and ``.md``/``.txt`` documents) and folders of them,
     ``hf://<dataset>`` with a pinned ``revision`` and ``split`` (where the Hub is reachable), and ``http(s)://``
     web pages (``format: text``; main text extracted with trafilatura).
-Outputs: ``data/pulled/<source name>.parquet`` (records, see ``stages/_records.py``) and ``metrics/pull.json``
+Outputs: ``data/pulled/<source name>.parquet`` (records, see ``stages/core/records.py``) and ``metrics/pull.json``
     (``total``, ``kept`` (== total) and ``records_<source>``).
 Run: ``dvc repro pull``
-    (= ``python -m stages.pull --params params.yaml --out data/pulled --metrics metrics/pull.json``).
+    (= ``python -m stages.curate.pull --params params.yaml --out data/pulled --metrics metrics/pull.json``).
 
 Formats and the record kind they become (``fields:`` maps these canonical names to your column names):
 
@@ -48,9 +48,11 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from stages import _io, _params
-from stages._io import StageError
-from stages._records import ROLES, Record, make_record, write_records
+from stages.core import cli
+from stages.core import io as _io
+from stages.core import params as _params
+from stages.core.io import StageError
+from stages.core.records import ROLES, Record, make_record, write_records
 
 PARAMS = ["pull"]
 
@@ -511,13 +513,13 @@ def run(params: _params.Scoped, *, inputs: dict[str, Path], outputs: dict[str, P
 
 def main(argv: list[str] | None = None) -> None:
     """Command line of the stage (see dvc.yaml)."""
-    parser = argparse.ArgumentParser(prog="python -m stages.pull", description=(__doc__ or "").splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m stages.curate.pull", description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--params", type=Path, required=True, help="params.yaml")
     parser.add_argument("--out", type=Path, required=True, help="output directory, one .parquet per source")
     parser.add_argument("--metrics", type=Path, required=True, help="metrics JSON")
     args = parser.parse_args(argv)
     params = _params.load(args.params, PARAMS)
-    _io.log_params("pull", params.pull)
+    cli.log_params("pull", params.pull)
     metrics = run(params, inputs={}, outputs={"out": args.out})
     with _io.atomic_outputs(args.metrics) as (tmp,):
         _io.write_json(tmp, metrics)
@@ -525,4 +527,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    _io.run_main(lambda: main(sys.argv[1:]))
+    cli.run_main(lambda: main(sys.argv[1:]))

@@ -1,8 +1,9 @@
 """Baseline: evaluate a variant's pretrained model (no adapter) on every probe task: what the probe compares to.
 
 Inputs: ``--model`` (``models/<variant>/base``, the checkpoint of the models stage) and the task files of
-    ``probe.tasks`` (JSONL; formats in ``stages/_probe.py``). The params ``probe.*`` that change the numbers (not the
-    bootstrap or verdict settings), ``template.<variant>`` (generation prompts) and ``train.<variant>.quantization`` /
+    ``probe.tasks`` (JSONL; formats in ``stages/probe/engine.py``). The params ``probe.*`` that change the numbers
+    (not the bootstrap or verdict settings), ``template.<variant>`` (generation prompts) and
+    ``train.<variant>.quantization`` /
     ``compute_dtype`` (what ``probe.precision: as_trained`` resolves to). It does not read the adapter: retraining
     never re-evaluates the base model.
 Outputs: ``--out`` (``data/probe/baseline_<variant>.parquet``): one row per (task, item), sorted by task then item::
@@ -22,7 +23,7 @@ Outputs: ``--out`` (``data/probe/baseline_<variant>.parquet``): one row per (tas
     knowledge exact, contains, rougeL), plus tasks_evaluated and tasks_cached (tasks found in ``--cache``).
 Cache: ``--cache`` (``.steep_cache/probe``) keeps each task's per-item results by a hash of everything they depend
     on: adding a task evaluates only that task, and a rerun with nothing changed loads no model.
-Run: ``dvc repro baseline@chat`` (= ``python -m stages.baseline --params params.yaml --variant chat
+Run: ``dvc repro baseline@chat`` (= ``python -m stages.probe.baseline --params params.yaml --variant chat
     --model models/chat/base --out data/probe/baseline_chat.parquet --metrics metrics/baseline_chat.json
     --cache .steep_cache/probe``).
 """
@@ -34,7 +35,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from stages import _io, _params, _probe
+from stages.core import cli
+from stages.core import io as _io
+from stages.core import params as _params
+from stages.probe import engine as _probe
 
 log = logging.getLogger("steep.baseline")
 
@@ -102,4 +106,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    _io.run_main(main)
+    cli.run_main(main)

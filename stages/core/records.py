@@ -31,7 +31,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from stages._io import StageError, write_table
+from stages.core.io import StageError, write_table
 
 KINDS = ("instruction", "conversation", "qa", "document")
 ROLES = ("system", "user", "assistant")

@@ -1,6 +1,6 @@
 """Tokenize: turn a variant's templated rows into token ids and loss labels, split into train and validation.
 
-Inputs: ``--in`` (``data/templated/<variant>.parquet``, rows of ``stages.template``); ``--model``
+Inputs: ``--in`` (``data/templated/<variant>.parquet``, rows of ``stages.variant.template``); ``--model``
     (``models/<variant>/base``), whose tokenizer is used.
 Outputs: ``--out`` (``data/tokenized/<variant>``), a ``datasets.DatasetDict`` saved with ``save_to_disk``, splits
     ``train`` and ``validation`` (either may be empty), one row per training sequence::
@@ -14,7 +14,7 @@ Outputs: ``--out`` (``data/tokenized/<variant>``), a ``datasets.DatasetDict`` sa
 ``--metrics`` (``metrics/tokenize_<variant>.json``): total, kept, dropped_<reason> (per templated row), the
     longest example (tokens, before truncation, and its id), truncated and chunked rows, and per split the examples,
     sequences, tokens (padding excluded) and trainable tokens (labels not -100).
-Run: ``dvc repro tokenize@chat`` (= ``python -m stages.tokenize --params params.yaml --variant chat
+Run: ``dvc repro tokenize@chat`` (= ``python -m stages.variant.tokenize --params params.yaml --variant chat
     --in data/templated/chat.parquet --model models/chat/base --out data/tokenized/chat
     --metrics metrics/tokenize_chat.json``).
 
@@ -55,10 +55,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from stages import _io, _params
-from stages._io import StageError
-from stages._params import TokenizeParams
-from stages.template import load_tokenizer, read_templated
+from stages.core import cli
+from stages.core import io as _io
+from stages.core import params as _params
+from stages.core.io import StageError
+from stages.core.params import TokenizeParams
+from stages.variant.lm import leading_specials, load_tokenizer, read_templated
 
 log = logging.getLogger("steep.tokenize")
 
@@ -100,17 +102,6 @@ def split_of(record_id: str, validation_ratio: float) -> str:
     """``validation`` when sha256(id)'s first 8 bytes fall below validation_ratio of 2**64, else ``train``."""
     h = int.from_bytes(hashlib.sha256(record_id.encode("utf-8")).digest()[:8], "big")
     return "validation" if h < validation_ratio * 2**64 else "train"
-
-
-def leading_specials(tokenizer: Any) -> list[int]:
-    """The ids the tokenizer puts before any text (e.g. ``[<bos>]``), found by tokenizing with and without them."""
-    probe = "steep"
-    with_ = tokenizer(probe, add_special_tokens=True)["input_ids"]
-    without = tokenizer(probe, add_special_tokens=False)["input_ids"]
-    for start in range(len(with_) - len(without) + 1):
-        if with_[start : start + len(without)] == without:
-            return list(with_[:start])
-    return []
 
 
 def build(
@@ -282,7 +273,7 @@ def run(params: TokenizeParams, *, inputs: dict[str, Path], outputs: dict[str, P
 
 def main() -> None:
     """Command line: the flags of the tokenize stage's cmd in dvc.yaml."""
-    ap = argparse.ArgumentParser(prog="python -m stages.tokenize", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m stages.variant.tokenize", description=__doc__.split("\n")[0])
     ap.add_argument("--params", required=True, type=Path, help="params.yaml")
     ap.add_argument("--variant", required=True, help="the variant to tokenize for (base, chat)")
     ap.add_argument("--in", dest="inp", required=True, type=Path, help="templated rows (Parquet)")
@@ -291,11 +282,11 @@ def main() -> None:
     ap.add_argument("--metrics", required=True, type=Path, help="metrics JSON")
     args = ap.parse_args()
     params = load_params(args.params, args.variant)
-    _io.log_params(f"tokenize.{args.variant}", params)
+    cli.log_params(f"tokenize.{args.variant}", params)
     metrics = run(params, inputs={"in": args.inp, "model": args.model}, outputs={"out": args.out})
     with _io.atomic_outputs(args.metrics) as (tmp,):
         _io.write_json(tmp, metrics)
 
 
 if __name__ == "__main__":
-    _io.run_main(main)
+    cli.run_main(main)

@@ -26,9 +26,9 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from stages._io import StageError
-from stages._params import ProbeTask
-from stages._probe import TaskData, quiet_harness
+from stages.core.io import StageError
+from stages.core.params import ProbeTask
+from stages.probe.engine import TaskData, quiet_harness
 
 # simple_evaluate's default fewshot_random_seed (lm_eval.defaults.DEFAULT_OTHER_SEED)
 FEWSHOT_SEED = 1234

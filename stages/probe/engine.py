@@ -10,7 +10,8 @@ file stops the stage naming the file, the line and the fix. ``fields`` maps each
     knowledge        question, answer
 
 A multiple-choice task may instead name an lm-evaluation-harness task (``harness_task``, e.g. ``arc_easy``): its
-items are the harness's own rendering of its documents (``stages/_harness.py``), read before any model is loaded too.
+items are the harness's own rendering of its documents (``stages/probe/harness.py``), read before any model is
+loaded too.
 
 How each type is evaluated (one model: a base checkpoint, optionally with a LoRA adapter, in the probe precision):
 
@@ -69,9 +70,12 @@ import numpy as np
 import pyarrow as pa
 from tqdm import tqdm
 
-from stages import _io, _params
-from stages._io import StageError
-from stages._params import PROBE_FIELDS, AlpacaTemplate, ChatTemplate, ProbeTask
+from stages.core import cli
+from stages.core import io as _io
+from stages.core import params as _params
+from stages.core.io import StageError
+from stages.core.params import PROBE_FIELDS, AlpacaTemplate, ChatTemplate, ProbeTask
+from stages.variant import lm as _lm
 
 log = logging.getLogger("steep.probe")
 
@@ -222,7 +226,7 @@ def log_params(params: _params.Scoped, keys: list[str]) -> None:
         value = _params.get(params, key)
         if isinstance(value, list):
             value = [v.model_dump(exclude_none=True) if hasattr(v, "model_dump") else v for v in value]
-        _io.log_params(key, value)
+        cli.log_params(key, value)
 
 
 # --- task files -----------------------------------------------------------------------------------------------------
@@ -235,7 +239,7 @@ class TaskData:
     Attributes:
         task: the ``probe.tasks`` entry.
         items: (0-based line index, the item's fields under their canonical names), in file order (a harness task:
-            (document index, question / choices / answer), see ``stages/_harness.py``).
+            (document index, question / choices / answer), see ``stages/probe/harness.py``).
         sha256: the task file's sha256 (a harness task: its items' and delimiter's).
     """
 
@@ -300,7 +304,7 @@ def _check_item(task: ProbeTask, obj: Any, where: str) -> dict[str, Any]:
 def read_task(task: ProbeTask) -> TaskData:
     """Read and check a task file (path relative to the working directory, the project root) or a harness task."""
     if task.harness_task is not None:
-        from stages import _harness  # imports this module
+        from stages.probe import harness as _harness  # imports this module
 
         return _harness.read(task)
     assert task.path is not None and task.fields is not None  # ProbeTask's validator
@@ -378,15 +382,8 @@ class TaskCache:
 # --- model ----------------------------------------------------------------------------------------------------------
 
 
-def _device() -> str:
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 def load_model(model_dir: Path, adapter_dir: Path | None, precision: dict[str, str], device: str) -> Any:
     """The base checkpoint in `precision` (train.load_base: NF4 double quant, 8-bit or plain), plus the adapter."""
-    from stages.train import load_base
 
     if precision["quantization"] == "int8" and device != "cuda":
         raise StageError(
@@ -394,7 +391,7 @@ def load_model(model_dir: Path, adapter_dir: Path | None, precision: dict[str, s
             "on CPU set probe.precision to 4bit, bf16 or fp32"
         )
     # load_base reads only these two fields of a TrainSpec
-    model = load_base(model_dir, SimpleNamespace(**precision), device, 0)
+    model = _lm.load_base(model_dir, SimpleNamespace(**precision), device, 0)
     if precision["quantization"] == "none":
         model = model.to(device)
     if adapter_dir is not None:
@@ -409,9 +406,8 @@ def load_model(model_dir: Path, adapter_dir: Path | None, precision: dict[str, s
 
 def load_tokenizer(model_dir: Path) -> Any:
     """The checkpoint's tokenizer (as the template stage loads it), with a pad token (EOS when it has none)."""
-    from stages.template import load_tokenizer as template_tokenizer
 
-    tok = template_tokenizer(Path(model_dir))
+    tok = _lm.load_tokenizer(Path(model_dir))
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return tok
@@ -466,7 +462,7 @@ class Engine:
     settings: Settings
     model_dir: Path
     adapter_dir: Path | None = None
-    device: str = field(default_factory=_device)
+    device: str = field(default_factory=_lm.device)
 
     @cached_property
     def model(self) -> Any:
@@ -592,11 +588,9 @@ class Engine:
         import torch
         from transformers import GenerationConfig
 
-        from stages.tokenize import leading_specials
-
         tok = self.tokenizer
         rendered = [render(p, self.settings.template, tok) for p in prompts]
-        prefix = leading_specials(tok)
+        prefix = _lm.leading_specials(tok)
         enc = [encode_prompt(tok, r, prefix) for r in rendered]
         model = self.model
         eos = {tok.eos_token_id} if tok.eos_token_id is not None else set()
@@ -830,7 +824,7 @@ def bertscore(predictions: list[str], references: list[str], model: str) -> list
     """BERTScore F1 per pair with a local encoder (``probe.bertscore_model``), all its layers, no rescaling."""
     import bert_score
 
-    from stages._embed import resolve_model_dir
+    from stages.curate.embed import resolve_model_dir
 
     model_dir = resolve_model_dir(model)
     if not Path(model_dir).is_dir():

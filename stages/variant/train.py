@@ -12,7 +12,7 @@ Outputs: ``--out`` (``models/<variant>/adapter``): the best adapter by validatio
 Checkpoints: ``--checkpoints`` (``.steep_cache/checkpoints/<variant>``) is not a DVC output (DVC deletes outputs
     before a rerun): a run that finds a complete ``checkpoint-*`` there, made with the same params, data and base
     model (``steep_run.json`` holds their fingerprint), resumes from the newest; a successful run removes the folder.
-Run: ``dvc repro train@chat`` (= ``python -m stages.train --params params.yaml --variant chat
+Run: ``dvc repro train@chat`` (= ``python -m stages.variant.train --params params.yaml --variant chat
     --model models/chat/base --data data/tokenized/chat --out models/chat/adapter
     --checkpoints .steep_cache/checkpoints/chat --metrics metrics/train_chat.json --live dvclive/train_chat``).
 
@@ -42,9 +42,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from stages import _io, _params
-from stages._io import StageError
-from stages._params import TrainSpec
+from stages.core import cli
+from stages.core import io as _io
+from stages.core import params as _params
+from stages.core.io import StageError
+from stages.core.params import TrainSpec
+from stages.variant.lm import device as _device
+from stages.variant.lm import load_base
 
 log = logging.getLogger("steep.train")
 
@@ -117,38 +121,6 @@ def _prepare_checkpoints(ckpt_dir: Path, fp: str, is_main: bool) -> Path | None:
 
 
 # --- the model ----------------------------------------------------------------
-
-
-def _device() -> str:
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def load_base(model_dir: Path, spec: TrainSpec, device: str, local_rank: int) -> Any:
-    """The base model: 4-bit NF4 with double quantization, 8-bit, or unquantized, in the compute dtype."""
-    import torch
-    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
-
-    dtype = getattr(torch, spec.compute_dtype)
-    kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": False}
-    if spec.quantization == "nf4_4bit":
-        kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True,
-            bnb_4bit_quant_type="nf4",
-            bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=dtype,
-        )
-    elif spec.quantization == "int8":
-        if device != "cuda":
-            raise StageError(
-                "train quantization 'int8': bitsandbytes 8-bit training needs CUDA; on CPU use 'nf4_4bit' or 'none'"
-            )
-        kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True)
-    if spec.quantization != "none":
-        # bitsandbytes places the quantized weights at load time: one device per process.
-        kwargs["device_map"] = {"": local_rank if device == "cuda" else "cpu"}
-    return AutoModelForCausalLM.from_pretrained(model_dir, **kwargs)
 
 
 def add_adapter(model: Any, spec: TrainSpec) -> Any:
@@ -447,7 +419,7 @@ def _ddp_rank() -> tuple[int, int, int]:
 
 def main() -> None:
     """Command line: the flags of the train stage's cmd in dvc.yaml."""
-    ap = argparse.ArgumentParser(prog="python -m stages.train", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m stages.variant.train", description=__doc__.split("\n")[0])
     ap.add_argument("--params", required=True, type=Path, help="params.yaml")
     ap.add_argument("--variant", required=True, help="the variant to train (base, chat)")
     ap.add_argument("--model", required=True, type=Path, help="base model checkpoint directory")
@@ -462,14 +434,14 @@ def main() -> None:
     rank = _ddp_rank()
     if spec.num_processes > 1 and "LOCAL_RANK" not in os.environ:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={spec.num_processes}"]
-        cmd += ["-m", "stages.train", *sys.argv[1:]]
+        cmd += ["-m", "stages.variant.train", *sys.argv[1:]]
         log.info("relaunching under torchrun with %d processes", spec.num_processes)
         code = subprocess.run(cmd, check=False).returncode
         if code:
             raise StageError(f"torchrun with {spec.num_processes} processes failed (exit code {code})")
         return
     if rank[0] == 0:
-        _io.log_params(f"common.seed={seed}, train.{args.variant}", spec)
+        cli.log_params(f"common.seed={seed}, train.{args.variant}", spec)
     metrics = run(
         spec,
         seed,
@@ -484,4 +456,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    _io.run_main(main)
+    cli.run_main(main)

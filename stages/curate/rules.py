@@ -1,64 +1,8 @@
-"""Moderate: drop defective records, blank placeholder inputs, redact PII, score records with cleanlab.
+"""Moderation rules: each looks at one record and says keep, or why not (a fixed reason code and a detail).
 
-Inputs: ``--in`` the pulled records (``data/pulled``, one Parquet file per source); the embedding
-cache ``--cache`` (``.steep_cache/embeddings``; moderate fills it, dedup reads it back).
-Outputs: ``--out`` the kept records (``data/moderated.parquet``), ``--rejects`` the dropped ones with
-stage, reason and detail (``data/rejected/moderate.parquet``), ``--metrics`` counts
-(``metrics/moderate.json``).
-Run: ``dvc repro moderate``.
-
-The rules are small pure functions ``(record, cfg) -> (keep, reason, detail)``, datatrove style, applied
-in this order; the first one that fails drops the record under its reason code:
-
-==================== ======================== ======================================================================
-rule / reason        applies to               drops when
-==================== ======================== ======================================================================
-control_characters   every text               a C0/C1 control character other than tab, newline, CR
-empty_output         output, assistant turns  the text is one of ``empty_output_values`` ("", "N/A", ...);
-                                              a conversation without an assistant turn
-too_short            instruction, document    instruction < ``min_instruction_chars``, text < ``min_document_chars``
-too_long             output, document         output > ``max_output_chars``, text > ``max_document_chars``
-unseen_reference     instruction, input       a ``unseen_reference_patterns`` match (URL, "this image", ...)
-merged_instructions  instruction/input/output a ``merged_instruction_patterns`` match ("### Instruction:")
-canned_response      output, assistant turns  a ``canned_patterns`` match ("As an AI language model", ...)
-truncated_output     output, assistant turns  >= ``min_words_truncation_check`` words and no closing
-                                              punctuation, an open code fence, or a dangling last word
-repetitive           output, document         Gopher ratios: duplicate-line chars, top 3-gram chars
-wrong_language       the whole record         py3langid's top language not in ``language.allowed`` with
-                                              probability >= ``min_confidence`` (code blocks left out)
-toxic                each text (paragraph)    alt-profanity-check probability >  ``toxicity.max_probability``
-pii_<entity>         every text               only with ``pii.action: drop``; otherwise spans are redacted
-cleanlab_outlier     the record's embedding   only with ``cleanlab.enable_drop_outliers``
-cleanlab_label_issue the record's embedding   only with ``cleanlab.enable_drop_label_issues``
-==================== ======================== ======================================================================
-
-"instruction" rows mean the instruction and qa kinds (qa's question is its instruction). Conversations get
-the rules on their turns; documents get control characters, length, repetition, language, toxicity, PII.
-
-Normalizations keep the record and are written into its meta: a placeholder input (``<noinput>``, "N/A",
-per ``noinput_placeholders``) is blanked (``normalized_noinput``); with ``pii.action: redact`` each PII span
-is replaced by ``<EMAIL>``, ``<PHONE>``, ``<CREDIT_CARD>``, ``<IP_ADDRESS>`` or ``<API_KEY>``
-(``redacted_pii_<entity>``, counted per record).
-
-PII detection uses presidio-analyzer's pattern recognizers directly (email, phone via python-phonenumbers,
-credit card with Luhn check, IP) plus an API-key recognizer defined here, without ``AnalyzerEngine`` (which
-would load a spaCy model). Presidio's email recognizer validates domains with ``tldextract``, whose default
-extractor downloads the public-suffix list on first use; here it runs on tldextract's bundled snapshot, so
-nothing reaches for the network. Loopback, unspecified, link-local and multicast IPs (``127.0.0.1``,
-``0.0.0.0``, ``::``) name no one and are left alone.
-
-Cleanlab: the kept records are embedded (``common.embedding``, through the shared cache) and each source
-is checked on its own, since a source is one distribution and a small source mixed into a large one would
-look like a cloud of outliers for its kind alone: Datalab's outlier check on every source with at least
-``cleanlab.min_records`` records, and its label check on the records of a source that carry
-``meta.label`` (pull's ``label_field``). Scores go into ``meta.moderate.cleanlab``, rounded to 6 decimals;
-a record is dropped on them only when ``enable_drop_*`` says so. Cleanlab gets the grid vectors of
-:mod:`stages._embed` (the same bytes on every CPU) in float64, so its distances differ between BLAS kernels
-by ~1e-16 only and the 6-decimal scores, ~1e6 times coarser, are the same on every CPU.
-
-Every kept record gets ``meta["moderate"] = {"passed": [rules it was checked by], "normalized": [...],
-"redacted": {entity: spans}, "cleanlab": {...}}``. Output rows are sorted by id; the same inputs and params
-give the same bytes.
+A shared module, not a stage: the moderate stage applies :data:`RULES` to every pulled record, and the
+synthesize stage applies the same :func:`check_record` to every generated pair, so both count the same
+reason codes. The rules and their thresholds are described in the moderate stage's docstring.
 """
 
 from __future__ import annotations
@@ -67,21 +11,15 @@ import copy
 import ipaddress
 import logging
 import re
-import warnings
 from collections import Counter
 from collections.abc import Callable, Iterable
 from functools import cache
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from stages import _io, _params
-from stages._embed import embed
-from stages._records import Record, order_key, read_record_dir, record_text, write_records, write_rejects
-
-PARAMS = ["common.seed", "common.embedding", "moderate"]
-STAGE = "moderate"
+from stages.core import params as _params
+from stages.core.records import Record
 
 log = logging.getLogger("steep.moderate")
 
@@ -528,189 +466,3 @@ def check_record(record: Record, cfg: _params.Moderate) -> tuple[Record, str | N
     redacted = redact_record(rec, cfg) if cfg.pii.action == "redact" else {}
     rec["meta"]["moderate"] = {"passed": passed, "normalized": normalized, "redacted": redacted, "cleanlab": {}}
     return rec, None, ""
-
-
-# --- cleanlab -------------------------------------------------------------------------------------
-
-
-def _datalab_issues(features: np.ndarray, issue: str, labels: list[str] | None, seed: int) -> Any:
-    """Datalab's issues table for one check ("outlier" or "label") on (N, D) unit-norm features."""
-    from cleanlab import Datalab
-
-    np.random.seed(seed)  # cleanlab draws from numpy's global generator in places
-    data = {"label": labels} if labels is not None else {"row": list(range(len(features)))}
-    lab = Datalab(data=data, label_name="label" if labels is not None else None, verbosity=0)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        lab.find_issues(features=features, issue_types={issue: {}})
-    for w in caught:
-        # Deprecations are about cleanlab's own use of its libraries (pandas 3 deprecates
-        # `rename(inplace=True)`, which cleanlab 2.9 calls), not about the data: left out of the log.
-        if not issubclass(w.category, DeprecationWarning | FutureWarning):
-            log.warning("cleanlab %s check: %s", issue, str(w.message).splitlines()[0])
-    return lab.get_issues(issue)
-
-
-def cleanlab_scores(
-    records: list[Record], cfg: _params.Cleanlab, *, seed: int, embedding: _params.Embedding, cache_dir: str | Path
-) -> dict[str, int]:
-    """Write cleanlab scores into ``meta.moderate.cleanlab`` of `records` (in place), per source.
-
-    Outliers: Datalab's outlier check over the sentence embeddings of each source with at least
-    ``min_records`` records. Label issues: Datalab's label check (labels predicted from the embeddings'
-    nearest neighbours) over the records of a source that carry ``meta.label``, when there are at least
-    ``min_records`` of them with two or more distinct labels. Returns the counts (flags, cache use).
-    """
-    counts = {"flagged_cleanlab_outlier": 0, "flagged_cleanlab_label_issue": 0}
-    if not cfg.enable or not records:
-        return counts
-    texts = [record_text(r, embedding.fields) for r in records]
-    # (N, D), unit norm; cache hits are logged, not put in metrics (they depend on the cache, not the data)
-    vectors = embed(texts, embedding, cache_dir)
-    sources: dict[str, list[int]] = {}
-    for i, r in enumerate(records):
-        sources.setdefault(r["source"], []).append(i)
-    for source, idx in sources.items():
-        if len(idx) < cfg.min_records:
-            note = f"source has {len(idx)} records (< cleanlab.min_records {cfg.min_records})"
-            log.info("cleanlab: %s skipped: %s", source, note)
-            for i in idx:
-                records[i]["meta"]["moderate"]["cleanlab"]["skipped"] = note
-            continue
-        issues = _datalab_issues(vectors[idx].astype(np.float64), "outlier", None, seed)
-        for i, score, flag in zip(idx, issues["outlier_score"], issues["is_outlier_issue"], strict=True):
-            records[i]["meta"]["moderate"]["cleanlab"].update(
-                {"outlier_score": round(float(score), 6), "is_outlier": bool(flag)}
-            )
-            counts["flagged_cleanlab_outlier"] += bool(flag)
-        n_outliers = int(issues["is_outlier_issue"].sum())
-        labeled = [i for i in idx if records[i]["meta"].get("label") is not None]
-        labels = [str(records[i]["meta"]["label"]) for i in labeled]
-        if not labeled:
-            log.info("cleanlab: %s: %d outliers in %d records (no labels)", source, n_outliers, len(idx))
-            continue
-        if len(labeled) < cfg.min_records or len(set(labels)) < 2:
-            note = f"{len(labeled)} labeled records, {len(set(labels))} distinct labels (need {cfg.min_records}, 2)"
-            log.info("cleanlab: %s: %d outliers; label check skipped: %s", source, n_outliers, note)
-            for i in labeled:
-                records[i]["meta"]["moderate"]["cleanlab"]["skipped"] = f"label check: {note}"
-            continue
-        issues = _datalab_issues(vectors[labeled].astype(np.float64), "label", labels, seed)
-        for i, score, flag, predicted in zip(
-            labeled, issues["label_score"], issues["is_label_issue"], issues["predicted_label"], strict=True
-        ):
-            records[i]["meta"]["moderate"]["cleanlab"].update(
-                {"label_score": round(float(score), 6), "is_label_issue": bool(flag), "predicted_label": str(predicted)}
-            )
-            counts["flagged_cleanlab_label_issue"] += bool(flag)
-        n_label = int(issues["is_label_issue"].sum())
-        log.info("cleanlab: %s: %d outliers in %d records, %d label issues", source, n_outliers, len(idx), n_label)
-    return counts
-
-
-# --- the whole set --------------------------------------------------------------------------------
-
-
-def reason_codes(cfg: _params.Moderate) -> list[str]:
-    """Every reason code this configuration can drop a record for (each gets a metric, zero or not)."""
-    codes = [name for name, _, _ in RULES if name != "pii"]
-    if not cfg.toxicity.enable:
-        codes.remove("toxic")
-    if cfg.pii.action == "drop":
-        codes += [f"pii_{e}" for e in cfg.pii.entities]
-    if cfg.cleanlab.enable and cfg.cleanlab.enable_drop_outliers:
-        codes.append("cleanlab_outlier")
-    if cfg.cleanlab.enable and cfg.cleanlab.enable_drop_label_issues:
-        codes.append("cleanlab_label_issue")
-    return codes
-
-
-def moderate_records(
-    records: list[Record],
-    cfg: _params.Moderate,
-    *,
-    seed: int,
-    embedding: _params.Embedding,
-    cache_dir: str | Path,
-) -> tuple[list[Record], list[tuple[Record, str, str, str]], dict[str, Any]]:
-    """Moderate `records`: the rules per record, then cleanlab over the kept ones.
-
-    Args:
-        records: records in the schema of stages._records (not modified).
-        cfg: the ``moderate`` params section.
-        seed: ``common.seed`` (cleanlab).
-        embedding: ``common.embedding`` (the model and fields embedded for cleanlab).
-        cache_dir: the embedding cache directory.
-
-    Returns:
-        ``(kept, rejects, metrics)``: kept records (moderated copies, in input order), rejects as
-        ``(record, "moderate", reason, detail)``, and flat metrics (total, kept, dropped_<reason>,
-        normalized_noinput, redacted_pii_<entity>, flagged_cleanlab_*, embedding cache counts).
-    """
-    records = sorted(records, key=order_key)
-    dropped = dict.fromkeys(reason_codes(cfg), 0)
-    kept: list[Record] = []
-    rejects: list[tuple[Record, str, str, str]] = []
-    for record in records:
-        rec, reason, detail = check_record(record, cfg)
-        if reason is None:
-            kept.append(rec)
-        else:
-            dropped[reason] += 1
-            rejects.append((rec, STAGE, reason, detail))
-    extra: dict[str, Any] = cleanlab_scores(kept, cfg.cleanlab, seed=seed, embedding=embedding, cache_dir=cache_dir)
-    drop_on = [
-        ("cleanlab_outlier", "is_outlier", "outlier_score", cfg.cleanlab.enable_drop_outliers),
-        ("cleanlab_label_issue", "is_label_issue", "label_score", cfg.cleanlab.enable_drop_label_issues),
-    ]
-    survivors: list[Record] = []
-    for rec in kept:
-        scores = rec["meta"]["moderate"]["cleanlab"]
-        hit = next((d for d in drop_on if d[3] and scores.get(d[1])), None)
-        if hit:
-            dropped[hit[0]] += 1
-            rejects.append((rec, STAGE, hit[0], f"cleanlab {hit[2]} {scores[hit[2]]}"))
-        else:
-            survivors.append(rec)
-    extra["normalized_noinput"] = sum("noinput" in r["meta"]["moderate"]["normalized"] for r in survivors)
-    if cfg.pii.action == "redact":
-        for e in cfg.pii.entities:
-            extra[f"redacted_pii_{e}"] = sum(e in r["meta"]["moderate"]["redacted"] for r in survivors)
-    metrics = _io.drop_metrics(len(records), len(survivors), dropped, **dict(sorted(extra.items())))
-    return survivors, rejects, metrics
-
-
-def run(
-    params: _params.Scoped, *, inputs: dict[str, Path], outputs: dict[str, Path], cache_dir: str | Path
-) -> dict[str, Any]:
-    """Moderate ``inputs["in"]`` into ``outputs["out"]`` and ``outputs["rejects"]``; return the metrics.
-
-    Args:
-        params: scoped params (common.seed, common.embedding, moderate).
-        inputs: ``{"in": <directory of pulled record files>}``.
-        outputs: ``{"out": <kept records parquet>, "rejects": <rejected records parquet>}``.
-        cache_dir: the embedding cache directory (shared with dedup).
-
-    Returns:
-        Flat metrics: total, kept, dropped_<reason> for every reason, normalizations, redactions, flags.
-    """
-    cfg: _params.Moderate = params.moderate
-    records = read_record_dir(inputs["in"])
-    kept, rejects, metrics = moderate_records(
-        records, cfg, seed=params.common.seed, embedding=params.common.embedding, cache_dir=cache_dir
-    )
-    with _io.atomic_outputs(outputs["out"], outputs["rejects"]) as (out, rej):
-        write_records(out, kept)
-        write_rejects(rej, rejects)
-    dropped = {k: v for k, v in metrics.items() if k.startswith("dropped_") and v}
-    log.info("moderate: %d records, %d kept, dropped %s", metrics["total"], metrics["kept"], dropped or "none")
-    return metrics
-
-
-def main() -> None:
-    """Command line: the flags of the moderate stage's cmd in dvc.yaml."""
-    _io.filter_stage_main(STAGE, PARAMS, run, in_help="pulled records (directory of parquet)")
-
-
-if __name__ == "__main__":
-    _io.run_main(main)

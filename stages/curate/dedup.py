@@ -20,14 +20,14 @@ dropped once, under the first reason that applies:
    ``affine32`` permutation scheme, bit for bit) instead of one ``MinHash.update`` per shingle.
 3. ``semantic_duplicate``: cosine similarity of unit sentence embeddings (``common.embedding``: model and
    the fields embedded) at least ``dedup.semantic.cosine_threshold``; skipped when ``semantic.enable`` is
-   false. Vectors come from the content-addressed cache in :mod:`stages._embed`; their cosines are exact
-   (:func:`stages._embed.cosine`), so a pair at the threshold is decided the same way on every CPU.
+   false. Vectors come from the content-addressed cache in :mod:`stages.curate.embed`; their cosines are exact
+   (:func:`stages.curate.embed.cosine`), so a pair at the threshold is decided the same way on every CPU.
 4. ``reference_overlap``: each text of each reference file (its ``fields`` joined by blank lines) is
    compared with every remaining record by the same three methods and thresholds; an overlapping record
    is dropped, and the detail names the reference file, line and method.
 
 Clusters: within a method, matching pairs are joined by union-find (so matches chain). The survivor of a
-cluster is the record that comes first in the declared input (:func:`stages._records.order_key`: the
+cluster is the record that comes first in the declared input (:func:`stages.core.records.order_key`: the
 smallest ``(meta.source_index, meta.source_file, meta.row)``, i.e. source order in ``pull.sources``, then
 file within a folder source, then row), never the one whose id sorts first; the others
 are dropped with a detail naming the survivor and their closest match. Every record, kept or dropped,
@@ -53,10 +53,12 @@ from typing import Any
 import numpy as np
 from datasketch import LeanMinHash, MinHash, MinHashLSH
 
-from stages import _io, _params
-from stages._embed import cosine, embed
-from stages._io import StageError
-from stages._records import Record, clean_text, order_key, read_records, record_text, write_records, write_rejects
+from stages.core import cli
+from stages.core import io as _io
+from stages.core import params as _params
+from stages.core.io import StageError
+from stages.core.records import Record, clean_text, order_key, read_records, record_text, write_records, write_rejects
+from stages.curate.embed import cosine, embed
 
 PARAMS = ["common.seed", "common.embedding", "dedup"]
 STAGE = "dedup"
@@ -557,8 +559,8 @@ def reference_overlaps(
 
 def main() -> None:
     """Command line: the flags of the dedup stage's cmd in dvc.yaml."""
-    _io.filter_stage_main(STAGE, PARAMS, run, in_help="moderated records (parquet)")
+    cli.filter_stage_main(STAGE, PARAMS, run, in_help="moderated records (parquet)")
 
 
 if __name__ == "__main__":
-    _io.run_main(main)
+    cli.run_main(main)

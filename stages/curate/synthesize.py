@@ -4,14 +4,15 @@ Inputs: ``--in`` (``data/curated.parquet``): its documents are the corpus the gr
     instruction pairs join the pool generated instructions must be novel against; ``--model`` (a directory made by the
     ``models`` stage, ``models/chat/base`` by default): the generator; ``--seed-tasks``
     (``synthesize.self_instruct.seed_tasks``, Self-Instruct's ``seed_tasks.jsonl`` format).
-Outputs: ``--out`` (``data/synthetic.parquet``), kept pairs as ``instruction`` records of ``stages._records``, sorted
-    by id, each with ``meta.synthesize``: the generator (``documents`` | ``self_instruct``), the call key, the chunk
+Outputs: ``--out`` (``data/synthetic.parquet``), kept pairs as ``instruction`` records of
+    ``stages.core.records``, sorted by id, each with ``meta.synthesize``: the generator (``documents`` |
+    ``self_instruct``), the call key, the chunk
     (document id, source file, chunk index) or the seed task ids, and its max ROUGE-L against the pool;
     ``--rejects`` (``data/rejected/synthesize.parquet``): every dropped pair or malformed output with its reason;
     ``--metrics`` (``metrics/synthesize.json``): prompts, model_calls, cache_hits, pairs_parsed, total, kept,
     dropped_<reason>, acceptance_rate, new_tokens, tokens_per_s (of this run's model calls; 0 when all were cached).
     ``--cache`` (``.steep_cache/synthesize``): one JSON file per generation call, named by its key.
-Run: ``dvc repro synthesize`` (= ``python -m stages.synthesize --params params.yaml --in data/curated.parquet
+Run: ``dvc repro synthesize`` (= ``python -m stages.curate.synthesize --params params.yaml --in data/curated.parquet
     --model models/chat/base --seed-tasks data/sources/seed_tasks.jsonl --out data/synthetic.parquet
     --rejects data/rejected/synthesize.parquet --metrics metrics/synthesize.json --cache .steep_cache/synthesize``).
 
@@ -33,7 +34,7 @@ Drop reasons, in order: malformed output (``no_pair_parsed``: nothing parsable; 
 ``truncated_pair``: the last pair cut off by ``max_new_tokens``; ``empty_instruction``; ``empty_answer``), then the
 filters of Self-Instruct/Alpaca: ``instruction_too_short`` / ``instruction_too_long`` (words),
 ``blacklisted_word``, ``ungrounded_answer`` (document pairs: too few of the answer's content words in the chunk),
-then moderate's rules (the same ``stages.moderate.check_record``, with its reason codes: ``canned_response``,
+then moderate's rules (the same ``stages.curate.rules.check_record``, with its reason codes: ``canned_response``,
 ``pii_email``, ...), then ``not_novel`` (ROUGE-L F1 above ``max_rouge_l`` against the seed instructions, the curated
 instructions and the pairs kept before it, in call-key order).
 """
@@ -53,9 +54,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from stages import _io, _params, _records
-from stages._io import StageError
-from stages._records import Record
+from stages.core import cli
+from stages.core import io as _io
+from stages.core import params as _params
+from stages.core import records as _records
+from stages.core.io import StageError
+from stages.core.records import Record
+from stages.curate import rules
 
 log = logging.getLogger("steep.synthesize")
 
@@ -588,8 +593,6 @@ def run(
         dropped[reason] += 1
         rejects.append((rec, "synthesize", reason, detail))
 
-    from stages import moderate
-
     for call in calls:
         result = done[call.key]
         parsed = parse_completion(result["completion"], result["finished"], STOP, lead_label(call.prompt))
@@ -603,7 +606,7 @@ def run(
             rec = _pair_record(call, pair, call.key, index, parsed=True)
             reason, detail = check_pair(pair, call.context, cfg.filters)
             if reason is None and cfg.filters.use_moderate_rules:
-                moderated, reason, detail = moderate.check_record(rec, params.moderate)
+                moderated, reason, detail = rules.check_record(rec, params.moderate)
                 if reason is None:
                     rec = moderated
             if reason is None:
@@ -642,7 +645,7 @@ def run(
 
 def main() -> None:
     """Command line: see the module docstring."""
-    ap = argparse.ArgumentParser(prog="python -m stages.synthesize")
+    ap = argparse.ArgumentParser(prog="python -m stages.curate.synthesize")
     ap.add_argument("--params", required=True, type=Path, help="params.yaml")
     ap.add_argument("--in", dest="inp", required=True, type=Path, help="curated records (parquet)")
     ap.add_argument("--model", required=True, type=Path, help="the generator model directory (models/<variant>/base)")
@@ -659,7 +662,7 @@ def main() -> None:
             f"{params.synthesize.self_instruct.seed_tasks}; make dvc.yaml and params.yaml name the same file"
         )
     for key in PARAMS:
-        _io.log_params(key, _params.get(params, key))
+        cli.log_params(key, _params.get(params, key))
     metrics = run(
         params,
         inputs={"in": args.inp, "model": args.model, "seed_tasks": args.seed_tasks},
@@ -672,4 +675,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    _io.run_main(main)
+    cli.run_main(main)

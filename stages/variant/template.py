@@ -1,7 +1,7 @@
 """Template: render each curated record as a variant's training text, split into prompt and response segments.
 
 Inputs: ``--in`` (``data/curated.parquet`` and ``data/synthetic.parquet``: one or more files of records of
-    ``stages._records``); ``--model`` (``models/<variant>/base``),
+    ``stages.core.records``); ``--model`` (``models/<variant>/base``),
     whose tokenizer's chat template renders the ``chat_template`` format (the ``alpaca`` format does not read it).
 Outputs: ``--out`` (``data/templated/<variant>.parquet``), one row per kept record, sorted by id::
 
@@ -13,7 +13,7 @@ Outputs: ``--out`` (``data/templated/<variant>.parquet``), one row per kept reco
     meta      the record's meta (JSON), unchanged
 
 ``--metrics`` (``metrics/template_<variant>.json``): total, kept, dropped_<reason>, and kept_<kind> per kind.
-Run: ``dvc repro template@chat`` (= ``python -m stages.template --params params.yaml --variant chat
+Run: ``dvc repro template@chat`` (= ``python -m stages.variant.template --params params.yaml --variant chat
     --in data/curated.parquet data/synthetic.parquet --model models/chat/base --out data/templated/chat.parquet
     --metrics metrics/template_chat.json``).
 
@@ -48,25 +48,18 @@ from typing import Any
 
 import pyarrow as pa
 
-from stages import _io, _params, _records
-from stages._io import StageError
-from stages._params import AlpacaTemplate, ChatTemplate
+from stages.core import cli
+from stages.core import io as _io
+from stages.core import params as _params
+from stages.core import records as _records
+from stages.core.io import StageError
+from stages.core.params import AlpacaTemplate, ChatTemplate
+from stages.variant.lm import SCHEMA, load_tokenizer
 
 log = logging.getLogger("steep.template")
 
 # dvc.yaml's `params:` for this foreach stage; `params_keys(variant)` fills in the variant.
 PARAMS = ["template.${key}"]
-
-SEGMENT_TYPE = pa.struct([("text", pa.string()), ("train", pa.bool_())])
-SCHEMA = pa.schema(
-    [
-        ("id", pa.string()),
-        ("source", pa.string()),
-        ("kind", pa.string()),
-        ("segments", pa.list_(SEGMENT_TYPE)),
-        ("meta", pa.string()),
-    ]
-)
 
 Segment = dict[str, Any]
 
@@ -200,15 +193,6 @@ def render_chat(record: _records.Record, p: ChatTemplate, tokenizer: Any) -> lis
 # --- the stage ------------------------------------------------------------------------------------------------------
 
 
-def load_tokenizer(model_dir: Path) -> Any:
-    """The tokenizer of a materialized checkpoint (no repository code runs)."""
-    from transformers import AutoTokenizer
-
-    if not (Path(model_dir) / "tokenizer_config.json").is_file():
-        raise StageError(f"{model_dir}: no tokenizer_config.json; run `dvc repro models` first")
-    return AutoTokenizer.from_pretrained(str(model_dir), trust_remote_code=False)
-
-
 def run(params: AlpacaTemplate | ChatTemplate, *, inputs: dict[str, Path], outputs: dict[str, Path]) -> dict[str, Any]:
     """Render ``inputs["in"]`` (record files) into ``outputs["out"]`` (segment rows); return the metrics.
 
@@ -257,27 +241,9 @@ def run(params: AlpacaTemplate | ChatTemplate, *, inputs: dict[str, Path], outpu
     return _io.drop_metrics(total, len(rows), dropped, **extra)
 
 
-def read_templated(path: str | Path) -> list[dict[str, Any]]:
-    """Rows written by this stage (segments as lists of {text, train} dicts)."""
-    import pyarrow.parquet as pq
-
-    path = Path(path)
-    try:
-        table = pq.read_table(path)
-    except (OSError, pa.ArrowInvalid) as e:
-        raise StageError(f"{path}: cannot read templated rows ({e}); rerun `dvc repro template`") from None
-    missing = [n for n in SCHEMA.names if n not in table.column_names]
-    if missing:
-        raise StageError(f"{path}: not a templated file, missing columns {missing}; expected {SCHEMA.names}")
-    try:
-        return table.select(SCHEMA.names).cast(SCHEMA).to_pylist()
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
-        raise StageError(f"{path}: columns of the wrong type ({e}); expected {SCHEMA}") from None
-
-
 def main() -> None:
     """Command line: the flags of the template stage's cmd in dvc.yaml."""
-    ap = argparse.ArgumentParser(prog="python -m stages.template", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m stages.variant.template", description=__doc__.split("\n")[0])
     ap.add_argument("--params", required=True, type=Path, help="params.yaml")
     ap.add_argument("--variant", required=True, help="the variant to render for (base, chat)")
     ap.add_argument("--in", dest="inp", required=True, type=Path, nargs="+", help="record files (Parquet)")
@@ -286,11 +252,11 @@ def main() -> None:
     ap.add_argument("--metrics", required=True, type=Path, help="metrics JSON")
     args = ap.parse_args()
     params = load_params(args.params, args.variant)
-    _io.log_params(f"template.{args.variant}", params)
+    cli.log_params(f"template.{args.variant}", params)
     metrics = run(params, inputs={"in": args.inp, "model": args.model}, outputs={"out": args.out})
     with _io.atomic_outputs(args.metrics) as (tmp,):
         _io.write_json(tmp, metrics)
 
 
 if __name__ == "__main__":
-    _io.run_main(main)
+    cli.run_main(main)

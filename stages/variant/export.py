@@ -9,7 +9,7 @@ Outputs: ``--out`` (``models/<variant>/merged``): a checkpoint that ``AutoModelF
     ``steep_export.json`` (sha256 of the adapter weights and of every base weight file, the dtype, the LoRA rank /
     alpha / target modules, the quantization the adapter was trained on (from the adapter's ``steep_train.json``),
     library versions; no timestamps, no paths). Same inputs, same bytes.
-Run: ``python -m stages.export --base models/chat/base --adapter models/chat/adapter --out models/chat/merged``
+Run: ``python -m stages.variant.export --base models/chat/base --adapter models/chat/adapter --out models/chat/merged``
     (after ``dvc repro train@chat``).
 
 How. The base is loaded unquantized in the dtype it was saved in (``dtype="auto"``; bf16 for the embedded
@@ -37,8 +37,9 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from stages import _io
-from stages._io import StageError
+from stages.core import cli
+from stages.core import io as _io
+from stages.core.io import StageError
 
 log = logging.getLogger("steep.export")
 
@@ -164,14 +165,14 @@ def run(*, inputs: dict[str, Path], outputs: dict[str, Path]) -> dict[str, Any]:
 
 def main() -> None:
     """Command line: --base, --adapter, --out."""
-    ap = argparse.ArgumentParser(prog="python -m stages.export", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m stages.variant.export", description=__doc__.split("\n")[0])
     ap.add_argument("--base", required=True, type=Path, help="base checkpoint directory (models/<variant>/base)")
     ap.add_argument("--adapter", required=True, type=Path, help="adapter directory (models/<variant>/adapter)")
     ap.add_argument("--out", required=True, type=Path, help="merged checkpoint directory to write")
     args = ap.parse_args()
-    _io.log_params("export", {"base": str(args.base), "adapter": str(args.adapter), "out": str(args.out)})
+    cli.log_params("export", {"base": str(args.base), "adapter": str(args.adapter), "out": str(args.out)})
     run(inputs={"base": args.base, "adapter": args.adapter}, outputs={"out": args.out})
 
 
 if __name__ == "__main__":
-    _io.run_main(main)
+    cli.run_main(main)

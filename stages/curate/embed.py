@@ -40,10 +40,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from stages._io import StageError
+from stages.core.io import StageError
 
 if TYPE_CHECKING:
-    from stages._params import Embedding
+    from stages.core.params import Embedding
 
 log = logging.getLogger("steep.embed")
 

@@ -8,7 +8,7 @@ report instead of stopping it; a file that is there but malformed stops the stag
   ``template_<v>.json``, ``tokenize_<v>.json``, ``train_<v>.json``, ``baseline_<v>.json`` and ``probe_<v>.json``
   (the probe's base/adapted/delta/CI per task and metric, McNemar p, forgetting and gain flags).
 * ``--rejects-dir`` (``data/rejected``): ``moderate.parquet``, ``dedup.parquet``, ``synthesize.parquet``, rejected
-  records (``stages._records.REJECT_SCHEMA``: the record plus ``stage``, ``reason``, ``detail``).
+  records (``stages.core.records.REJECT_SCHEMA``: the record plus ``stage``, ``reason``, ``detail``).
 * ``--synthetic`` (``data/synthetic.parquet``): the synthesize stage's kept pairs (records; ``meta.synthesize`` holds
   their provenance: the generator, ``documents`` or ``self_instruct``, and the chunk or seeds).
 * ``--live-dir`` (``dvclive``): ``train_<v>/plots/metrics/train/loss.tsv`` and ``.../eval/loss.tsv`` (``step``,
@@ -22,7 +22,7 @@ page with the same content and the plots as inline SVG (data funnel, drops per r
 forgetting deltas with their intervals). Same inputs, same bytes: stable order everywhere, no timestamps, no absolute
 paths, matplotlib's SVG ids seeded (``svg.hashsalt``) and its date left out.
 
-Run: ``dvc repro report`` (= ``python -m stages.report --params params.yaml --variants base chat
+Run: ``dvc repro report`` (= ``python -m stages.report.report --params params.yaml --variants base chat
     --metrics-dir metrics --rejects-dir data/rejected --synthetic data/synthetic.parquet --live-dir dvclive
     --probe-dir data/probe --md metrics/report.md --html metrics/report.html``).
 
@@ -53,9 +53,12 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from stages import _io, _params, _probe
-from stages._io import StageError
-from stages._records import REJECT_SCHEMA, SCHEMA
+from stages.core import cli
+from stages.core import io as _io
+from stages.core import params as _params
+from stages.core.io import StageError
+from stages.core.records import REJECT_SCHEMA, SCHEMA
+from stages.probe import engine as _probe
 
 log = logging.getLogger("steep.report")
 
@@ -1308,7 +1311,7 @@ def run(params: Any, *, variants: list[str], inputs: dict[str, Path], outputs: d
 
 def main() -> None:
     """Command line: the flags of the report stage's cmd in dvc.yaml."""
-    ap = argparse.ArgumentParser(prog="python -m stages.report", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m stages.report.report", description=__doc__.split("\n")[0])
     ap.add_argument("--params", required=True, type=Path, help="params.yaml")
     ap.add_argument("--variants", required=True, nargs="+", help="the variants to report on, in order")
     ap.add_argument("--metrics-dir", required=True, type=Path, help="the stages' metrics JSON files")
@@ -1320,7 +1323,7 @@ def main() -> None:
     ap.add_argument("--html", required=True, type=Path, help="the HTML report to write")
     args = ap.parse_args()
     params = _params.load(args.params, PARAMS)
-    _io.log_params("report", params.report)
+    cli.log_params("report", params.report)
     run(
         params,
         variants=args.variants,
@@ -1336,4 +1339,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    _io.run_main(main)
+    cli.run_main(main)

@@ -5,8 +5,9 @@ Inputs: ``--model`` (``models/<variant>/base``) and ``--adapter`` (``models/<var
     (``data/probe/baseline_<variant>.parquet``, the pretrained model's per-item results); the task files of
     ``probe.tasks``. The params ``probe``, ``common.seed`` (the bootstrap), ``template.<variant>`` and
     ``train.<variant>.quantization`` / ``compute_dtype``.
-Outputs: ``--out`` (``data/probe/<variant>.parquet``): the baseline's columns (see ``stages/baseline.py``) describing
-    the ADAPTED model, plus ``base_prediction`` and ``base_scores`` (JSON) copied from the baseline row of the same
+Outputs: ``--out`` (``data/probe/<variant>.parquet``): the baseline's columns (see ``stages/probe/baseline.py``)
+    describing the ADAPTED model, plus ``base_prediction`` and ``base_scores`` (JSON) copied from the baseline row
+    of the same
     (task, item); sorted by task then item.
     ``--metrics`` (``metrics/probe_<variant>.json``), flat enough for ``dvc metrics diff``::
 
@@ -22,8 +23,9 @@ Outputs: ``--out`` (``data/probe/<variant>.parquet``): the baseline's columns (s
     by more than ``probe.forgetting_threshold`` and the interval excludes 0 on the worse side; gain likewise on the
     better side. Floats are rounded to 6 decimals.
 Cache: ``--cache`` (``.steep_cache/probe``), as for the baseline (the adapter's files are part of the key).
-Run: ``dvc repro probe@chat`` (= ``python -m stages.probe --params params.yaml --variant chat --model models/chat/base
-    --adapter models/chat/adapter --baseline data/probe/baseline_chat.parquet --out data/probe/chat.parquet
+Run: ``dvc repro probe@chat`` (= ``python -m stages.probe.probe --params params.yaml --variant chat
+    --model models/chat/base --adapter models/chat/adapter --baseline data/probe/baseline_chat.parquet
+    --out data/probe/chat.parquet
     --metrics metrics/probe_chat.json --cache .steep_cache/probe``).
 """
 
@@ -34,8 +36,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from stages import _io, _params, _probe
-from stages._io import StageError
+from stages.core import cli
+from stages.core import io as _io
+from stages.core import params as _params
+from stages.core.io import StageError
+from stages.probe import engine as _probe
 
 log = logging.getLogger("steep.probe")
 
@@ -155,4 +160,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    _io.run_main(main)
+    cli.run_main(main)

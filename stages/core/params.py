@@ -23,7 +23,7 @@ from typing import Annotated, Any, Literal, get_args, get_origin
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from stages._io import StageError
+from stages.core.io import StageError
 
 SOURCE_FORMATS = ("alpaca", "sharegpt", "messages", "qa", "text")
 # Canonical field names per source format; `fields:` in a source maps these to

@@ -9,7 +9,7 @@ Outputs: ``--out`` (``models/<variant>/base``), a checkpoint that ``AutoModelFor
     model has a chat template) and ``steep_source.json`` (what it was made from: the source's sha256, the package
     and version or revision, the library versions, the sha256 of every file); ``--metrics``
     (``metrics/models/<variant>.json``): parameters, weights_bytes, vocab_size, layers.
-Run: ``dvc repro models@chat`` (= ``python -m stages.models --params params.yaml --variant chat
+Run: ``dvc repro models@chat`` (= ``python -m stages.variant.models --params params.yaml --variant chat
     --out models/chat/base --cache .steep_cache/models --metrics metrics/models/chat.json``).
 
 Model sources (``source:``)::
@@ -61,9 +61,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from stages import _io, _params
-from stages._io import StageError
-from stages._params import SPEC_FORMS, ModelSpec, Spec, parse_spec
+from stages.core import cli
+from stages.core import io as _io
+from stages.core import params as _params
+from stages.core.io import StageError
+from stages.core.params import SPEC_FORMS, ModelSpec, Spec, parse_spec
 
 log = logging.getLogger("steep.models")
 
@@ -493,7 +495,7 @@ def load_spec(path: Path, variant: str) -> ModelSpec:
 
 def main() -> None:
     """Command line: the flags of the models stage's cmd in dvc.yaml."""
-    ap = argparse.ArgumentParser(prog="python -m stages.models", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m stages.variant.models", description=__doc__.split("\n")[0])
     ap.add_argument("--params", required=True, type=Path, help="params.yaml")
     ap.add_argument("--variant", required=True, help="the variant whose model to materialize (base, chat)")
     ap.add_argument("--out", required=True, type=Path, help="checkpoint directory to write")
@@ -502,11 +504,11 @@ def main() -> None:
     args = ap.parse_args()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     spec = load_spec(args.params, args.variant)
-    _io.log_params(f"variants.{args.variant}.model", spec)
+    cli.log_params(f"variants.{args.variant}.model", spec)
     metrics = run(spec, inputs={}, outputs={"out": args.out}, cache_dir=args.cache)
     with _io.atomic_outputs(args.metrics) as (tmp,):
         _io.write_json(tmp, metrics)
 
 
 if __name__ == "__main__":
-    _io.run_main(main)
+    cli.run_main(main)

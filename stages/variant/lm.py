@@ -1,0 +1,101 @@
+"""What the per-variant stages and the probe share about a variant's model: its device, tokenizer, quantized
+base, and the templated rows (the template stage's output, the tokenize stage's input).
+
+A shared module, not a stage: the stages of ``stages/variant`` and ``stages/probe`` import it, so that no
+stage module imports another and an edit to one stage's code reruns that stage only.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from stages.core.io import StageError
+
+# The template stage's rows: a record's text as segments, each trained on or not.
+SEGMENT_TYPE = pa.struct([("text", pa.string()), ("train", pa.bool_())])
+SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("source", pa.string()),
+        ("kind", pa.string()),
+        ("segments", pa.list_(SEGMENT_TYPE)),
+        ("meta", pa.string()),
+    ]
+)
+
+
+def device() -> str:
+    """``cuda`` where a GPU is visible, else ``cpu``."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def load_base(model_dir: Path, spec: Any, device: str, local_rank: int) -> Any:
+    """The base model: 4-bit NF4 with double quantization, 8-bit, or unquantized, in the compute dtype.
+
+    `spec` is a ``train.<variant>`` section, or anything with its ``quantization`` and ``compute_dtype``.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    dtype = getattr(torch, spec.compute_dtype)
+    kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": False}
+    if spec.quantization == "nf4_4bit":
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=dtype,
+        )
+    elif spec.quantization == "int8":
+        if device != "cuda":
+            raise StageError(
+                "train quantization 'int8': bitsandbytes 8-bit training needs CUDA; on CPU use 'nf4_4bit' or 'none'"
+            )
+        kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True)
+    if spec.quantization != "none":
+        # bitsandbytes places the quantized weights at load time: one device per process.
+        kwargs["device_map"] = {"": local_rank if device == "cuda" else "cpu"}
+    return AutoModelForCausalLM.from_pretrained(model_dir, **kwargs)
+
+
+def load_tokenizer(model_dir: Path) -> Any:
+    """The tokenizer of a materialized checkpoint (no repository code runs)."""
+    from transformers import AutoTokenizer
+
+    if not (Path(model_dir) / "tokenizer_config.json").is_file():
+        raise StageError(f"{model_dir}: no tokenizer_config.json; run `dvc repro models` first")
+    return AutoTokenizer.from_pretrained(str(model_dir), trust_remote_code=False)
+
+
+def leading_specials(tokenizer: Any) -> list[int]:
+    """The ids the tokenizer puts before any text (e.g. ``[<bos>]``), found by tokenizing with and without them."""
+    probe = "steep"
+    with_ = tokenizer(probe, add_special_tokens=True)["input_ids"]
+    without = tokenizer(probe, add_special_tokens=False)["input_ids"]
+    for start in range(len(with_) - len(without) + 1):
+        if with_[start : start + len(without)] == without:
+            return list(with_[:start])
+    return []
+
+
+def read_templated(path: str | Path) -> list[dict[str, Any]]:
+    """Rows written by this stage (segments as lists of {text, train} dicts)."""
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    try:
+        table = pq.read_table(path)
+    except (OSError, pa.ArrowInvalid) as e:
+        raise StageError(f"{path}: cannot read templated rows ({e}); rerun `dvc repro template`") from None
+    missing = [n for n in SCHEMA.names if n not in table.column_names]
+    if missing:
+        raise StageError(f"{path}: not a templated file, missing columns {missing}; expected {SCHEMA.names}")
+    try:
+        return table.select(SCHEMA.names).cast(SCHEMA).to_pylist()
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
+        raise StageError(f"{path}: columns of the wrong type ({e}); expected {SCHEMA}") from None

@@ -39,6 +39,7 @@ sys.path.insert(0, str(ROOT))
 from stages.core import cli  # noqa: E402
 from stages.core import io as _io  # noqa: E402
 from stages.core import params as _params  # noqa: E402
+from stages.core.params.dedup import MinHash as MinHashParams  # noqa: E402
 from stages.core.records import REJECT_SCHEMA, make_record, read_records, record_text, write_records  # noqa: E402
 from stages.curate import dedup  # noqa: E402
 
@@ -360,7 +361,7 @@ def shingles(text: str, k: int) -> set[str]:
     return {" ".join(words[i : i + k]) for i in range(len(words) - k + 1)}
 
 
-def plain_datasketch(texts: list[str], p: _params.MinHash, seed: int, bulk: bool = False) -> tuple[set, dict]:
+def plain_datasketch(texts: list[str], p: MinHashParams, seed: int, bulk: bool = False) -> tuple[set, dict]:
     """The textbook loop: MinHash() per doc, update() per shingle, MinHashLSH insert, then query every doc."""
     t0 = time.perf_counter()
     sets = [shingles(t, p.shingle_words) for t in texts]
@@ -389,7 +390,7 @@ def plain_datasketch(texts: list[str], p: _params.MinHash, seed: int, bulk: bool
     return pairs, {"signatures_s": t1 - t0, "lsh_s": t2 - t1, "total_s": t2 - t0}
 
 
-def steep_minhash(texts: list[str], p: _params.MinHash, seed: int) -> tuple[set, dict]:
+def steep_minhash(texts: list[str], p: MinHashParams, seed: int) -> tuple[set, dict]:
     """steep's pass: vectorized signatures, the same datasketch MinHashLSH, vectorized verification."""
     t0 = time.perf_counter()
     sigs, has_text = dedup.signatures_of(texts, p, seed)

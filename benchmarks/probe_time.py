@@ -54,6 +54,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from stages.core import params as _params  # noqa: E402
+from stages.core.params.probe import Probe  # noqa: E402
+from stages.core.params.template import AlpacaTemplate  # noqa: E402
 from stages.probe import engine as _probe  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "probe_time.json"
@@ -61,7 +63,7 @@ IMPLS = ("steep", "direct")
 TYPES = ("multiple_choice", "perplexity")
 
 
-def load_tasks(params_path: Path) -> tuple[_params.Probe, list[_probe.TaskData]]:
+def load_tasks(params_path: Path) -> tuple[Probe, list[_probe.TaskData]]:
     """``probe`` from the params file and its multiple_choice / perplexity tasks, read and checked."""
     probe = _params.load(params_path, ["probe"]).probe
     tasks = [t for t in probe.tasks if t.type in TYPES]
@@ -91,9 +93,8 @@ def tiny_model(out: Path) -> Path:
 # --- the two sides, each run in its own process -----------------------------------------------------------------
 
 
-def run_steep(args: argparse.Namespace, probe: _params.Probe, tasks: list[_probe.TaskData]) -> dict[str, Any]:
+def run_steep(args: argparse.Namespace, probe: Probe, tasks: list[_probe.TaskData]) -> dict[str, Any]:
     """steep's engine, empty cache; returns the seconds and the task scores."""
-    from stages.core.params import AlpacaTemplate
 
     # generation settings are not used by these task types; a template is required by Settings
     template = AlpacaTemplate(
@@ -120,7 +121,7 @@ def run_steep(args: argparse.Namespace, probe: _params.Probe, tasks: list[_probe
     return {"seconds": seconds, "scores": scores}
 
 
-def _direct_yaml(t: _probe.TaskData, probe: _params.Probe, tmp: Path) -> dict[str, Any]:
+def _direct_yaml(t: _probe.TaskData, probe: Probe, tmp: Path) -> dict[str, Any]:
     f = t.task.fields
     base = {
         "task": f"direct_{t.name}",
@@ -146,7 +147,7 @@ def _direct_yaml(t: _probe.TaskData, probe: _params.Probe, tmp: Path) -> dict[st
     }
 
 
-def run_direct(args: argparse.Namespace, probe: _params.Probe, tasks: list[_probe.TaskData]) -> dict[str, Any]:
+def run_direct(args: argparse.Namespace, probe: Probe, tasks: list[_probe.TaskData]) -> dict[str, Any]:
     """lm_eval.simple_evaluate with model="hf" on hand-written YAMLs over the same files."""
     import yaml
     from lm_eval import simple_evaluate

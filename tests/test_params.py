@@ -11,6 +11,7 @@ import yaml
 
 from stages.core import params as _params
 from stages.core.io import StageError
+from stages.core.params.all import validate
 
 ROOT = Path(__file__).resolve().parents[1]
 DVC = yaml.safe_load((ROOT / "dvc.yaml").read_text())
@@ -29,7 +30,7 @@ def _stage_modules() -> list[tuple[str, str, list[str]]]:
 
 
 def test_demo_params_are_valid() -> None:
-    _params.validate(RAW)
+    validate(RAW)
 
 
 @pytest.mark.parametrize(("name", "module", "declared"), _stage_modules())
@@ -42,11 +43,11 @@ def test_dvc_params_match_stage_params(name: str, module: str, declared: list[st
     for variant in variants:
         keys = mod.params_keys(variant) if variant else mod.PARAMS
         assert all("${" not in k for k in keys)
-        _params.scope(_params.validate(RAW), keys)
+        _params.scope(validate(RAW), keys)
 
 
 def test_scoped_view_refuses_undeclared_keys() -> None:
-    p = _params.scope(_params.validate(RAW), ["moderate", "common.seed"])
+    p = _params.scope(validate(RAW), ["moderate", "common.seed"])
     assert p.common.seed == RAW["common"]["seed"]
     assert p.moderate.pii.action == RAW["moderate"]["pii"]["action"]
     assert p.read == {"common.seed", "moderate"}
@@ -62,7 +63,7 @@ def test_unknown_and_misspelled_keys_are_listed_with_allowed_names() -> None:
     raw["dedup"]["minhash"]["shingles"] = 5
     raw["trian"] = {}
     with pytest.raises(StageError) as err:
-        _params.validate(raw)
+        validate(raw)
     msg = str(err.value)
     # one error lists every problem
     assert "moderate.toxicity.max_probabilty: unknown key" in msg
@@ -79,7 +80,7 @@ def test_bad_values_name_key_value_and_allowed() -> None:
     raw["moderate"]["pii"]["action"] = "mask"
     raw["moderate"]["canned_patterns"] = ["(unclosed"]
     with pytest.raises(StageError) as err:
-        _params.validate(raw)
+        validate(raw)
     msg = str(err.value)
     assert "pull.sources.0.format" in msg and "'alpacca'" in msg and "'sharegpt'" in msg
     assert "moderate.pii.action" in msg and "'redact'" in msg and "'mask'" in msg
@@ -90,7 +91,7 @@ def test_hf_source_needs_pinned_revision() -> None:
     raw = copy.deepcopy(RAW)
     raw["pull"]["sources"] = [{"name": "alpaca", "format": "alpaca", "location": "hf://tatsu-lab/alpaca"}]
     with pytest.raises(StageError, match="pinned `revision`"):
-        _params.validate(raw)
+        validate(raw)
 
 
 def test_load_reports_missing_file(tmp_path: Path) -> None:

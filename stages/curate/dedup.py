@@ -57,6 +57,8 @@ from stages.core import cli
 from stages.core import io as _io
 from stages.core import params as _params
 from stages.core.io import StageError
+from stages.core.params.dedup import Dedup, Reference
+from stages.core.params.dedup import MinHash as MinHashParams
 from stages.core.records import Record, clean_text, order_key, read_records, record_text, write_records, write_rejects
 from stages.curate.embed import cosine, embed
 
@@ -217,9 +219,7 @@ class NearDuplicateIndex:
     candidates: int = 0
 
     @classmethod
-    def build_from(
-        cls, sigs: np.ndarray, has_text: np.ndarray, params: _params.MinHash, seed: int
-    ) -> NearDuplicateIndex:
+    def build_from(cls, sigs: np.ndarray, has_text: np.ndarray, params: MinHashParams, seed: int) -> NearDuplicateIndex:
         """Index precomputed signatures (N, P) of the documents where `has_text` is set."""
         lsh = MinHashLSH(threshold=params.jaccard_threshold, num_perm=params.num_permutations)
         lean = {int(i): lean_minhash(sigs[i], seed) for i in np.flatnonzero(has_text)}
@@ -265,7 +265,7 @@ class NearDuplicateIndex:
         return [(i, s) for i, _, s in found]
 
 
-def signatures_of(texts: Sequence[str], params: _params.MinHash, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def signatures_of(texts: Sequence[str], params: MinHashParams, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Normalize, shingle and sign `texts`: signatures (N, P) uint32 and a (N,) mask of texts with words."""
     hashes, offsets = shingle_hashes([normalize_text(t).split() for t in texts], params.shingle_words)
     return signatures(hashes, offsets, params.num_permutations, seed), np.diff(offsets) > 0
@@ -352,7 +352,7 @@ class ReferenceText:
     text: str
 
 
-def read_references(refs: Sequence[_params.Reference]) -> list[ReferenceText]:
+def read_references(refs: Sequence[Reference]) -> list[ReferenceText]:
     """Read every reference JSONL file; each line's `fields` joined by blank lines make its text.
 
     Raises:
@@ -416,7 +416,7 @@ def run(
     Returns:
         Flat metrics: total, kept, dropped_<reason> for every reason, and pair/cluster counts.
     """
-    cfg: _params.Dedup = params.dedup
+    cfg: Dedup = params.dedup
     seed: int = params.common.seed
     records = read_records(inputs["in"])
     references = read_references(cfg.references)
@@ -521,7 +521,7 @@ def reference_overlaps(
     """
     if not references:
         return {}
-    cfg: _params.Dedup = params.dedup
+    cfg: Dedup = params.dedup
     found: dict[int, str] = {}
     where = [f"{r.path}:{r.line}" for r in references]
     # exact

@@ -43,7 +43,7 @@ import numpy as np
 from stages.core.io import StageError
 
 if TYPE_CHECKING:
-    from stages.core.params import Embedding
+    from stages.core.params.common import Embedding
 
 log = logging.getLogger("steep.embed")
 

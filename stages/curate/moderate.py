@@ -73,6 +73,8 @@ import numpy as np
 from stages.core import cli
 from stages.core import io as _io
 from stages.core import params as _params
+from stages.core.params.common import Embedding
+from stages.core.params.moderate import Cleanlab, Moderate
 from stages.core.records import Record, order_key, read_record_dir, record_text, write_records, write_rejects
 from stages.curate.embed import embed
 from stages.curate.rules import RULES, check_record
@@ -104,7 +106,7 @@ def _datalab_issues(features: np.ndarray, issue: str, labels: list[str] | None, 
 
 
 def cleanlab_scores(
-    records: list[Record], cfg: _params.Cleanlab, *, seed: int, embedding: _params.Embedding, cache_dir: str | Path
+    records: list[Record], cfg: Cleanlab, *, seed: int, embedding: Embedding, cache_dir: str | Path
 ) -> dict[str, int]:
     """Write cleanlab scores into ``meta.moderate.cleanlab`` of `records` (in place), per source.
 
@@ -163,7 +165,7 @@ def cleanlab_scores(
 # --- the whole set --------------------------------------------------------------------------------
 
 
-def reason_codes(cfg: _params.Moderate) -> list[str]:
+def reason_codes(cfg: Moderate) -> list[str]:
     """Every reason code this configuration can drop a record for (each gets a metric, zero or not)."""
     codes = [name for name, _, _ in RULES if name != "pii"]
     if not cfg.toxicity.enable:
@@ -179,10 +181,10 @@ def reason_codes(cfg: _params.Moderate) -> list[str]:
 
 def moderate_records(
     records: list[Record],
-    cfg: _params.Moderate,
+    cfg: Moderate,
     *,
     seed: int,
-    embedding: _params.Embedding,
+    embedding: Embedding,
     cache_dir: str | Path,
 ) -> tuple[list[Record], list[tuple[Record, str, str, str]], dict[str, Any]]:
     """Moderate `records`: the rules per record, then cleanlab over the kept ones.
@@ -246,7 +248,7 @@ def run(
     Returns:
         Flat metrics: total, kept, dropped_<reason> for every reason, normalizations, redactions, flags.
     """
-    cfg: _params.Moderate = params.moderate
+    cfg: Moderate = params.moderate
     records = read_record_dir(inputs["in"])
     kept, rejects, metrics = moderate_records(
         records, cfg, seed=params.common.seed, embedding=params.common.embedding, cache_dir=cache_dir

@@ -52,6 +52,7 @@ from stages.core import cli
 from stages.core import io as _io
 from stages.core import params as _params
 from stages.core.io import StageError
+from stages.core.params.pull import Source, Web
 from stages.core.records import ROLES, Record, make_record, write_records
 
 PARAMS = ["pull"]
@@ -231,7 +232,7 @@ def _listing(folder: Path, exts: tuple[str, ...]) -> tuple[list[Path], list[str]
     return picked, [p.relative_to(folder).as_posix() for p in others]
 
 
-def _local_rows(source: _params.Source) -> Iterator[Row]:
+def _local_rows(source: Source) -> Iterator[Row]:
     location = source.location
     path = Path(location)
     if not path.exists():
@@ -263,7 +264,7 @@ def _local_rows(source: _params.Source) -> Iterator[Row]:
 # --- the Hub and the web --------------------------------------------------------
 
 
-def _hf_rows(source: _params.Source) -> Iterator[Row]:
+def _hf_rows(source: Source) -> Iterator[Row]:
     name = source.location.removeprefix("hf://")
     what = f"hf://{name} (revision {source.revision}, split {source.split})"
     import datasets  # heavy: only for sources on the Hub
@@ -289,7 +290,7 @@ def _hf_rows(source: _params.Source) -> Iterator[Row]:
         yield Row(item, f"{what}, row {i + 1}", meta)
 
 
-def _fetch(url: str, web: _params.Web) -> bytes:
+def _fetch(url: str, web: Web) -> bytes:
     """GET `url` within `web.timeout_s` (connect, each read, and the whole body) and `web.max_bytes`."""
     import requests
 
@@ -329,7 +330,7 @@ def _fetch(url: str, web: _params.Web) -> bytes:
     return b"".join(chunks)
 
 
-def _web_rows(source: _params.Source, web: _params.Web) -> Iterator[Row]:
+def _web_rows(source: Source, web: Web) -> Iterator[Row]:
     import trafilatura  # extraction only: given the page bytes and no URL, it fetches nothing
 
     url = source.location
@@ -353,7 +354,7 @@ def _columns(obj: Any) -> str:
     return str(keys[:20])[:-1] + (", …]" if len(keys) > 20 else "]")
 
 
-def _value(source: _params.Source, obj: Any, canonical: str, where: str, *, what: str = "the row") -> Any:
+def _value(source: Source, obj: Any, canonical: str, where: str, *, what: str = "the row") -> Any:
     """The value of canonical field `canonical` (through `fields:`), or an error naming the fix."""
     column = source.fields.get(canonical, canonical)
     if column not in obj:
@@ -372,7 +373,7 @@ def _value(source: _params.Source, obj: Any, canonical: str, where: str, *, what
     return value
 
 
-def _string(source: _params.Source, obj: Any, canonical: str, where: str, *, what: str = "the row") -> str:
+def _string(source: Source, obj: Any, canonical: str, where: str, *, what: str = "the row") -> str:
     value = _value(source, obj, canonical, where, what=what)
     if not isinstance(value, str):
         column = source.fields.get(canonical, canonical)
@@ -384,7 +385,7 @@ def _string(source: _params.Source, obj: Any, canonical: str, where: str, *, wha
     return value
 
 
-def _turns(source: _params.Source, obj: dict[str, Any], where: str) -> list[dict[str, str]]:
+def _turns(source: Source, obj: dict[str, Any], where: str) -> list[dict[str, str]]:
     sharegpt = source.format == "sharegpt"
     list_key, role_key, content_key = (
         ("conversations", "from", "value") if sharegpt else ("messages", "role", "content")
@@ -416,7 +417,7 @@ def _turns(source: _params.Source, obj: dict[str, Any], where: str) -> list[dict
     return out
 
 
-def _to_record(source: _params.Source, index: int, row: Row) -> Record:
+def _to_record(source: Source, index: int, row: Row) -> Record:
     meta = {**row.meta, "source_index": index}
     fmt, where, obj = source.format, row.where, row.data
     if row.document is not None:
@@ -456,7 +457,7 @@ def _to_record(source: _params.Source, index: int, row: Row) -> Record:
     return make_record(**base, text=_string(source, obj, "text", where))
 
 
-def pull_source(source: _params.Source, index: int, web: _params.Web) -> list[Record]:
+def pull_source(source: Source, index: int, web: Web) -> list[Record]:
     """All records of one source, in source order.
 
     Args:

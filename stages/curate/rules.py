@@ -18,13 +18,13 @@ from typing import Any
 
 import numpy as np
 
-from stages.core import params as _params
+from stages.core.params.moderate import Language, Moderate, Repetition
 from stages.core.records import Record
 
 log = logging.getLogger("steep.moderate")
 
 Verdict = tuple[bool, str | None, str]  # (keep, reason code or None, detail)
-Filter = Callable[[Record, _params.Moderate], Verdict]
+Filter = Callable[[Record, Moderate], Verdict]
 KEEP: Verdict = (True, None, "")
 
 INSTRUCTION_KINDS = ("instruction", "qa")
@@ -92,7 +92,7 @@ def _norm_value(s: str) -> str:
 # --- the rules ------------------------------------------------------------------------------------
 
 
-def control_characters(record: Record, cfg: _params.Moderate) -> Verdict:
+def control_characters(record: Record, cfg: Moderate) -> Verdict:
     """Drop a record whose text holds a control character (binary junk, broken encodings)."""
     for where, text in _all_texts(record):
         m = _CONTROL.search(text)
@@ -101,7 +101,7 @@ def control_characters(record: Record, cfg: _params.Moderate) -> Verdict:
     return KEEP
 
 
-def empty_output(record: Record, cfg: _params.Moderate) -> Verdict:
+def empty_output(record: Record, cfg: Moderate) -> Verdict:
     """Drop an output (or assistant turn) that says nothing: "", "N/A", "none", ..."""
     answers = _answers(record)
     if not answers:
@@ -113,7 +113,7 @@ def empty_output(record: Record, cfg: _params.Moderate) -> Verdict:
     return KEEP
 
 
-def too_short(record: Record, cfg: _params.Moderate) -> Verdict:
+def too_short(record: Record, cfg: Moderate) -> Verdict:
     """Drop an instruction shorter than min_instruction_chars, a document shorter than min_document_chars."""
     if record["kind"] == "document":
         n, limit, what = len(record["text"]), cfg.min_document_chars, "text"
@@ -124,7 +124,7 @@ def too_short(record: Record, cfg: _params.Moderate) -> Verdict:
     return KEEP
 
 
-def too_long(record: Record, cfg: _params.Moderate) -> Verdict:
+def too_long(record: Record, cfg: Moderate) -> Verdict:
     """Drop an output longer than max_output_chars, a document longer than max_document_chars."""
     if record["kind"] == "document":
         n, limit, what = len(record["text"]), cfg.max_document_chars, "text"
@@ -135,21 +135,21 @@ def too_long(record: Record, cfg: _params.Moderate) -> Verdict:
     return KEEP
 
 
-def unseen_reference(record: Record, cfg: _params.Moderate) -> Verdict:
+def unseen_reference(record: Record, cfg: Moderate) -> Verdict:
     """Drop an instruction or input that points at a URL, image or attachment the model cannot see."""
     texts = [(f, record[f]) for f in ("instruction", "input") if record[f]]
     detail = _first_match(cfg.unseen_reference_patterns, texts)
     return (False, "unseen_reference", detail) if detail else KEEP
 
 
-def merged_instructions(record: Record, cfg: _params.Moderate) -> Verdict:
+def merged_instructions(record: Record, cfg: Moderate) -> Verdict:
     """Drop a record into which several instructions were merged ("### Instruction:" leaking into a field)."""
     texts = [(f, record[f]) for f in ("instruction", "input", "output") if record[f]]
     detail = _first_match(cfg.merged_instruction_patterns, texts)
     return (False, "merged_instructions", detail) if detail else KEEP
 
 
-def canned_response(record: Record, cfg: _params.Moderate) -> Verdict:
+def canned_response(record: Record, cfg: Moderate) -> Verdict:
     """Drop a canned, deflecting or refusing answer ("As an AI language model...")."""
     detail = _first_match(cfg.canned_patterns, _answers(record))
     return (False, "canned_response", detail) if detail else KEEP
@@ -186,7 +186,7 @@ def truncation(text: str, min_words: int) -> str | None:
     return f"no closing punctuation: {_clip(last_line[-40:])!r}"
 
 
-def truncated_output(record: Record, cfg: _params.Moderate) -> Verdict:
+def truncated_output(record: Record, cfg: Moderate) -> Verdict:
     """Drop an output (or assistant turn) that stops mid-sentence."""
     for where, text in _answers(record):
         why = truncation(text, cfg.min_words_truncation_check) if text else None
@@ -195,7 +195,7 @@ def truncated_output(record: Record, cfg: _params.Moderate) -> Verdict:
     return KEEP
 
 
-def repetition(text: str, cfg: _params.Repetition) -> str | None:
+def repetition(text: str, cfg: Repetition) -> str | None:
     """Why `text` is repetitive by Gopher's measures (Rae et al. 2021), or None.
 
     Duplicate-line ratio: characters in repeated non-empty lines (every occurrence after the first) over
@@ -226,7 +226,7 @@ def repetition(text: str, cfg: _params.Repetition) -> str | None:
     return None
 
 
-def repetitive(record: Record, cfg: _params.Moderate) -> Verdict:
+def repetitive(record: Record, cfg: Moderate) -> Verdict:
     """Drop an output or document that repeats its lines or phrases (degenerate generation, boilerplate)."""
     where = "text" if record["kind"] == "document" else "output"
     why = repetition(record[where], cfg.repetition)
@@ -241,7 +241,7 @@ def _language_identifier() -> Any:
     return LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=True)
 
 
-def language(text: str, cfg: _params.Language) -> tuple[str, float] | None:
+def language(text: str, cfg: Language) -> tuple[str, float] | None:
     """(language, probability) of `text` without its code blocks, or None when too short to judge."""
     prose = " ".join(_CODE_BLOCK.sub(" ", text).split())
     if len(prose) < cfg.min_chars:
@@ -250,7 +250,7 @@ def language(text: str, cfg: _params.Language) -> tuple[str, float] | None:
     return str(lang), float(prob)
 
 
-def wrong_language(record: Record, cfg: _params.Moderate) -> Verdict:
+def wrong_language(record: Record, cfg: Moderate) -> Verdict:
     """Drop a record whose language (all its text, code blocks left out) is confidently not an allowed one.
 
     The record is judged as a whole, so a translation task (English instruction, French output) is kept.
@@ -273,7 +273,7 @@ def toxicity(texts: list[str]) -> list[float]:
     return [float(p) for p in predict_prob(texts)]
 
 
-def toxic(record: Record, cfg: _params.Moderate) -> Verdict:
+def toxic(record: Record, cfg: Moderate) -> Verdict:
     """Drop a record with an offensive text (each field, turn, or document paragraph scored on its own)."""
     parts: list[tuple[str, str]] = []
     for where, text in _all_texts(record):
@@ -386,7 +386,7 @@ def redact(text: str, spans: list[tuple[int, int, str]]) -> str:
     return text
 
 
-def pii(record: Record, cfg: _params.Moderate) -> Verdict:
+def pii(record: Record, cfg: Moderate) -> Verdict:
     """With pii.action drop: drop a record holding PII, reason pii_<entity> (first entity in params order)."""
     if cfg.pii.action != "drop":
         return KEEP
@@ -403,7 +403,7 @@ def pii(record: Record, cfg: _params.Moderate) -> Verdict:
     return KEEP
 
 
-def redact_record(record: Record, cfg: _params.Moderate) -> dict[str, int]:
+def redact_record(record: Record, cfg: Moderate) -> dict[str, int]:
     """Redact PII in every text of `record` in place; return spans per entity."""
     counts: Counter[str] = Counter()
     for field in ("instruction", "input", "output", "text"):
@@ -437,7 +437,7 @@ RULES: list[tuple[str, tuple[str, ...], Filter]] = [
 ]
 
 
-def normalize_noinput(record: Record, cfg: _params.Moderate) -> list[str]:
+def normalize_noinput(record: Record, cfg: Moderate) -> list[str]:
     """Blank a placeholder input ("<noinput>", "N/A", ...) in place; return the normalizations made."""
     placeholders = {_norm_value(p) for p in cfg.noinput_placeholders}
     if record["input"] and _norm_value(record["input"]) in placeholders:
@@ -446,7 +446,7 @@ def normalize_noinput(record: Record, cfg: _params.Moderate) -> list[str]:
     return []
 
 
-def check_record(record: Record, cfg: _params.Moderate) -> tuple[Record, str | None, str]:
+def check_record(record: Record, cfg: Moderate) -> tuple[Record, str | None, str]:
     """Moderate one record by the rules (not cleanlab, which needs the whole set).
 
     Returns ``(moderated copy, None, "")`` when kept: placeholder input blanked, PII redacted (with

@@ -59,6 +59,7 @@ from stages.core import io as _io
 from stages.core import params as _params
 from stages.core import records as _records
 from stages.core.io import StageError
+from stages.core.params.synthesize import DocumentGenerator, Generation, SelfInstruct, SynthFilters
 from stages.core.records import Record
 from stages.curate import rules
 
@@ -178,7 +179,7 @@ def _call_seed(seed: int, *parts: Any) -> int:
     return int.from_bytes(hashlib.sha256(blob.encode("utf-8")).digest()[:4], "big")
 
 
-def document_calls(records: list[Record], cfg: _params.DocumentGenerator, seed: int) -> list[Call]:
+def document_calls(records: list[Record], cfg: DocumentGenerator, seed: int) -> list[Call]:
     """One call per (chunk, sample) of every document record."""
     calls = []
     for rec in records:
@@ -201,7 +202,7 @@ def document_calls(records: list[Record], cfg: _params.DocumentGenerator, seed: 
     return calls
 
 
-def self_instruct_calls(tasks: list[dict[str, Any]], cfg: _params.SelfInstruct, seed: int) -> list[Call]:
+def self_instruct_calls(tasks: list[dict[str, Any]], cfg: SelfInstruct, seed: int) -> list[Call]:
     """``num_prompts`` prompts, each with ``seeds_per_prompt`` seed tasks drawn with a seeded generator."""
     if cfg.seeds_per_prompt > len(tasks):
         raise StageError(
@@ -220,7 +221,7 @@ def self_instruct_calls(tasks: list[dict[str, Any]], cfg: _params.SelfInstruct, 
 # --- the generation cache ---------------------------------------------------------------------------------------------
 
 
-def call_key(model_fp: str, gen: _params.Generation, call: Call) -> str:
+def call_key(model_fp: str, gen: Generation, call: Call) -> str:
     """The cache key of a call: (model, prompt, generation params, seed, stop string)."""
     blob = json.dumps(
         {
@@ -263,7 +264,7 @@ class Cache:
 # --- generation -------------------------------------------------------------------------------------------------------
 
 
-def _seeded_sampler(seeds: list[int], gen: _params.Generation) -> Any:
+def _seeded_sampler(seeds: list[int], gen: Generation) -> Any:
     """A logits processor that samples each row from its own seeded generator (Gumbel-max over warped logits).
 
     Greedy decoding over ``warped logits + Gumbel noise`` draws exactly from the warped distribution, and each row's
@@ -311,7 +312,7 @@ def load_generator(model_dir: Path, dtype: str) -> tuple[Any, Any]:
     return model, tok
 
 
-def generate(model: Any, tok: Any, calls: list[Call], gen: _params.Generation) -> Iterator[tuple[Call, dict[str, Any]]]:
+def generate(model: Any, tok: Any, calls: list[Call], gen: Generation) -> Iterator[tuple[Call, dict[str, Any]]]:
     """Complete every call, ``batch_size`` at a time; yields (call, {completion, new_tokens, finished}) per call.
 
     ``finished`` is false when the completion ran into ``max_new_tokens`` (its last pair may be cut off).
@@ -455,7 +456,7 @@ def content_words(text: str) -> list[str]:
     return [w for w in _WORD.findall(text.lower()) if w not in STOPWORDS]
 
 
-def check_pair(pair: dict[str, str], context: str, cfg: _params.SynthFilters) -> tuple[str | None, str]:
+def check_pair(pair: dict[str, str], context: str, cfg: SynthFilters) -> tuple[str | None, str]:
     """Self-Instruct/Alpaca's filters on one pair: (reason, detail), or (None, "") when it passes."""
     words = pair["instruction"].split()
     if len(words) < cfg.min_instruction_words:

@@ -74,7 +74,8 @@ from stages.core import cli
 from stages.core import io as _io
 from stages.core import params as _params
 from stages.core.io import StageError
-from stages.core.params import PROBE_FIELDS, AlpacaTemplate, ChatTemplate, ProbeTask
+from stages.core.params.probe import PROBE_FIELDS, ProbeTask
+from stages.core.params.template import AlpacaTemplate, ChatTemplate
 from stages.variant import lm as _lm
 
 log = logging.getLogger("steep.probe")

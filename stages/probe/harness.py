@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from stages.core.io import StageError
-from stages.core.params import ProbeTask
+from stages.core.params.probe import ProbeTask
 from stages.probe.engine import TaskData, quiet_harness
 
 # simple_evaluate's default fewshot_random_seed (lm_eval.defaults.DEFAULT_OTHER_SEED)

@@ -57,6 +57,7 @@ from stages.core import cli
 from stages.core import io as _io
 from stages.core import params as _params
 from stages.core.io import StageError
+from stages.core.params.report import Report
 from stages.core.records import REJECT_SCHEMA, SCHEMA
 from stages.probe import engine as _probe
 
@@ -1249,7 +1250,7 @@ def section_inputs(doc: Doc, reader: Inputs) -> None:
     doc.table(["file", "content", "status"], [[Code(p), w, "read" if f else "not found"] for p, w, f in reader.seen])
 
 
-def build(run: Run, reader: Inputs, cfg: _params.Report, html_name: str) -> Doc:
+def build(run: Run, reader: Inputs, cfg: Report, html_name: str) -> Doc:
     """The whole report as blocks."""
     doc = Doc()
     doc.h(1, "steep report")
@@ -1286,7 +1287,7 @@ def run(params: Any, *, variants: list[str], inputs: dict[str, Path], outputs: d
     Raises:
         StageError: a variant named twice, no input found at all, or an input that is there but malformed.
     """
-    cfg: _params.Report = params.report
+    cfg: Report = params.report
     dupes = sorted({v for v in variants if variants.count(v) > 1})
     if dupes:
         raise StageError(f"--variants names {dupes} more than once; give each variant once, e.g. --variants base chat")

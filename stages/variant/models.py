@@ -65,7 +65,7 @@ from stages.core import cli
 from stages.core import io as _io
 from stages.core import params as _params
 from stages.core.io import StageError
-from stages.core.params import SPEC_FORMS, ModelSpec, Spec, parse_spec
+from stages.core.params.variants import SPEC_FORMS, ModelSpec, Spec, parse_spec
 
 log = logging.getLogger("steep.models")
 

@@ -53,7 +53,7 @@ from stages.core import io as _io
 from stages.core import params as _params
 from stages.core import records as _records
 from stages.core.io import StageError
-from stages.core.params import AlpacaTemplate, ChatTemplate
+from stages.core.params.template import AlpacaTemplate, ChatTemplate
 from stages.variant.lm import SCHEMA, load_tokenizer
 
 log = logging.getLogger("steep.template")

@@ -59,7 +59,7 @@ from stages.core import cli
 from stages.core import io as _io
 from stages.core import params as _params
 from stages.core.io import StageError
-from stages.core.params import TokenizeParams
+from stages.core.params.tokenize import TokenizeParams
 from stages.variant.lm import leading_specials, load_tokenizer, read_templated
 
 log = logging.getLogger("steep.tokenize")

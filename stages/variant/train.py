@@ -46,7 +46,7 @@ from stages.core import cli
 from stages.core import io as _io
 from stages.core import params as _params
 from stages.core.io import StageError
-from stages.core.params import TrainSpec
+from stages.core.params.train import TrainSpec
 from stages.variant.lm import device as _device
 from stages.variant.lm import load_base
 

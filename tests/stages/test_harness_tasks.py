@@ -17,6 +17,7 @@ from pydantic import ValidationError
 
 from stages.core import params as _params
 from stages.core.io import StageError
+from stages.core.params.probe import ProbeTask
 from stages.probe import baseline
 from stages.probe import engine as _probe
 from tests.stages.test_probe import _params_file, _rows, tiny  # noqa: F401  (tiny: the module fixture)
@@ -194,16 +195,16 @@ def test_harness_task_errors_before_any_model_loads(
 )  # fmt: skip
 def test_harness_task_entries_are_checked(entry: dict[str, Any], match: str) -> None:
     with pytest.raises(ValidationError, match=match):
-        _params.ProbeTask(**(_entry(Path("tasks")) | entry))
+        ProbeTask(**(_entry(Path("tasks")) | entry))
     local = {"name": "x", "type": "perplexity", "path": "t.jsonl", "fields": {"text": "t"}}
     for extra in ({"harness_include": "d"}, {"num_fewshot": 2}):
         with pytest.raises(ValidationError, match=r"harness_include and num_fewshot apply with harness_task only"):
-            _params.ProbeTask(**local, **extra)
+            ProbeTask(**local, **extra)
 
 
 def test_limit_on_a_local_file_takes_the_first_items_and_keys_the_cache(tmp_path: Path) -> None:
     (tmp_path / "t.jsonl").write_text("".join(json.dumps({"t": f"text {i}"}) + "\n" for i in range(5)))
-    task = _params.ProbeTask(name="t", type="perplexity", path=str(tmp_path / "t.jsonl"), fields={"text": "t"}, limit=2)
+    task = ProbeTask(name="t", type="perplexity", path=str(tmp_path / "t.jsonl"), fields={"text": "t"}, limit=2)
     (data,) = _probe.read_tasks([task])
     assert [i for i, _ in data.items] == [0, 1]
     full = _probe.read_tasks([task.model_copy(update={"limit": None})])[0]

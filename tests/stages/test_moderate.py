@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from stages.core import params as _params
+from stages.core.params.moderate import Moderate
 from stages.core.records import REJECT_SCHEMA, Record, make_record, read_records, write_records
 from stages.curate import moderate as mod
 from stages.curate import rules
@@ -30,7 +31,7 @@ def load_params(**overrides: Any) -> _params.Scoped:
 
 
 @pytest.fixture(scope="module")
-def cfg() -> _params.Moderate:
+def cfg() -> Moderate:
     return load_params().moderate
 
 

@@ -18,6 +18,7 @@ import pytest
 
 from stages.core import params as _params
 from stages.core.io import StageError
+from stages.core.params.probe import ProbeTask
 from stages.probe import baseline, probe
 from stages.probe import engine as _probe
 from tests.stages._tiny import chat_tokenizer, write_params
@@ -104,7 +105,7 @@ def _tasks(tiny: dict[str, Path], *names: str) -> list[dict[str, Any]]:
 def _params_file(path: Path, tasks: list[dict[str, Any]], template: Any = None, **probe_over: Any) -> Path:
     import yaml
 
-    raw = yaml.safe_load(Path(_params.__file__).resolve().parents[1].joinpath("params.yaml").read_text())
+    raw = yaml.safe_load(Path(__file__).resolve().parents[2].joinpath("params.yaml").read_text())
     probe_section = raw["probe"] | {"precision": "fp32", "batch_size": 4, "max_new_tokens": 6, "showcase_prompts": []}
     probe_section |= {"bootstrap_resamples": 200, "tasks": tasks, **probe_over}
     extra = {"template": template} if template else {}
@@ -392,7 +393,7 @@ OK = '{"q": "a?", "options": ["x", "y"], "gold": 0}'
 def test_bad_task_files_name_file_and_line(tmp_path: Path, lines: list[str], match: str) -> None:
     (tmp_path / "bad.jsonl").write_text("\n".join(lines) + "\n")
     fields = {"question": "q", "choices": "options", "answer": "gold"}
-    task = _params.ProbeTask(name="bad", type="multiple_choice", path=str(tmp_path / "bad.jsonl"), fields=fields)
+    task = ProbeTask(name="bad", type="multiple_choice", path=str(tmp_path / "bad.jsonl"), fields=fields)
     with pytest.raises(StageError, match=match):
         _probe.read_tasks([task])
 

@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from stages.core import params as _params
 from stages.core import records as _records
 from stages.core.io import StageError
+from stages.core.params.template import FORMATS
 from stages.variant import lm as variant_lm
 from stages.variant import template, tokenize
 from tests.stages._tiny import base_tokenizer, chat_tokenizer, write_params
@@ -72,7 +72,7 @@ def templated(tmp_path: Path, variant: str, model: Path, recs: list[_records.Rec
     """Curated records rendered by the template stage with the proposed params."""
     src, out = tmp_path / "curated.parquet", tmp_path / f"templated-{variant}.parquet"
     _records.write_records(src, records() if recs is None else recs)
-    tparams = _params.FORMATS[TEMPLATE_PARAMS["template"][variant]["format"]]
+    tparams = FORMATS[TEMPLATE_PARAMS["template"][variant]["format"]]
     tparams = tparams.model_validate(TEMPLATE_PARAMS["template"][variant])
     template.run(tparams, inputs={"in": src, "model": model}, outputs={"out": out})
     return out

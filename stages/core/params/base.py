@@ -1,0 +1,222 @@
+"""Typed sections of `params.yaml`, loaded and validated when a stage starts.
+
+Every section is a pydantic model with ``extra="forbid"``: an unknown or
+misspelled key fails at load time, and one error lists every problem with the
+value given and the names allowed there. Defaults live in ``params.yaml`` only;
+the few optional per-source keys below are optional because most sources do
+not need them, not to hide a default.
+
+A stage declares the keys it reads in ``PARAMS`` (the same list as its
+``params:`` in ``dvc.yaml``) and receives a :class:`Scoped` view that refuses
+any other key and records what was read, so a test can hold the code, the
+declaration and ``dvc.yaml`` to one another.
+"""
+
+from __future__ import annotations
+
+import importlib
+import string
+from pathlib import Path
+from typing import Any, get_args, get_origin
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError, create_model
+
+from stages.core.io import StageError
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def unique_names(entries: list[Any], what: str) -> list[Any]:
+    """`entries` (each with a ``name``) unchanged; a ValueError listing the names given more than once."""
+    names = [e.name for e in entries]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ValueError(f"{what} names must be unique; repeated: {repeated}")
+    return entries
+
+
+def _placeholders(template: str) -> set[str]:
+    try:
+        return {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
+    except ValueError as e:
+        raise ValueError(f"not a valid format string ({e}); write a literal brace as {{{{ or }}}}") from None
+
+
+def check_placeholders(template: str, expected: set[str]) -> str:
+    found = _placeholders(template)
+    if found != expected:
+        want = ", ".join("{" + n + "}" for n in sorted(expected))
+        got = ", ".join("{" + n + "}" for n in sorted(found)) or "none"
+        raise ValueError(f"expected the placeholders {want}, found {got}")
+    return template
+
+
+def _models_in(ann: Any) -> list[type[BaseModel]]:
+    """The pydantic models an annotation can hold (through Annotated, unions, list and dict values)."""
+    if isinstance(ann, type) and issubclass(ann, BaseModel):
+        return [ann]
+    args = get_args(ann)
+    if get_origin(ann) is dict:
+        args = args[1:]
+    return [m for arg in args for m in _models_in(arg)]
+
+
+def _walk(model: type[BaseModel], loc: tuple[Any, ...]) -> tuple[str, list[str] | None]:
+    """Follow a pydantic error location: its key as written in params.yaml, and the names allowed there.
+
+    ``loc`` holds field names, list indexes, dict keys (a variant name) and, inside a tagged union,
+    the tag (``template.base.alpaca.colour``), which is left out of the key since params.yaml has no such level.
+    """
+    candidates: list[type[BaseModel]] = [model]
+    shown: list[str] = []
+    for part in loc:
+        fields = [c for c in candidates if part in c.model_fields]
+        tagged = [c for c in candidates if any(part in get_args(f.annotation) for f in c.model_fields.values())]
+        if fields:
+            candidates = _models_in(fields[0].model_fields[part].annotation)
+        elif len(candidates) > 1 and tagged:
+            candidates = tagged
+            continue
+        # else: a list index or a dict key (a variant name): the candidates stay
+        shown.append(str(part))
+    allowed = list(candidates[0].model_fields) if len(candidates) == 1 else None
+    return ".".join(shown), allowed
+
+
+def format_errors(err: ValidationError, model: type[BaseModel], path: str) -> str:
+    """One message listing every problem: key, value given, and what is allowed."""
+    lines = [f"{path}: {err.error_count()} problem(s) in the params:"]
+    for e in err.errors():
+        loc = tuple(e["loc"])
+        key = _walk(model, loc)[0] or "(top level)"
+        if e["type"] == "extra_forbidden":
+            allowed = _walk(model, loc[:-1])[1]
+            lines.append(f"  - {key}: unknown key (value {e['input']!r}); allowed here: {allowed}")
+        elif e["type"] == "union_tag_invalid":  # e.g. template.chat.format: the tag picks the section's model
+            ctx = e["ctx"]
+            lines.append(
+                f"  - {key}.{ctx['discriminator'].strip(chr(39))}: expected one of [{ctx['expected_tags']}], "
+                f"got {ctx['tag']!r}"
+            )
+        elif e["type"] == "missing":
+            lines.append(f"  - {key}: required key is missing (every key is set in params.yaml)")
+        else:
+            msg = e["msg"].removeprefix("Value error, ")
+            lines.append(f"  - {key}: {msg} (got {e['input']!r})")
+    return "\n".join(lines)
+
+
+class UndeclaredParam(AttributeError):
+    """A stage read a params key its PARAMS list (and dvc.yaml) does not declare."""
+
+
+class Scoped:
+    """A read-only view of :class:`Params` limited to the declared key paths.
+
+    Reading a declared path (``p.moderate``, ``p.common.seed``) returns the
+    validated value and records the path in ``read``; reading anything else
+    raises :class:`UndeclaredParam`, so a stage cannot depend on a key that
+    ``dvc.yaml`` does not list for it.
+    """
+
+    def __init__(
+        self, params: BaseModel | dict[str, Any], keys: tuple[str, ...], prefix: str = "", read: set[str] | None = None
+    ):
+        self._params = params
+        self._keys = keys
+        self._prefix = prefix
+        self.read: set[str] = set() if read is None else read
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        path = self._prefix + name
+        # per-variant sections are mappings (train.chat); the rest are models (moderate.pii)
+        value = self._params[name] if isinstance(self._params, dict) else getattr(self._params, name)
+        if path in self._keys:
+            self.read.add(path)
+            return value
+        if any(k.startswith(path + ".") for k in self._keys):
+            return Scoped(value, self._keys, path + ".", self.read)
+        raise UndeclaredParam(f"this stage reads params key {path!r}, which its PARAMS (and dvc.yaml) does not list")
+
+
+def get(params: Scoped, key: str) -> Any:
+    """The value at dotted `key` of a scoped view (``get(p, "train.chat")``); the key must be declared."""
+    value: Any = params
+    for part in key.split("."):
+        value = getattr(value, part)
+    return value
+
+
+def read_yaml(path: str | Path) -> Any:
+    """Parse a params file; a missing or malformed file is a StageError naming it."""
+    try:
+        return yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise StageError(f"{path}: params file not found; run from the project root") from None
+    except yaml.YAMLError as e:
+        raise StageError(f"{path}: not valid YAML: {e}") from None
+
+
+def section_type(name: str) -> Any:
+    """The type of top-level key `name`: ``SECTION`` of its module ``stages.core.params.<name>``."""
+    try:
+        module = importlib.import_module(f"stages.core.params.{name}")
+    except ModuleNotFoundError:
+        raise StageError(f"params key {name!r} is no section of params.yaml") from None
+    return module.SECTION
+
+
+def model_of(sections: list[str] | tuple[str, ...]) -> type[Section]:
+    """A model of the top-level `sections` only: a stage validates the sections it reads, nothing else."""
+    fields: dict[str, Any] = {name: (section_type(name), ...) for name in sections}
+    return create_model("Params", __base__=Section, **fields)
+
+
+def validate_sections(raw: Any, sections: list[str] | tuple[str, ...], path: str = "params.yaml") -> Section:
+    """Validate the top-level `sections` of a parsed params mapping; raise StageError listing every problem."""
+    if not isinstance(raw, dict):
+        raise StageError(f"{path}: expected a mapping of sections at the top level, got {type(raw).__name__}")
+    model = model_of(sections)
+    try:
+        return model.model_validate({k: v for k, v in raw.items() if k in sections})
+    except ValidationError as err:
+        raise StageError(format_errors(err, model, path)) from None
+
+
+def scope(params: BaseModel, keys: tuple[str, ...] | list[str]) -> Scoped:
+    """Limit validated params to `keys`, checking each key exists."""
+    for key in keys:
+        cur: Any = params
+        for part in key.split("."):
+            if isinstance(cur, dict) and part in cur:
+                cur = cur[part]
+            elif not isinstance(cur, dict) and hasattr(cur, part):
+                cur = getattr(cur, part)
+            elif isinstance(cur, dict):
+                raise StageError(f"no {part!r} in {key.rsplit(part, 1)[0].rstrip('.')} (declared: {sorted(cur)})")
+            else:
+                raise StageError(f"PARAMS lists {key!r}, which is not a params key")
+    return Scoped(params, tuple(keys))
+
+
+def load(path: str | Path, keys: tuple[str, ...] | list[str], overrides: dict[str, Any] | None = None) -> Scoped:
+    """Read `path`, validate the sections `keys` fall in, and scope them to `keys`.
+
+    `overrides` maps dotted keys to values (for tests). Only the schema modules of those sections are imported,
+    so a stage's code depends on the schema of what it reads and nothing else.
+    """
+    path = Path(path)
+    raw = read_yaml(path)
+    for dotted, value in (overrides or {}).items():
+        cur = raw
+        *parents, last = dotted.split(".")
+        for part in parents:
+            cur = cur[part]
+        cur[last] = value
+    sections = sorted({k.split(".", 1)[0] for k in keys})
+    return scope(validate_sections(raw, sections, str(path)), keys)

@@ -1,0 +1,33 @@
+"""``dedup``: MinHash, semantic and reference-overlap settings."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from stages.core.params.base import Section
+
+
+class MinHash(Section):
+    shingle_words: int = Field(gt=0)
+    num_permutations: int = Field(gt=0)
+    jaccard_threshold: float = Field(gt=0, le=1)
+
+
+class Semantic(Section):
+    enable: bool
+    cosine_threshold: float = Field(gt=0, le=1)
+
+
+class Reference(Section):
+    path: str
+    fields: list[str] = Field(min_length=1)
+
+
+class Dedup(Section):
+    minhash: MinHash
+    semantic: Semantic
+    references: list[Reference]
+
+
+# The type of the top-level key; what load() validates it against.
+SECTION = Dedup

@@ -1,0 +1,105 @@
+"""``probe``: the tasks that measure forgetting and knowledge gain, and the statistics."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from stages.core.params.base import Section, check_placeholders, unique_names
+
+PROBE_TYPES = ("multiple_choice", "perplexity", "generation", "knowledge")
+PROBE_FIELDS: dict[str, tuple[str, ...]] = {
+    "multiple_choice": ("question", "choices", "answer"),
+    "perplexity": ("text",),
+    "generation": ("prompt", "reference"),
+    "knowledge": ("question", "answer"),
+}
+
+
+class ProbeTask(Section):
+    """One entry of ``probe.tasks``: a local JSONL (``path`` + ``fields``) or an lm-evaluation-harness task by name."""
+
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
+    type: Literal[PROBE_TYPES]  # type: ignore[valid-type]
+    # a local JSONL task: its path (relative to the project root) and
+    # the canonical names of the type (PROBE_FIELDS) -> the file's field names
+    path: str | None = None
+    fields: dict[str, str] | None = None
+    # multiple_choice only: the question prompt, {question} filled in; each choice is scored after one space.
+    # None: probe.multiple_choice_prompt.
+    prompt: str | None = None
+    # or a multiple-choice task of lm-evaluation-harness by name (arc_easy, hellaswag, piqa, mmlu_anatomy, ...): its
+    # own dataset, prompt, choices and target, read with the harness (the dataset comes from the Hugging Face Hub or
+    # the local datasets cache); harness_include: a folder of further harness task YAMLs (the harness's include_path)
+    harness_task: str | None = Field(default=None, min_length=1)
+    harness_include: str | None = None
+    # harness tasks: few-shot examples per item (None: the task's own num_fewshot, else 0), as lm-eval --num_fewshot
+    num_fewshot: int | None = Field(default=None, ge=0)
+    # evaluate the first `limit` items only (None: all)
+    limit: int | None = Field(default=None, gt=0)
+
+    @model_validator(mode="after")
+    def _check(self) -> ProbeTask:
+        if self.name == "showcase":
+            raise ValueError("the task name 'showcase' is taken by the rows of probe.showcase_prompts; rename the task")
+        if (self.path is None) == (self.harness_task is None):
+            raise ValueError(
+                f"task {self.name!r}: give either path (a local JSONL, with fields) or harness_task (an "
+                "lm-evaluation-harness task name), not both and not neither"
+            )
+        if self.harness_task is not None:
+            if self.type != "multiple_choice":
+                raise ValueError(
+                    f"task {self.name!r}: harness_task is supported for type multiple_choice only (got {self.type}); "
+                    "for other types export the items to a JSONL and use path and fields"
+                )
+            if self.fields is not None or self.prompt is not None:
+                raise ValueError(
+                    f"task {self.name!r}: a harness task brings its own prompt, choices and target "
+                    "(doc_to_text, doc_to_choice, doc_to_target); remove fields and prompt"
+                )
+            return self
+        if self.harness_include is not None or self.num_fewshot is not None:
+            raise ValueError(f"task {self.name!r}: harness_include and num_fewshot apply with harness_task only")
+        want = set(PROBE_FIELDS[self.type])
+        if self.fields is None or set(self.fields) != want:
+            raise ValueError(
+                f"task {self.name!r} ({self.type}): fields must map exactly {sorted(want)} to the file's field "
+                f"names, e.g. fields: {{{', '.join(f'{k}: {k}' for k in PROBE_FIELDS[self.type])}}}; "
+                f"got {sorted(self.fields or {})}"
+            )
+        if self.prompt is not None:
+            if self.type != "multiple_choice":
+                raise ValueError(f"task {self.name!r}: prompt applies to multiple_choice tasks only")
+            check_placeholders(self.prompt, {"question"})
+        return self
+
+
+class Probe(Section):
+    # as_trained: the precision train.<variant> trained in (quantization, compute_dtype)
+    precision: Literal["as_trained", "4bit", "bf16", "fp32"]
+    batch_size: int = Field(gt=0)
+    max_new_tokens: int = Field(gt=0)
+    multiple_choice_prompt: str
+    bootstrap_resamples: int = Field(ge=100)
+    confidence: float = Field(gt=0, lt=1)
+    # a task forgets when its main score drops by more than this and the interval excludes zero
+    forgetting_threshold: float = Field(ge=0)
+    bertscore_model: str
+    showcase_prompts: list[str]
+    tasks: list[ProbeTask] = Field(min_length=1)
+
+    @field_validator("multiple_choice_prompt")
+    @classmethod
+    def _mc_prompt(cls, value: str) -> str:
+        return check_placeholders(value, {"question"})
+
+    @field_validator("tasks")
+    @classmethod
+    def _unique(cls, value: list[ProbeTask]) -> list[ProbeTask]:
+        return unique_names(value, "task")
+
+
+# The type of the top-level key; what load() validates it against.
+SECTION = Probe

@@ -90,11 +90,65 @@ def code_hash(name: str) -> str:
     return h.hexdigest()
 
 
+def stage_deps(module: str, params_keys: list[str] | tuple[str, ...]) -> tuple[Path, ...]:
+    """The code a DVC stage runs: the closure of its module, plus that of the params schema of each section
+    its declared keys fall in (:func:`stages.core.params.base.load` imports exactly those), sorted."""
+    sections = {key.split(".", 1)[0] for key in params_keys}
+    files = set(closure(module))
+    for section in sections:
+        files.update(closure(f"{PACKAGE}.core.params.{section}"))
+    return tuple(sorted(files))
+
+
+def dvc_stages(dvc_yaml: dict) -> dict[str, tuple[str, list[str], list[str]]]:
+    """Per stage of a parsed ``dvc.yaml``: its module (from ``python -m <module>`` in its cmd), its ``params:``
+    and its code ``deps:`` (the entries under ``stages/``)."""
+    out = {}
+    for name, stage in dvc_yaml["stages"].items():
+        body = stage.get("do", stage)
+        module = body["cmd"].split("python -m ", 1)[1].split()[0]
+        deps = [d for d in body.get("deps", []) if isinstance(d, str) and d.startswith(f"{PACKAGE}/")]
+        out[name] = (module, list(body.get("params", [])), deps)
+    return out
+
+
+def write_dvc_deps(path: Path) -> list[str]:
+    """Rewrite the code ``deps:`` of every stage in the dvc.yaml at `path` to :func:`stage_deps`, in place
+    (comments and everything else kept); return the names of the stages whose list changed."""
+    import yaml
+
+    text = path.read_text(encoding="utf-8")
+    lines = text.split("\n")
+    changed = []
+    for name, (module, params, deps) in dvc_stages(yaml.safe_load(text)).items():
+        want = [p.as_posix() for p in stage_deps(module, params)]
+        if deps == want:
+            continue
+        start = lines.index(f"  {name}:")
+        first = next(i for i in range(start + 1, len(lines)) if lines[i].lstrip().startswith(f"- {PACKAGE}/"))
+        last = first
+        while last + 1 < len(lines) and lines[last + 1].lstrip().startswith(f"- {PACKAGE}/"):
+            last += 1
+        indent = lines[first][: len(lines[first]) - len(lines[first].lstrip())]
+        lines[first : last + 1] = [f"{indent}- {dep}" for dep in want]
+        changed.append(name)
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return changed
+
+
 def main() -> None:
-    """``python -m stages.core.code MODULE``: print the import closure of a module, one path a line."""
-    for name in sys.argv[1:]:
-        for rel in closure(name):
-            print(rel.as_posix())
+    """``python -m stages.core.code [dvc.yaml]``: rewrite each stage's code ``deps:`` to what its module runs.
+
+    ``python -m stages.core.code MODULE [KEY ...]`` prints the code deps of one stage module reading params
+    KEYs (its ``PARAMS``), one path a line.
+    """
+    args = sys.argv[1:] or ["dvc.yaml"]
+    if args[0].endswith((".yaml", ".yml")):
+        changed = write_dvc_deps(Path(args[0]))
+        print(f"{args[0]}: code deps rewritten for {', '.join(changed)}" if changed else f"{args[0]}: up to date")
+        return
+    for rel in stage_deps(args[0], args[1:]):
+        print(rel.as_posix())
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -260,8 +261,8 @@ def test_another_cpus_kernels_give_the_same_curation_bytes(repo: Path) -> None:
         ("dedup.minhash.jaccard_threshold", 0.6, ["dedup"]),
         ("synthesize.filters.max_rouge_l", 0.6, ["synthesize"]),
         ("variants.chat.model.dtype", "bfloat16", ["models@chat"]),
-        # the probe stages render their generation prompts with the variant's template
-        ("template.base.documents_as", "skip", ["baseline@base", "probe@base", "template@base"]),
+        # a data experiment: the probe stages read only the template keys that render their prompts
+        ("template.base.documents_as", "skip", ["template@base"]),
         ("tokenize.chat.max_tokens", 128, ["tokenize@chat"]),
         ("train.chat.lora_rank", 4, ["train@chat"]),
         # the bootstrap does not change what the baseline measured
@@ -273,6 +274,17 @@ def test_another_cpus_kernels_give_the_same_curation_bytes(repo: Path) -> None:
 def test_a_param_change_outdates_only_the_stages_that_read_it(
     repo: Path, key: str, value: float, stages: list[str]
 ) -> None:
+    original = _set_param(repo, key, value)
+    try:
+        status = json.loads(_dvc(repo, "status", "--json").stdout)
+    finally:
+        (repo / "params.yaml").write_text(original)
+    assert sorted(status) == stages, status
+    assert json.loads(_dvc(repo, "status", "--json").stdout) == {}
+
+
+def _set_param(repo: Path, key: str, value: object) -> str:
+    """Set dotted `key` in the copy's params.yaml; return the file's text before."""
     import yaml
 
     params_file = repo / "params.yaml"
@@ -283,13 +295,42 @@ def test_a_param_change_outdates_only_the_stages_that_read_it(
     for part in parents:
         section = section[part]
     section[last] = value
+    params_file.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return original
+
+
+@pytest.mark.parametrize(("key", "value"), [("variants.chat.model.dtype", "bfloat16"), ("train.chat.lora_rank", 4)])
+def test_a_chat_variant_change_runs_no_base_stage(repo: Path, key: str, value: object) -> None:
+    """What `dvc repro` actually runs after a change to the chat variant: chat stages (and the report) only."""
+    original = _set_param(repo, key, value)
     try:
-        params_file.write_text(yaml.safe_dump(raw, sort_keys=False))
+        ran = set(re.findall(r"Running stage '([^']+)'", _dvc(repo, "repro").stdout))
+    finally:
+        (repo / "params.yaml").write_text(original)
+        _dvc(repo, "repro")  # back to the committed state (DVC's run cache restores the outputs)
+    assert ran, "nothing ran"
+    assert all(s.endswith("@chat") or s == "report" for s in ran), sorted(ran)
+    assert json.loads(_dvc(repo, "status", "--json").stdout) == {}
+
+
+@pytest.mark.parametrize(
+    ("path", "stages"),
+    [
+        # the probe task types: what the probe stages and the report compute from
+        ("stages/probe/types.py", ["baseline@base", "baseline@chat", "probe@base", "probe@chat", "report"]),
+        # the training loop: never the pretrained model's evaluation (baseline)
+        ("stages/variant/train.py", ["train@base", "train@chat"]),
+    ],
+)
+def test_a_code_edit_outdates_only_the_stages_that_run_it(repo: Path, path: str, stages: list[str]) -> None:
+    source = repo / path
+    original = source.read_text()
+    try:
+        source.write_text(original + "\n# an edit\n")
         status = json.loads(_dvc(repo, "status", "--json").stdout)
     finally:
-        params_file.write_text(original)
+        source.write_text(original)
     assert sorted(status) == stages, status
-    assert json.loads(_dvc(repo, "status", "--json").stdout) == {}
 
 
 def test_fresh_run_reproduces_the_committed_lock_and_metrics(repo: Path) -> None:

@@ -1,15 +1,19 @@
-"""Running a stage from the command line: logging, clear errors, params logging, the shared flags.
+"""The one command line of every stage, made from what the stage declares.
 
-``python -m stages.<package>.<stage> ...`` ends in :func:`run_main`, which turns a :class:`StageError` into one
-line and exit code 1 (no traceback).
+A stage module declares a :class:`Stage` (its params keys, and the paths it reads and writes, each a flag of
+its ``cmd`` in dvc.yaml) and a ``run(params, *, inputs, outputs, ...)`` returning its metrics; its ``main`` is
+``cli.main(STAGE, run)``, which parses the flags, loads and logs the declared params, calls ``run`` and writes
+the metrics atomically. A :class:`StageError` becomes one line and exit code 1 (no traceback).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +21,130 @@ from stages.core import params as _params
 from stages.core.io import StageError, atomic_outputs, write_json
 
 log = logging.getLogger("steep")
+VARIANT = "${key}"  # in a per-variant stage's params keys: the variant (dvc.yaml's foreach key)
+
+
+@dataclass(frozen=True)
+class Stage:
+    """What a stage reads and writes, as its command line and dvc.yaml name it.
+
+    Attributes:
+        params: the params.yaml keys the stage reads (its ``params:`` in dvc.yaml); ``${key}`` stands for the
+            variant in a per-variant stage, which then takes ``--variant``.
+        inputs: input name -> help; each is a flag ``--<name>`` (``_`` as ``-``) and a key of ``run``'s
+            ``inputs``.
+        outputs: the same for outputs (``run``'s ``outputs``).
+        options: further directories ``run`` takes by keyword (caches, checkpoints): name -> help.
+        many: the inputs that take one path or more.
+        metrics: whether the stage writes ``--metrics`` (a JSON of what ``run`` returns).
+        local_paths: the local files and folders the params name (model sources, task files, ...), as
+            ``(path, what names it)``: each must be a dependency of the stage in dvc.yaml (:func:`check_deps`).
+    """
+
+    params: tuple[str, ...]
+    inputs: Mapping[str, str]
+    outputs: Mapping[str, str]
+    options: Mapping[str, str] = field(default_factory=dict)
+    many: tuple[str, ...] = ()
+    metrics: bool = True
+    local_paths: Callable[[_params.Scoped, str | None], list[tuple[str, str]]] | None = None
+
+    @property
+    def per_variant(self) -> bool:
+        """Whether the stage runs once per variant (``--variant``; dvc.yaml's ``foreach: ${variants}``)."""
+        return any(VARIANT in key for key in self.params)
+
+    def keys(self, variant: str | None) -> list[str]:
+        """The params keys for `variant` (``${key}`` filled in)."""
+        if self.per_variant and variant is None:
+            raise ValueError("a per-variant stage needs its variant")
+        return [key.replace(VARIANT, variant or "") for key in self.params]
+
+
+def parse(stage: Stage, prog: str, description: str, argv: list[str] | None = None) -> argparse.Namespace:
+    """The flags of `stage`: --params (if it reads any), --variant (per variant), its paths and --metrics."""
+    ap = argparse.ArgumentParser(prog=prog, description=description)
+    if stage.params:
+        ap.add_argument("--params", required=True, type=Path, help="params.yaml")
+    if stage.per_variant:
+        ap.add_argument("--variant", required=True, help="the variant (a key of `variants` in params.yaml)")
+    for group in (stage.inputs, stage.outputs, stage.options):
+        for name, help_ in group.items():
+            nargs = "+" if name in stage.many else None
+            ap.add_argument(f"--{name.replace('_', '-')}", dest=name, required=True, type=Path, nargs=nargs, help=help_)
+    if stage.metrics:
+        ap.add_argument("--metrics", required=True, type=Path, help="metrics JSON")
+    return ap.parse_args(argv)
+
+
+def check_deps(
+    paths: list[tuple[str, str]], module: str, variant: str | None, dvc_yaml: Path = Path("dvc.yaml")
+) -> None:
+    """Refuse a local path the params name that the stage's entry in dvc.yaml does not depend on.
+
+    Without the dependency an edit to that file would rerun nothing. Skipped where no dvc.yaml (or no
+    stage of it running `module`) is in the working directory: the stage was run by hand, not by DVC.
+    """
+    import yaml
+
+    if not paths or not dvc_yaml.is_file():
+        return
+    entries = []
+    for name, stage in (yaml.safe_load(dvc_yaml.read_text(encoding="utf-8")) or {}).get("stages", {}).items():
+        body = stage.get("do", stage)
+        if f"python -m {module} " in f"{body.get('cmd', '')} ":
+            deps = [next(iter(d)) if isinstance(d, dict) else d for d in body.get("deps", [])]
+            label = f"{name}@{variant}" if "do" in stage and variant else name
+            entries.append((label, [Path(d.replace(VARIANT, variant or "")) for d in deps]))
+    for label, deps in entries:
+        for path, what in paths:
+            p = Path(path)
+            if not any(p == d or d in p.parents for d in deps):
+                raise StageError(
+                    f"{what} names {path}, which dvc.yaml's stage {label!r} does not depend on, so an edit to it "
+                    f"would rerun nothing: add `- {path}` to that stage's deps in dvc.yaml (or move it into a "
+                    f"folder it depends on: {[str(d) for d in deps if not d.suffix]})"
+                )
+
+
+def main(
+    stage: Stage,
+    run: Callable[..., Mapping[str, Any] | None],
+    argv: list[str] | None = None,
+    launch: Callable[[_params.Scoped, argparse.Namespace], bool] | None = None,
+) -> None:
+    """Run a stage from its command line: parse, load and log the params, call `run`, write the metrics.
+
+    `run` gets the scoped params, ``inputs`` and ``outputs`` (name -> path), each option by keyword, and
+    ``variant`` in a per-variant stage; it returns the metrics, or None where this process writes none (a
+    non-zero rank of a distributed run). `launch`, if given, is called first and may run the stage itself
+    (e.g. relaunch it under torchrun), returning True when it did.
+    """
+    module = sys.modules.get("__main__")
+    prog = f"python -m {module.__spec__.name}" if module and module.__spec__ else "steep stage"
+    doc = (module.__doc__ or "").strip().splitlines() if module else []
+    args = parse(stage, prog, doc[0] if doc else "", argv)
+    variant = getattr(args, "variant", None)
+    keys = stage.keys(variant)
+    params = _params.load(args.params, keys) if keys else _params.Scoped({}, ())
+    if stage.local_paths is not None and module and module.__spec__:
+        check_deps(stage.local_paths(params, variant), module.__spec__.name, variant)
+    if launch is not None and launch(params, args):
+        return
+    for key in keys:
+        log_params(key, _params.get(params, key))
+    extra: dict[str, Any] = {name: getattr(args, name) for name in stage.options}
+    if stage.per_variant:
+        extra["variant"] = variant
+    metrics = run(
+        params,
+        inputs={name: getattr(args, name) for name in stage.inputs},
+        outputs={name: getattr(args, name) for name in stage.outputs},
+        **extra,
+    )
+    if stage.metrics and metrics is not None:
+        with atomic_outputs(args.metrics) as (tmp,):
+            write_json(tmp, metrics)
 
 
 # --- running a stage ----------------------------------------------------------

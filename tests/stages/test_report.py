@@ -671,7 +671,9 @@ def test_malformed_input_names_the_file(fixture_dir: Path, corrupt: Any) -> None
 def test_variants_come_from_params_in_file_order(fixture_dir: Path) -> None:
     raw = _params.read_yaml(ROOT / "params.yaml")["variants"]
     swapped = write_params(fixture_dir / "params.yaml", variants={"chat": raw["chat"], "base": raw["base"]})
-    md, _ = run_report(_params.load(swapped, report.PARAMS))
+    scoped = _params.load(swapped, report.PARAMS)
+    md, _ = run_report(scoped)
+    assert scoped.read == set(report.PARAMS)  # reads every key it declares (dvc.yaml's params:), no other
     assert "Variants: `chat`, `base`." in md
     assert md.index("**Training `chat`:**") < md.index("**Training `base`:**")
     only_chat = write_params(fixture_dir / "params.yaml", variants={"chat": raw["chat"]})

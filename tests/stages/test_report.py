@@ -25,10 +25,19 @@ from stages.core.io import StageError
 from stages.core.records import make_record, write_records, write_rejects
 from stages.probe import engine as _probe
 from stages.report import report
+from stages.report.document import Code, Doc, to_html, to_markdown
+from stages.report.text import clip, question_of
 from tests.stages._tiny import write_params
 
 ROOT = Path(__file__).resolve().parents[2]
-VARIANTS = ["base", "chat"]
+VARIANTS = ["base", "chat"]  # the variants of the repo's params.yaml, in file order
+# each probe task's type, as the probe and baseline stages write it beside the task's metrics
+TYPES = {
+    "general_mc": "multiple_choice",
+    "general_text": "perplexity",
+    "general_qa": "generation",
+    "steep_knowledge": "knowledge",
+}
 ALPACA = (
     "Below is an instruction that describes a task. Write a response that appropriately completes the request.\n\n"
     "### Instruction:\n{q}\n\n### Response:\n"
@@ -237,8 +246,14 @@ def build_fixture(root: Path, *, synthesize: bool = True, probe_variants: tuple[
         _json(
             m / f"baseline_{v}.json",
             {
-                "general_mc": {"acc": 0.5, "acc_norm": 0.5, "n": 2},
-                "steep_knowledge": {"contains": 0.333333, "exact": 0.0, "n": 3, "rougeL": 0.3},
+                "general_mc": {"acc": 0.5, "acc_norm": 0.5, "n": 2, "type": TYPES["general_mc"]},
+                "steep_knowledge": {
+                    "contains": 0.333333,
+                    "exact": 0.0,
+                    "n": 3,
+                    "rougeL": 0.3,
+                    "type": TYPES["steep_knowledge"],
+                },
                 "tasks_cached": 0,
                 "tasks_evaluated": 2,
             },
@@ -253,20 +268,28 @@ def build_fixture(root: Path, *, synthesize: bool = True, probe_variants: tuple[
                     "forgetting": 1,
                     "gain": 0,
                     "mcnemar_p": 0.03125,
+                    "type": TYPES["general_mc"],
                 },
                 "general_text": {
                     "bits_per_byte": _metric(1.2, 1.25, 0.01, 0.09),
                     "token_perplexity": _metric(20.0, 22.0, 1.0, 3.0),
                     "forgetting": 1,
                     "gain": 0,
+                    "type": TYPES["general_text"],
                 },
                 "general_qa": {
                     "rougeL": _metric(0.6, 0.8, 0.1, 0.3),
                     "bleu": _metric(20.0, 30.0, 5.0, 15.0),
                     "forgetting": 0,
                     "gain": 1,
+                    "type": TYPES["general_qa"],
                 },
-                "steep_knowledge": {"contains": _metric(0.333333, 0.666667, 0.0, 0.666667), "forgetting": 0, "gain": 0},
+                "steep_knowledge": {
+                    "contains": _metric(0.333333, 0.666667, 0.0, 0.666667),
+                    "forgetting": 0,
+                    "gain": 0,
+                    "type": TYPES["steep_knowledge"],
+                },
                 "tasks_cached": 0,
                 "tasks_evaluated": 4,
                 "tasks_forgetting": 2,
@@ -370,9 +393,10 @@ def params(**overrides: Any) -> _params.Scoped:
     return _params.load(ROOT / "params.yaml", report.PARAMS, overrides={f"report.{k}": v for k, v in overrides.items()})
 
 
-def run_report(variants: list[str] | None = None, **overrides: Any) -> tuple[str, str]:
+def run_report(scoped: _params.Scoped | None = None, **overrides: Any) -> tuple[str, str]:
+    """Run the stage on the fixture (the repo's params, or `scoped`); return the Markdown and the HTML."""
     inputs = {k: Path(v) for k, v in INPUT_FLAGS.items()}
-    report.run(params(**overrides), variants=variants or VARIANTS, inputs=inputs, outputs=OUTPUTS)
+    report.run(scoped or params(**overrides), inputs=inputs, outputs=OUTPUTS)
     return OUTPUTS["md"].read_text(encoding="utf-8"), OUTPUTS["html"].read_text(encoding="utf-8")
 
 
@@ -580,6 +604,30 @@ def _bad_probe_metric(root: Path) -> str:
     return r"metrics/probe_chat\.json: general_qa\.rougeL lacks numbers for \['adapted'\]"
 
 
+def _probe_without_type(root: Path) -> str:
+    path = root / "metrics" / "probe_chat.json"
+    data = json.loads(path.read_text())
+    del data["general_qa"]["type"]
+    path.write_text(json.dumps(data))
+    return r"metrics/probe_chat\.json: task 'general_qa' has no \"type\".*rerun `dvc repro probe`"
+
+
+def _baseline_without_type(root: Path) -> str:
+    path = root / "metrics" / "baseline_base.json"
+    data = json.loads(path.read_text())
+    del data["steep_knowledge"]["type"]
+    path.write_text(json.dumps(data))
+    return r"metrics/baseline_base\.json: task 'steep_knowledge' has no \"type\".*rerun `dvc repro probe`"
+
+
+def _unknown_type(root: Path) -> str:
+    path = root / "metrics" / "probe_base.json"
+    data = json.loads(path.read_text())
+    data["general_mc"]["type"] = "mc"
+    path.write_text(json.dumps(data))
+    return r"metrics/probe_base\.json: task 'general_mc' has type 'mc'; expected one of \['multiple_choice'"
+
+
 def _bad_scores(root: Path) -> str:
     path = root / "data" / "probe" / "chat.parquet"
     rows = _probe_rows(CHATML, gained_first=False)
@@ -600,7 +648,18 @@ def _not_parquet(root: Path) -> str:
 
 @pytest.mark.parametrize(
     "corrupt",
-    [_corrupt_json, _json_not_object, _bad_tsv, _bad_probe_metric, _bad_scores, _rejects_wrong_schema, _not_parquet],
+    [
+        _corrupt_json,
+        _json_not_object,
+        _bad_tsv,
+        _bad_probe_metric,
+        _probe_without_type,
+        _baseline_without_type,
+        _unknown_type,
+        _bad_scores,
+        _rejects_wrong_schema,
+        _not_parquet,
+    ],
 )
 def test_malformed_input_names_the_file(fixture_dir: Path, corrupt: Any) -> None:
     pattern = corrupt(fixture_dir)
@@ -609,31 +668,46 @@ def test_malformed_input_names_the_file(fixture_dir: Path, corrupt: Any) -> None
     assert not OUTPUTS["md"].exists()  # nothing half-written
 
 
+def test_variants_come_from_params_in_file_order(fixture_dir: Path) -> None:
+    raw = _params.read_yaml(ROOT / "params.yaml")["variants"]
+    swapped = write_params(fixture_dir / "params.yaml", variants={"chat": raw["chat"], "base": raw["base"]})
+    scoped = _params.load(swapped, report.PARAMS)
+    md, _ = run_report(scoped)
+    assert scoped.read == set(report.PARAMS)  # reads every key it declares (dvc.yaml's params:), no other
+    assert "Variants: `chat`, `base`." in md
+    assert md.index("**Training `chat`:**") < md.index("**Training `base`:**")
+    only_chat = write_params(fixture_dir / "params.yaml", variants={"chat": raw["chat"]})
+    md, _ = run_report(_params.load(only_chat, report.PARAMS))
+    assert "Variants: `chat`." in md
+    assert "| `chat` | `general_mc` | multiple_choice |" in md
+    assert "`base`" not in md and "template@base" not in md and "probe_base.json" not in md  # base is not read
+
+
 def test_markdown_cells_keep_tables_and_placeholders() -> None:
-    doc = report.Doc()
-    doc.table(["a", "b"], [["x | y\nz", "mail <EMAIL> or `<stage>`"], [report.Code("id_1"), "0.5"]])
-    md = report.to_markdown(doc)
+    doc = Doc()
+    doc.table(["a", "b"], [["x | y\nz", "mail <EMAIL> or `<stage>`"], [Code("id_1"), "0.5"]])
+    md = to_markdown(doc)
     assert "| x \\| y<br>z | mail &lt;EMAIL> or `<stage>` |" in md
     assert "| `id_1` | 0.5 |" in md
-    html = report.to_html(doc, "t")
+    html = to_html(doc, "t")
     assert "<td>x | y<br>z</td><td>mail &lt;EMAIL&gt; or `&lt;stage&gt;`</td>" in html
 
 
 def test_question_of_strips_the_templates() -> None:
-    assert report.question_of(ALPACA.format(q="What is DVC?")) == "What is DVC?"
-    assert report.question_of(CHATML.format(q="Line one\nline two")) == "Line one\nline two"
+    assert question_of(ALPACA.format(q="What is DVC?")) == "What is DVC?"
+    assert question_of(CHATML.format(q="Line one\nline two")) == "Line one\nline two"
     gemma = "<bos><start_of_turn>user\nHi there<end_of_turn>\n<start_of_turn>model\n"
-    assert report.question_of(gemma) == "Hi there"
-    assert report.question_of("Question: 2+2?\nAnswer:") == "Question: 2+2?\nAnswer:"
-    assert report.clip("a\nb  c", 20) == "a ↵ b c"
-    assert report.clip("x" * 30, 10) == "x" * 9 + "…"
+    assert question_of(gemma) == "Hi there"
+    assert question_of("Question: 2+2?\nAnswer:") == "Question: 2+2?\nAnswer:"
+    assert clip("a\nb  c", 20) == "a ↵ b c"
+    assert clip("x" * 30, 10) == "x" * 9 + "…"
 
 
 def test_command_line(fixture_dir: Path) -> None:
     params_file = write_params(
         fixture_dir / "params.yaml", report={"max_examples_per_reason": 1, "max_examples_per_task": 2}
     )
-    cmd = [sys.executable, "-m", "stages.report.report", "--params", "params.yaml", "--variants", "base", "chat"]
+    cmd = [sys.executable, "-m", "stages.report.report", "--params", "params.yaml"]
     cmd += ["--metrics-dir", "metrics", "--rejects-dir", "data/rejected", "--synthetic", "data/synthetic.parquet"]
     cmd += ["--live-dir", "dvclive", "--probe-dir", "data/probe", "--md", "out/report.md", "--html", "out/report.html"]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}

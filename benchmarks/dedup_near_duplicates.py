@@ -41,7 +41,7 @@ from stages.core import io as _io  # noqa: E402
 from stages.core import params as _params  # noqa: E402
 from stages.core.params.dedup import MinHash as MinHashParams  # noqa: E402
 from stages.core.records import REJECT_SCHEMA, make_record, read_records, record_text, write_records  # noqa: E402
-from stages.curate import dedup  # noqa: E402
+from stages.curate import clustering, dedup, minhash  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "dedup.json"
 
@@ -353,7 +353,7 @@ def run_steep(records: list[dict[str, Any]], tmp: Path, **overrides: Any) -> dic
 
 def shingles(text: str, k: int) -> set[str]:
     """The same shingles steep hashes, as strings: k consecutive normalized words (padded when shorter)."""
-    words = dedup.normalize_text(text).split()
+    words = minhash.normalize_text(text).split()
     if not words:
         return set()
     if len(words) < k:
@@ -393,9 +393,9 @@ def plain_datasketch(texts: list[str], p: MinHashParams, seed: int, bulk: bool =
 def steep_minhash(texts: list[str], p: MinHashParams, seed: int) -> tuple[set, dict]:
     """steep's pass: vectorized signatures, the same datasketch MinHashLSH, vectorized verification."""
     t0 = time.perf_counter()
-    sigs, has_text = dedup.signatures_of(texts, p, seed)
+    sigs, has_text = minhash.signatures_of(texts, p, seed)
     t1 = time.perf_counter()
-    index = dedup.NearDuplicateIndex.build_from(sigs, has_text, p, seed)
+    index = minhash.NearDuplicateIndex.build_from(sigs, has_text, p, seed)
     pairs = {(i, j) for i, j, _ in index.pairs(np.arange(len(texts), dtype=np.int64))}
     t2 = time.perf_counter()
     return pairs, {"signatures_s": t1 - t0, "lsh_s": t2 - t1, "total_s": t2 - t0}
@@ -464,7 +464,7 @@ def main() -> None:
     ordered = sorted(records, key=lambda r: (r["meta"]["source_index"], r["meta"]["row"]))
     pairs, _ = plain_datasketch([record_text(r) for r in ordered], mh, seed)
     order = [(r["meta"]["source_index"], r["meta"]["row"]) for r in ordered]
-    _, dropped = dedup.clusters(list(range(len(ordered))), [(i, j, 1.0) for i, j in sorted(pairs)], order)
+    _, dropped = clustering.clusters(list(range(len(ordered))), [(i, j, 1.0) for i, j in sorted(pairs)], order)
     quality["datasketch_loop_minhash_only"] = score(truth, {ordered[i]["id"]: "minhash" for i in dropped}, hard)
 
     # 2. speed

@@ -11,8 +11,8 @@ Four passes, in this order; each pass sees only the survivors of the passes befo
 dropped once, under the first reason that applies:
 
 1. ``exact_duplicate``: same hash of the normalized text of the content fields
-   (:func:`normalize_text`: NFKC, lowercase, punctuation removed, whitespace collapsed), so edits of
-   whitespace, punctuation or case do not hide a copy.
+   (:func:`stages.curate.minhash.normalize_text`: NFKC, lowercase, punctuation removed, whitespace
+   collapsed), so edits of whitespace, punctuation or case do not hide a copy.
 2. ``minhash_duplicate``: MinHash over word shingles (``dedup.minhash.shingle_words`` words,
    ``num_permutations`` permutations seeded with ``common.seed``), candidate pairs from datasketch's
    ``MinHashLSH``, each candidate kept only if its estimated Jaccard similarity is at least
@@ -26,14 +26,14 @@ dropped once, under the first reason that applies:
    compared with every remaining record by the same three methods and thresholds; an overlapping record
    is dropped, and the detail names the reference file, line and method.
 
-Clusters: within a method, matching pairs are joined by union-find (so matches chain). The survivor of a
-cluster is the record that comes first in the declared input (:func:`stages.core.records.order_key`: the
-smallest ``(meta.source_index, meta.source_file, meta.row)``, i.e. source order in ``pull.sources``, then
-file within a folder source, then row), never the one whose id sorts first; the others
-are dropped with a detail naming the survivor and their closest match. Every record, kept or dropped,
-gets ``meta["dedup"] = {"exact_cluster", "minhash_cluster", "semantic_cluster"}``: the id of the
-survivor of its cluster (its own id when it has no duplicate), or null for a method that did not see the
-record (it was dropped by an earlier one, semantic dedup is off, or it has no text for that method).
+Clusters: within a method, matching pairs are joined by union-find (:mod:`stages.curate.clustering`, so
+matches chain). The survivor of a cluster is the record that comes first in the declared input
+(:func:`stages.core.records.order_key`: the smallest ``(meta.source_index, meta.source_file, meta.row)``,
+i.e. source order in ``pull.sources``, then file within a folder source, then row), never the one whose id
+sorts first; the others are dropped with a detail naming the survivor and their closest match. Every record,
+kept or dropped, gets ``meta["dedup"] = {"exact_cluster", "minhash_cluster", "semantic_cluster"}``: the id
+of the survivor of its cluster (its own id when it has no duplicate), or null for a method that did not see
+the record (it was dropped by an earlier one, semantic dedup is off, or it has no text for that method).
 
 Output rows are sorted by id; the same inputs and params give the same bytes.
 """
@@ -43,24 +43,29 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from datasketch import LeanMinHash, MinHash, MinHashLSH
 
 from stages.core import cli
 from stages.core import io as _io
 from stages.core import params as _params
 from stages.core.io import StageError
 from stages.core.params.dedup import Dedup, Reference
-from stages.core.params.dedup import MinHash as MinHashParams
 from stages.core.records import Record, clean_text, order_key, read_records, record_text, write_records, write_rejects
+from stages.curate.clustering import clusters
 from stages.curate.embed import cosine, embed
+from stages.curate.minhash import (
+    NearDuplicateIndex,
+    exact_key,
+    normalize_text,
+    shingle_hashes,
+    signatures,
+    signatures_of,
+)
 
 PARAMS = ["common.seed", "common.embedding", "dedup"]
 STAGE = "dedup"
@@ -71,204 +76,6 @@ log = logging.getLogger("steep.dedup")
 
 # Rows of the embedding matrix compared at once in the cosine pass: (512, N) float64 similarities.
 COSINE_CHUNK_ROWS = 512
-# Shingles hashed at once in the signature pass: (P, 4096) uint32 = 2 MiB at P = 128 (stays in cache).
-SIGNATURE_CHUNK_SHINGLES = 1 << 12
-
-
-# --- text normalization -------------------------------------------------------
-
-
-@lru_cache(maxsize=1)
-def _punctuation_table() -> dict[int, None]:
-    """str.translate table deleting every Unicode punctuation character (categories P*)."""
-    return {cp: None for cp in range(0x110000) if unicodedata.category(chr(cp)).startswith("P")}
-
-
-def normalize_text(text: str) -> str:
-    """The form exact hashing and shingling see: NFKC, lowercase, punctuation removed, whitespace collapsed."""
-    text = unicodedata.normalize("NFKC", text).lower().translate(_punctuation_table())
-    return " ".join(text.split())
-
-
-def exact_key(text: str) -> str:
-    """sha256 of the normalized text."""
-    return hashlib.sha256(normalize_text(text).encode("utf-8")).hexdigest()
-
-
-# --- MinHash signatures -------------------------------------------------------
-
-_U64 = np.uint64
-_SHINGLE_MULT = _U64(0x9E3779B97F4A7C15)  # odd 64-bit constant: h = h * M + word, wrapping mod 2^64
-
-
-def _word_hash(word: str) -> int:
-    """Stable 64-bit hash of a word (independent of PYTHONHASHSEED)."""
-    return int.from_bytes(hashlib.blake2b(word.encode("utf-8"), digest_size=8).digest(), "little")
-
-
-def _fmix64(h: np.ndarray) -> np.ndarray:
-    """MurmurHash3's 64-bit finalizer: spreads the bits of the combined word hashes."""
-    h = h ^ (h >> _U64(33))
-    h = h * _U64(0xFF51AFD7ED558CCD)
-    h = h ^ (h >> _U64(33))
-    h = h * _U64(0xC4CEB9FE1A85EC53)
-    return h ^ (h >> _U64(33))
-
-
-def _fmix32(h: np.ndarray) -> np.ndarray:
-    """MurmurHash3's 32-bit finalizer, the pre-mix of datasketch's affine32 scheme."""
-    u = np.uint32
-    h = h ^ (h >> u(16))
-    h = h * u(0x85EBCA6B)
-    h = h ^ (h >> u(13))
-    h = h * u(0xC2B2AE35)
-    return h ^ (h >> u(16))
-
-
-def shingle_hashes(docs: Sequence[Sequence[str]], shingle_words: int) -> tuple[np.ndarray, np.ndarray]:
-    """32-bit hashes of the word shingles of each document, all documents in one array.
-
-    A shingle is ``shingle_words`` consecutive words; a document shorter than that is one shingle (padded
-    with empty words); a document with no words has no shingles.
-
-    Args:
-        docs: the words of each document (normalized text, split on whitespace).
-        shingle_words: words per shingle (k).
-
-    Returns:
-        ``(hashes, offsets)``: hashes (S,) uint32 of every shingle, document by document (repeats kept,
-        they do not change a minimum), and offsets (N + 1,) int64, the shingles of document ``i`` being
-        ``hashes[offsets[i]:offsets[i + 1]]``.
-    """
-    k = shingle_words
-    vocab: dict[str, int] = {}
-    flat: list[str] = []
-    lengths = np.zeros(len(docs), dtype=np.int64)
-    for i, words in enumerate(docs):
-        if words:
-            padded = list(words) + [""] * (k - len(words)) if len(words) < k else words
-            flat.extend(padded)
-            lengths[i] = len(padded)
-    for w in set(flat):
-        vocab[w] = _word_hash(w)
-    ids = np.fromiter((vocab[w] for w in flat), dtype=np.uint64, count=len(flat))  # (W,)
-    # h[p] = combine(ids[p], ..., ids[p + k - 1]) for every position p, then keep the positions where a
-    # whole shingle fits inside its document.
-    n_words = len(ids)
-    h = ids.copy()
-    for t in range(1, k):
-        nxt = np.zeros(n_words, dtype=np.uint64)
-        nxt[: n_words - t] = ids[t:]
-        h = h * _SHINGLE_MULT + nxt
-    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
-    pos_in_doc = np.arange(n_words, dtype=np.int64) - np.repeat(starts, lengths)
-    valid = pos_in_doc <= np.repeat(lengths - k, lengths)
-    hashes = (_fmix64(h[valid]) >> _U64(32)).astype(np.uint32)  # (S,)
-    counts = np.where(lengths > 0, lengths - k + 1, 0)
-    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-    return hashes, offsets
-
-
-def permutations(num_permutations: int, seed: int) -> np.ndarray:
-    """datasketch's affine32 permutation parameters for (num_perm, seed): (2, P) uint32 rows a, b."""
-    return MinHash(num_perm=num_permutations, seed=seed, scheme="affine32").permutations
-
-
-def signatures(hashes: np.ndarray, offsets: np.ndarray, num_permutations: int, seed: int) -> np.ndarray:
-    """MinHash signatures of all documents: (N, P) uint32, all-max for documents without shingles.
-
-    Equal, value for value, to ``datasketch.MinHash(num_perm, seed, hashfunc=<the shingle hash>)`` fed
-    every shingle of the document (affine32 scheme: fmix32 pre-mix, then ``a * h + b mod 2^32``, min).
-    """
-    a, b = permutations(num_permutations, seed)
-    n = len(offsets) - 1
-    sigs = np.full((n, num_permutations), np.iinfo(np.uint32).max, dtype=np.uint32)
-    counts = np.diff(offsets)
-    docs = np.flatnonzero(counts > 0)
-    mixed = _fmix32(hashes)
-    starts = offsets[docs]
-    i = 0
-    while i < len(docs):
-        # take documents until the chunk holds SIGNATURE_CHUNK_SHINGLES shingles (at least one document)
-        j = int(np.searchsorted(starts, starts[i] + SIGNATURE_CHUNK_SHINGLES, side="right"))
-        j = max(j, i + 1)
-        chunk = docs[i:j]
-        lo, hi = int(offsets[chunk[0]]), int(offsets[chunk[-1] + 1])
-        # (P, S_chunk), wraps mod 2^32; permutations on rows so the per-document min runs along rows
-        phv = a[:, None] * mixed[None, lo:hi] + b[:, None]
-        sigs[chunk] = np.minimum.reduceat(phv, offsets[chunk] - lo, axis=1).T  # (n_chunk, P)
-        i = j
-    return sigs
-
-
-def lean_minhash(signature: np.ndarray, seed: int) -> LeanMinHash:
-    """A datasketch LeanMinHash around one signature row (for MinHashLSH)."""
-    return LeanMinHash(seed=seed, hashvalues=signature, scheme="affine32")
-
-
-@dataclass
-class NearDuplicateIndex:
-    """MinHash signatures of a set of documents and datasketch's LSH index over them."""
-
-    sigs: np.ndarray  # (N, P) uint32
-    has_text: np.ndarray  # (N,) bool: documents with at least one shingle (the only ones indexed)
-    lsh: MinHashLSH
-    lean: dict[int, LeanMinHash]  # the indexed sketches, by document index
-    seed: int
-    threshold: float
-    candidates: int = 0
-
-    @classmethod
-    def build_from(cls, sigs: np.ndarray, has_text: np.ndarray, params: MinHashParams, seed: int) -> NearDuplicateIndex:
-        """Index precomputed signatures (N, P) of the documents where `has_text` is set."""
-        lsh = MinHashLSH(threshold=params.jaccard_threshold, num_perm=params.num_permutations)
-        lean = {int(i): lean_minhash(sigs[i], seed) for i in np.flatnonzero(has_text)}
-        with lsh.insertion_session() as session:
-            for i, sketch in lean.items():
-                session.insert(i, sketch, check_duplication=False)
-        return cls(sigs, has_text, lsh, lean, seed, params.jaccard_threshold)
-
-    def query(self, sketch: LeanMinHash) -> list[int]:
-        """Indexed documents whose LSH bands collide with `sketch`, sorted."""
-        return sorted(self.lsh.query(sketch))
-
-    def pairs(self, members: np.ndarray) -> list[tuple[int, int, float]]:
-        """Verified near-duplicate pairs ``(i, j, jaccard)``, i < j, among `members` (document indices)."""
-        allowed = np.zeros(len(self.sigs), dtype=bool)
-        allowed[members] = True
-        cand_i: list[int] = []
-        cand_j: list[int] = []
-        for i in members:
-            if not self.has_text[i]:
-                continue
-            for j in self.query(self.lean[int(i)]):
-                if j > i and allowed[j]:
-                    cand_i.append(int(i))
-                    cand_j.append(j)
-        self.candidates += len(cand_i)
-        return self._verify(np.array(cand_i, dtype=np.int64), self.sigs[cand_i], np.array(cand_j, dtype=np.int64))
-
-    def _verify(self, left: np.ndarray, left_sigs: np.ndarray, right: np.ndarray) -> list[tuple[int, int, float]]:
-        if len(left) == 0:
-            return []
-        jac = (left_sigs == self.sigs[right]).mean(axis=1)  # estimated Jaccard per candidate pair
-        ok = jac >= self.threshold
-        return [(int(i), int(j), float(s)) for i, j, s in zip(left[ok], right[ok], jac[ok], strict=True)]
-
-    def matches(self, signature: np.ndarray, members: np.ndarray) -> list[tuple[int, float]]:
-        """Indexed documents among `members` whose estimated Jaccard with `signature` reaches the threshold."""
-        allowed = set(members.tolist())
-        cands = np.array([j for j in self.query(lean_minhash(signature, self.seed)) if j in allowed], dtype=np.int64)
-        if len(cands) == 0:
-            return []
-        found = self._verify(cands, np.broadcast_to(signature, (len(cands), len(signature))), cands)
-        return [(i, s) for i, _, s in found]
-
-
-def signatures_of(texts: Sequence[str], params: MinHashParams, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Normalize, shingle and sign `texts`: signatures (N, P) uint32 and a (N,) mask of texts with words."""
-    hashes, offsets = shingle_hashes([normalize_text(t).split() for t in texts], params.shingle_words)
-    return signatures(hashes, offsets, params.num_permutations, seed), np.diff(offsets) > 0
 
 
 # --- cosine -------------------------------------------------------------------
@@ -284,60 +91,6 @@ def cosine_pairs(emb: np.ndarray, threshold: float) -> list[tuple[int, int, floa
         for r, c in zip(rows[upper], cols[upper], strict=True):
             out.append((lo + int(r), lo + int(c), float(block[r, c])))
     return out
-
-
-# --- clusters -----------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Match:
-    """Why a record left: the survivor of its cluster and its own closest match in the cluster."""
-
-    survivor: int
-    neighbor: int
-    score: float
-
-
-def clusters(
-    members: Sequence[int], pairs: Sequence[tuple[int, int, float]], order: Sequence[Any]
-) -> tuple[dict[int, int], dict[int, Match]]:
-    """Union-find over `pairs` among `members`; the survivor of a cluster is its member of smallest `order`.
-
-    Args:
-        members: indices of the records this method sees.
-        pairs: matches ``(i, j, score)`` between members.
-        order: sort key of every record index (input position); decides survivors and ties.
-
-    Returns:
-        ``(survivor_of, dropped)``: the survivor's index for every member (itself when alone), and for
-        every member that is not a survivor, its :class:`Match` (closest match: highest score, then
-        earliest in input order).
-    """
-    parent = {m: m for m in members}
-
-    def find(x: int) -> int:
-        while parent[x] != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
-
-    best: dict[int, tuple[float, int]] = {}
-    for i, j, score in pairs:
-        ri, rj = find(i), find(j)
-        if ri != rj:
-            # the root is always the earliest record of the component
-            if order[rj] < order[ri]:
-                ri, rj = rj, ri
-            parent[rj] = ri
-        for a, b in ((i, j), (j, i)):
-            cur = best.get(a)
-            if cur is None or score > cur[0] or (score == cur[0] and order[b] < order[cur[1]]):
-                best[a] = (score, b)
-    survivor_of = {m: find(m) for m in members}
-    dropped = {
-        m: Match(s, best[m][1], best[m][0]) for m, s in survivor_of.items() if s != m
-    }  # a non-survivor always has an edge
-    return survivor_of, dropped
 
 
 # --- references ---------------------------------------------------------------

@@ -40,12 +40,12 @@ per ``noinput_placeholders``) is blanked (``normalized_noinput``); with ``pii.ac
 is replaced by ``<EMAIL>``, ``<PHONE>``, ``<CREDIT_CARD>``, ``<IP_ADDRESS>`` or ``<API_KEY>``
 (``redacted_pii_<entity>``, counted per record).
 
-PII detection uses presidio-analyzer's pattern recognizers directly (email, phone via python-phonenumbers,
-credit card with Luhn check, IP) plus an API-key recognizer defined here, without ``AnalyzerEngine`` (which
-would load a spaCy model). Presidio's email recognizer validates domains with ``tldextract``, whose default
-extractor downloads the public-suffix list on first use; here it runs on tldextract's bundled snapshot, so
-nothing reaches for the network. Loopback, unspecified, link-local and multicast IPs (``127.0.0.1``,
-``0.0.0.0``, ``::``) name no one and are left alone.
+PII detection (:mod:`stages.curate.pii`) uses presidio-analyzer's pattern recognizers directly (email,
+phone via python-phonenumbers, credit card with Luhn check, IP) plus an API-key recognizer of its own, without
+``AnalyzerEngine`` (which would load a spaCy model). Presidio's email recognizer validates domains with
+``tldextract``, whose default extractor downloads the public-suffix list on first use; here it runs on
+tldextract's bundled snapshot, so nothing reaches for the network. Loopback, unspecified, link-local and
+multicast IPs (``127.0.0.1``, ``0.0.0.0``, ``::``) name no one and are left alone.
 
 Cleanlab: the kept records are embedded (``common.embedding``, through the shared cache) and each source
 is checked on its own, since a source is one distribution and a small source mixed into a large one would

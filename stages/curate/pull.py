@@ -18,6 +18,8 @@ Formats and the record kind they become (``fields:`` maps these canonical names 
     text      a folder of .md/.txt files (one document each), one such file, a web page, or a ``text`` column
               of a data file                                         -> document
 
+The readers of each location kind live in :mod:`stages.curate.sources`; this module maps their rows to records.
+
 Pull drops nothing: a row it cannot read (corrupt JSON, a missing or non-string field, bytes that are not
 UTF-8, an unknown role) stops the stage with the file, the line or row, and the fix, and nothing is written
 (the whole output directory is written to a temporary path and renamed at the end). Bad *content* (an empty
@@ -33,20 +35,10 @@ in the sorted file list for folder documents), ``source_index`` (position in ``p
 from __future__ import annotations
 
 import argparse
-import csv
-import hashlib
-import io
-import json
 import logging
 import sys
-import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
-
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from stages.core import cli
 from stages.core import io as _io
@@ -54,296 +46,17 @@ from stages.core import params as _params
 from stages.core.io import StageError
 from stages.core.params.pull import Source, Web
 from stages.core.records import ROLES, Record, make_record, write_records
+from stages.curate.sources import Row, snippet, source_rows
 
 PARAMS = ["pull"]
 
 log = logging.getLogger("steep.pull")
 
-DATA_EXTS = (".jsonl", ".json", ".csv", ".parquet")
-DOC_EXTS = (".md", ".txt")
 KIND = {"alpaca": "instruction", "qa": "qa", "sharegpt": "conversation", "messages": "conversation", "text": "document"}
 # ShareGPT speakers -> record roles. `user`/`assistant` appear in many ShareGPT exports too.
 SHAREGPT_ROLES = {"human": "user", "gpt": "assistant", "system": "system", "user": "user", "assistant": "assistant"}
 # Canonical fields a row may lack (read as "").
 OPTIONAL_FIELDS = {("alpaca", "input")}
-# Python's csv refuses fields over 128 KiB by default; documents can be longer.
-csv.field_size_limit(2**31 - 1)
-
-
-@dataclass
-class Row:
-    """One row of a source before it becomes a record.
-
-    Attributes:
-        data: the parsed row (a mapping of column -> value), or None for a document file or web page.
-        where: where the row is, for error messages ("data/x.jsonl, line 3").
-        meta: provenance for the record's ``meta`` (source_file, row, file_sha256, ...).
-        document: the text of a document file or web page (format text), else None.
-    """
-
-    data: Any
-    where: str
-    meta: dict[str, Any] = field(default_factory=dict)
-    document: str | None = None
-
-
-# --- reading local files -------------------------------------------------------
-
-
-def _read_bytes(path: Path, display: str) -> bytes:
-    try:
-        return path.read_bytes()
-    except OSError as e:
-        raise StageError(
-            f"{display}: cannot read the file ({e.strerror}); check the path and its permissions"
-        ) from None
-
-
-def _decode(data: bytes, display: str) -> str:
-    """Strict UTF-8 (a leading byte-order mark is dropped); a bad byte names the line and the byte offset."""
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = data.count(b"\n", 0, e.start) + 1
-        col = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
-        raise StageError(
-            f"{display}, line {line}: not valid UTF-8 (byte 0x{data[e.start]:02x} at byte offset {e.start} "
-            f"of the file, byte {col} of the line); sources must be UTF-8. Fix: re-encode the file, e.g. "
-            f"`iconv -f latin1 -t utf-8 {display} > {display}.utf8` (put the file's real encoding in place of "
-            "latin1), and point `location` at the result"
-        ) from None
-    return text.removeprefix("\ufeff")
-
-
-def _sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def _snippet(value: Any, limit: int = 80) -> str:
-    text = value if isinstance(value, str) else repr(value)
-    return repr(text[:limit] + ("…" if len(text) > limit else ""))
-
-
-def _jsonl_rows(data: bytes, display: str) -> Iterator[Row]:
-    text = _decode(data, display)
-    sha = _sha256(data)
-    # split on "\n" only: str.splitlines() also splits on U+2028 & co and would shift line numbers
-    for n, line in enumerate(text.split("\n"), start=1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise StageError(
-                f"{display}, line {n}: not valid JSON ({e.msg} at column {e.colno}); got {_snippet(line)}. "
-                f"Each line of a .jsonl file must be one JSON object. Fix: repair or delete line {n}"
-            ) from None
-        yield Row(obj, f"{display}, line {n}", {"source_file": display, "row": n, "file_sha256": sha})
-
-
-def _json_rows(data: bytes, display: str) -> Iterator[Row]:
-    text = _decode(data, display)
-    sha = _sha256(data)
-    try:
-        obj = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise StageError(
-            f"{display}, line {e.lineno}: not valid JSON ({e.msg} at column {e.colno}). "
-            "Fix: repair the file (a .json source is one JSON array of objects), or write it as .jsonl"
-        ) from None
-    if not isinstance(obj, list):
-        raise StageError(
-            f"{display}: expected a JSON array of objects ([{{...}}, {{...}}]), got a {type(obj).__name__}. "
-            "Fix: write the rows as a top-level array, or one object per line in a .jsonl file"
-        )
-    for i, item in enumerate(obj):
-        yield Row(item, f"{display}, row {i + 1}", {"source_file": display, "row": i + 1, "file_sha256": sha})
-
-
-def _csv_rows(data: bytes, display: str) -> Iterator[Row]:
-    text = _decode(data, display)
-    sha = _sha256(data)
-    reader = csv.reader(io.StringIO(text, newline=""))
-    try:
-        header = next(reader, None)
-        if header is None:
-            return
-        dupes = sorted({h for h in header if header.count(h) > 1})
-        if dupes:
-            raise StageError(f"{display}, line 1: the header repeats columns {dupes}. Fix: give each column a name")
-        n = 0
-        for values in reader:
-            if not values:  # a blank line
-                continue
-            n += 1
-            where = f"{display}, row {n} (line {reader.line_num})"
-            if len(values) != len(header):
-                raise StageError(
-                    f"{where}: {len(values)} fields, but the header has {len(header)} ({header}). "
-                    "Fix: quote fields that contain commas or newlines, or repair the row"
-                )
-            # every value stays a string, empty cells included ("" is a valid empty input)
-            yield Row(
-                dict(zip(header, values, strict=True)), where, {"source_file": display, "row": n, "file_sha256": sha}
-            )
-    except csv.Error as e:
-        raise StageError(f"{display}, line {reader.line_num}: not valid CSV ({e}). Fix: repair the quoting") from None
-
-
-def _parquet_rows(data: bytes, display: str) -> Iterator[Row]:
-    sha = _sha256(data)
-    try:
-        table = pq.read_table(pa.BufferReader(data))
-    except (OSError, pa.ArrowException) as e:
-        raise StageError(f"{display}: not a readable Parquet file ({e}). Fix: rewrite or re-export the file") from None
-    for i, item in enumerate(table.to_pylist()):
-        yield Row(item, f"{display}, row {i + 1}", {"source_file": display, "row": i + 1, "file_sha256": sha})
-
-
-READERS = {".jsonl": _jsonl_rows, ".json": _json_rows, ".csv": _csv_rows, ".parquet": _parquet_rows}
-
-
-def _file_rows(path: Path, display: str, fmt: str) -> Iterator[Row]:
-    suffix = path.suffix.lower()
-    if suffix in READERS:
-        yield from READERS[suffix](_read_bytes(path, display), display)
-    elif suffix in DOC_EXTS and fmt == "text":
-        data = _read_bytes(path, display)
-        yield Row(
-            None, display, {"source_file": display, "row": 1, "file_sha256": _sha256(data)}, _decode(data, display)
-        )
-    else:
-        allowed = " ".join(DATA_EXTS + (DOC_EXTS if fmt == "text" else ()))
-        raise StageError(
-            f"{display}: cannot read {suffix or 'extension-less'!r} files as format {fmt!r}; supported: {allowed}"
-            + ("" if fmt == "text" else " (.md/.txt documents need `format: text`)")
-            + ". Fix: convert the file, or point `location` at a supported one"
-        )
-
-
-def _listing(folder: Path, exts: tuple[str, ...]) -> tuple[list[Path], list[str]]:
-    """Files under `folder` with one of `exts` (sorted by relative path), and every other file name seen."""
-    picked, others = [], []
-    for p in sorted(folder.rglob("*"), key=lambda p: p.relative_to(folder).as_posix()):
-        rel = p.relative_to(folder)
-        if any(part.startswith(".") for part in rel.parts) or not p.is_file():
-            continue
-        (picked if p.suffix.lower() in exts else others).append(p)
-    return picked, [p.relative_to(folder).as_posix() for p in others]
-
-
-def _local_rows(source: Source) -> Iterator[Row]:
-    location = source.location
-    path = Path(location)
-    if not path.exists():
-        raise StageError(
-            f"source {source.name!r}: {location} not found (paths are relative to the project root; the "
-            f"current directory is {Path.cwd()}). Fix: correct `location`, or add the file"
-        )
-    if path.is_file():
-        yield from _file_rows(path, location, source.format)
-        return
-    exts = DOC_EXTS if source.format == "text" else DATA_EXTS
-    files, others = _listing(path, exts)
-    if not files:
-        raise StageError(
-            f"source {source.name!r}: the folder {location} holds no {'/'.join(exts)} files "
-            f"(found {others[:10] or 'nothing'}); an empty source is an error. Fix: add files, point `location` "
-            f"at the right folder, or remove the source from pull.sources"
-        )
-    for i, file in enumerate(files):
-        display = str(PurePosixPath(location) / file.relative_to(path).as_posix())
-        if source.format == "text":
-            data = _read_bytes(file, display)
-            meta = {"source_file": location, "row": i + 1, "file_sha256": _sha256(data), "path": display}
-            yield Row(None, display, meta, _decode(data, display))
-        else:
-            yield from _file_rows(file, display, source.format)
-
-
-# --- the Hub and the web --------------------------------------------------------
-
-
-def _hf_rows(source: Source) -> Iterator[Row]:
-    name = source.location.removeprefix("hf://")
-    what = f"hf://{name} (revision {source.revision}, split {source.split})"
-    import datasets  # heavy: only for sources on the Hub
-
-    try:
-        ds = datasets.load_dataset(name, revision=source.revision, split=source.split)
-    except Exception as e:
-        if _io.is_unreachable(e):
-            from huggingface_hub import constants
-
-            why = "offline mode is on (HF_HUB_OFFLINE=1)" if constants.HF_HUB_OFFLINE else f"{type(e).__name__}: {e}"
-            raise StageError(
-                f"source {source.name!r}: cannot reach the Hugging Face Hub for {what}: {why}. Fix: run the pull "
-                "where the Hub is reachable (the dataset is then cached), or export the split to a local file "
-                "(e.g. `datasets.load_dataset(...).to_json('data/sources/<name>.jsonl')`) and point `location` at it"
-            ) from None
-        raise StageError(
-            f"source {source.name!r}: cannot load {what}: {type(e).__name__}: {e}. "
-            "Fix: check the dataset name, the revision (a commit sha or tag) and the split on the Hub"
-        ) from None
-    for i, item in enumerate(ds):
-        meta = {"source_file": source.location, "row": i + 1, "revision": source.revision}
-        yield Row(item, f"{what}, row {i + 1}", meta)
-
-
-def _fetch(url: str, web: Web) -> bytes:
-    """GET `url` within `web.timeout_s` (connect, each read, and the whole body) and `web.max_bytes`."""
-    import requests
-
-    too_big = (
-        f"{url}: the page is larger than pull.web.max_bytes = {web.max_bytes} bytes. Fix: raise "
-        "pull.web.max_bytes, or save the page's text to a .md/.txt file and point `location` at it"
-    )
-    timed_out = (
-        f"{url}: no complete answer within pull.web.timeout_s = {web.timeout_s} s. Fix: retry, raise "
-        "pull.web.timeout_s, or save the page's text to a .md/.txt file and point `location` at it"
-    )
-    deadline = time.monotonic() + web.timeout_s
-    try:
-        with requests.get(url, headers={"User-Agent": web.user_agent}, timeout=web.timeout_s, stream=True) as resp:
-            if not 200 <= resp.status_code < 300:
-                raise StageError(
-                    f"{url}: HTTP {resp.status_code} {resp.reason}. Fix: check the URL in `location` "
-                    "(and that the page is public)"
-                )
-            length = resp.headers.get("Content-Length", "")
-            if length.isdigit() and int(length) > web.max_bytes:
-                raise StageError(too_big)
-            chunks, size = [], 0
-            for chunk in resp.iter_content(chunk_size=1 << 16):
-                size += len(chunk)
-                if size > web.max_bytes:
-                    raise StageError(too_big)
-                if time.monotonic() > deadline:
-                    raise StageError(timed_out)
-                chunks.append(chunk)
-    except requests.Timeout:
-        raise StageError(timed_out) from None
-    except requests.RequestException as e:
-        if "timed out" in str(e).lower():  # a read timeout while streaming the body surfaces as ConnectionError
-            raise StageError(timed_out) from None
-        raise StageError(f"{url}: cannot fetch the page ({type(e).__name__}: {e}). Fix: check the URL") from None
-    return b"".join(chunks)
-
-
-def _web_rows(source: Source, web: Web) -> Iterator[Row]:
-    import trafilatura  # extraction only: given the page bytes and no URL, it fetches nothing
-
-    url = source.location
-    data = _fetch(url, web)
-    text = trafilatura.extract(
-        data, include_comments=False, include_tables=True, output_format="txt", with_metadata=False
-    )
-    if not text or not text.strip():
-        raise StageError(
-            f"{url}: no main text found in the page ({len(data)} bytes). Fix: check that the URL serves an HTML "
-            "article, or save its text to a .md/.txt file and point `location` at it"
-        )
-    yield Row(None, url, {"source_file": url, "row": 1, "file_sha256": _sha256(data)}, text)
 
 
 # --- rows to records --------------------------------------------------------------
@@ -379,7 +92,7 @@ def _string(source: Source, obj: Any, canonical: str, where: str, *, what: str =
         column = source.fields.get(canonical, canonical)
         raise StageError(
             f"{where}: field {column!r} is {'null' if value is None else type(value).__name__} "
-            f"({_snippet(value)}), expected a string. Fix: repair the row, or map `{canonical}` to the right "
+            f"({snippet(value)}), expected a string. Fix: repair the row, or map `{canonical}` to the right "
             f"column with `fields:` for source {source.name!r}"
         )
     return value
@@ -394,7 +107,7 @@ def _turns(source: Source, obj: dict[str, Any], where: str) -> list[dict[str, st
     turns = _value(source, obj, list_key, where)
     if not isinstance(turns, list):
         raise StageError(
-            f"{where}: field {column!r} is {type(turns).__name__} ({_snippet(turns)}), expected a list of turns "
+            f"{where}: field {column!r} is {type(turns).__name__} ({snippet(turns)}), expected a list of turns "
             f"[{{{role_key!r}: ..., {content_key!r}: ...}}] (CSV cannot hold one: use JSONL, JSON or Parquet)"
         )
     if not turns:
@@ -405,7 +118,7 @@ def _turns(source: Source, obj: dict[str, Any], where: str) -> list[dict[str, st
         at = f"{where}, {column}[{i}]"
         if not isinstance(turn, dict):
             raise StageError(
-                f"{at}: expected an object {{{role_key!r}: ..., {content_key!r}: ...}}, got {_snippet(turn)}"
+                f"{at}: expected an object {{{role_key!r}: ..., {content_key!r}: ...}}, got {snippet(turn)}"
             )
         role = _string(source, turn, role_key, at, what="the turn")
         if role not in allowed:
@@ -429,13 +142,13 @@ def _to_record(source: Source, index: int, row: Row) -> Record:
         return make_record(source=source.name, kind="document", meta=meta, text=row.document)
     if not isinstance(obj, dict):
         raise StageError(
-            f"{where}: expected an object with the fields of format {fmt!r}, got {_snippet(obj)}. "
+            f"{where}: expected an object with the fields of format {fmt!r}, got {snippet(obj)}. "
             "Fix: repair or remove the row"
         )
     if source.label_field:
         label = obj.get(source.label_field)
         if isinstance(label, bool) or not isinstance(label, str | int):
-            got = "missing" if source.label_field not in obj else f"{_snippet(label)}"
+            got = "missing" if source.label_field not in obj else f"{snippet(label)}"
             raise StageError(
                 f"{where}: the label column {source.label_field!r} (label_field) is {got}; the row has "
                 f"{_columns(obj)}. Fix: give every row a string label, or remove `label_field` from the source"
@@ -472,13 +185,7 @@ def pull_source(source: Source, index: int, web: Web) -> list[Record]:
         StageError: the source is missing, empty or unreadable, or a row lacks a field; the message names the
             file, the line or row, and the fix.
     """
-    if source.location.startswith("hf://"):
-        rows = _hf_rows(source)
-    elif source.location.startswith(("http://", "https://")):
-        rows = _web_rows(source, web)
-    else:
-        rows = _local_rows(source)
-    records = [_to_record(source, index, row) for row in rows]
+    records = [_to_record(source, index, row) for row in source_rows(source, web)]
     if not records:
         raise StageError(
             f"source {source.name!r}: {source.location} holds no records; an empty source is an error. "

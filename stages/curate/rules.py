@@ -2,13 +2,13 @@
 
 A shared module, not a stage: the moderate stage applies :data:`RULES` to every pulled record, and the
 synthesize stage applies the same :func:`check_record` to every generated pair, so both count the same
-reason codes. The rules and their thresholds are described in the moderate stage's docstring.
+reason codes. The rules and their thresholds are described in the moderate stage's docstring; PII spans
+are found and redacted by :mod:`stages.curate.pii`.
 """
 
 from __future__ import annotations
 
 import copy
-import ipaddress
 import logging
 import re
 from collections import Counter
@@ -20,6 +20,7 @@ import numpy as np
 
 from stages.core.params.moderate import Language, Moderate, Repetition
 from stages.core.records import Record
+from stages.curate.pii import find_pii, redact
 
 log = logging.getLogger("steep.moderate")
 
@@ -29,15 +30,6 @@ KEEP: Verdict = (True, None, "")
 
 INSTRUCTION_KINDS = ("instruction", "qa")
 ALL_KINDS = ("instruction", "qa", "conversation", "document")
-
-# entity name in params -> (presidio entity type, replacement tag)
-PII_TAGS: dict[str, tuple[str, str]] = {
-    "email": ("EMAIL_ADDRESS", "<EMAIL>"),
-    "phone": ("PHONE_NUMBER", "<PHONE>"),
-    "credit_card": ("CREDIT_CARD", "<CREDIT_CARD>"),
-    "ip_address": ("IP_ADDRESS", "<IP_ADDRESS>"),
-    "api_key": ("API_KEY", "<API_KEY>"),
-}
 
 # C0 and C1 control characters and DEL; tab, newline and carriage return are text.
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
@@ -292,98 +284,6 @@ def toxic(record: Record, cfg: Moderate) -> Verdict:
 
 
 # --- PII ------------------------------------------------------------------------------------------
-
-
-@cache
-def _recognizers() -> dict[str, Any]:
-    """Presidio pattern recognizers per entity name, offline (see the module docstring)."""
-    import regex
-    import tldextract
-    from presidio_analyzer import Pattern, PatternRecognizer
-    from presidio_analyzer.predefined_recognizers import (
-        CreditCardRecognizer,
-        EmailRecognizer,
-        IpRecognizer,
-        PhoneRecognizer,
-    )
-
-    # The bundled public-suffix snapshot, no cache directory, no download.
-    extract = tldextract.TLDExtract(cache_dir=None, suffix_list_urls=(), fallback_to_snapshot=True)
-
-    class OfflineEmailRecognizer(EmailRecognizer):
-        def validate_result(self, pattern_text: str) -> bool:
-            return extract(pattern_text).fqdn != ""
-
-    class PersonalIpRecognizer(IpRecognizer):
-        def invalidate_result(self, pattern_text: str) -> bool:
-            try:
-                ip = ipaddress.ip_interface(pattern_text).ip
-            except ValueError:
-                return True
-            return ip.is_loopback or ip.is_unspecified or ip.is_link_local or ip.is_multicast
-
-    class ApiKeyRecognizer(PatternRecognizer):
-        def validate_result(self, pattern_text: str) -> bool:
-            # a secret mixes letters and digits; "YOUR_API_KEY_HERE" and "tokenizer_config" are not secrets
-            return bool(re.search(r"\d", pattern_text) and re.search(r"[A-Za-z]", pattern_text))
-
-    api_key = ApiKeyRecognizer(
-        supported_entity="API_KEY",
-        name="ApiKeyRecognizer",
-        patterns=[
-            Pattern("openai/anthropic", r"\bsk-(?:proj-|svcacct-|ant-)?[A-Za-z0-9_-]{20,}", 0.9),
-            Pattern("aws access key", r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b", 0.9),
-            Pattern("github", r"\b(?:gh[pousr]_[A-Za-z0-9]{30,}|github_pat_[A-Za-z0-9_]{30,})\b", 0.9),
-            Pattern("huggingface", r"\bhf_[A-Za-z0-9]{30,}\b", 0.9),
-            Pattern("slack", r"\bxox[abposr]-[A-Za-z0-9-]{10,}", 0.9),
-            Pattern("google", r"\bAIza[0-9A-Za-z_-]{35}", 0.9),
-            Pattern("stripe", r"\b[rs]k_(?:live|test)_[A-Za-z0-9]{16,}", 0.9),
-            Pattern("private key", r"-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]*?-----END [A-Z ]*PRIVATE KEY-----", 0.9),
-            # a long value assigned to a secret-looking name: api_key = "...", "token": "..."
-            Pattern(
-                "assigned secret",
-                r"(?i:(?<=\b(?:api[_-]?key|secret(?:[_-]?key)?|access[_-]?token|auth[_-]?token|token|password|passwd)"
-                r"[\"']?\s*[:=]\s*[\"']?))[A-Za-z0-9_\-+/=]{20,}",
-                0.6,
-            ),
-        ],
-        # case matters for key prefixes (AKIA, ghp_); presidio's default adds IGNORECASE
-        global_regex_flags=regex.DOTALL | regex.MULTILINE,
-    )
-    return {
-        "email": OfflineEmailRecognizer(),
-        "phone": PhoneRecognizer(),
-        "credit_card": CreditCardRecognizer(),
-        "ip_address": PersonalIpRecognizer(),
-        "api_key": api_key,
-    }
-
-
-def find_pii(text: str, entities: Iterable[str]) -> list[tuple[int, int, str]]:
-    """Non-overlapping PII spans (start, end, entity name) in `text`, in text order.
-
-    Where spans of two recognizers overlap, the higher score wins, then the longer span (a Luhn-valid
-    card number beats the phone number it also looks like).
-    """
-    recognizers = _recognizers()
-    found: list[tuple[float, int, int, str]] = []
-    for name in entities:
-        rec = recognizers[name]
-        for r in rec.analyze(text, rec.supported_entities):
-            found.append((r.score, r.start, r.end, name))
-    found.sort(key=lambda f: (-f[0], -(f[2] - f[1]), f[1], f[3]))
-    taken: list[tuple[int, int, str]] = []
-    for _, start, end, name in found:
-        if all(end <= s or start >= e for s, e, _ in taken):
-            taken.append((start, end, name))
-    return sorted(taken)
-
-
-def redact(text: str, spans: list[tuple[int, int, str]]) -> str:
-    """`text` with each span replaced by its entity's tag (<EMAIL>, <PHONE>, ...)."""
-    for start, end, name in sorted(spans, reverse=True):
-        text = text[:start] + PII_TAGS[name][1] + text[end:]
-    return text
 
 
 def pii(record: Record, cfg: Moderate) -> Verdict:

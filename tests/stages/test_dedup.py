@@ -20,7 +20,7 @@ from datasketch import MinHash
 from stages.core import params as _params
 from stages.core.io import StageError
 from stages.core.records import REJECT_SCHEMA, make_record, read_records, write_records
-from stages.curate import dedup
+from stages.curate import clustering, dedup, minhash
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -129,7 +129,7 @@ def check_invariant(metrics: dict[str, Any]) -> None:
 
 
 def test_normalize_text() -> None:
-    assert dedup.normalize_text("  Hello,\tWORLD!!  “ok”  ﬁne ") == "hello world ok fine"  # NFKC folds the ligature
+    assert minhash.normalize_text("  Hello,\tWORLD!!  “ok”  ﬁne ") == "hello world ok fine"  # NFKC folds the ligature
 
 
 def test_all_methods_reasons_clusters_and_metrics(tmp_path: Path, cache_dir: Path, ref_file: Path) -> None:
@@ -238,10 +238,10 @@ def test_survivor_is_first_in_input_order_not_first_by_id(tmp_path: Path, cache_
 
 def test_clusters_chain_and_pick_earliest() -> None:
     order = [(0, 3), (0, 1), (1, 1), (0, 2)]
-    survivor_of, dropped = dedup.clusters([0, 1, 2, 3], [(0, 2, 0.8), (2, 3, 0.9)], order)
+    survivor_of, dropped = clustering.clusters([0, 1, 2, 3], [(0, 2, 0.8), (2, 3, 0.9)], order)
     assert survivor_of == {0: 3, 1: 1, 2: 3, 3: 3}  # 0-2-3 chain; 3 has the smallest (source_index, row)
-    assert dropped[0] == dedup.Match(survivor=3, neighbor=2, score=0.8)
-    assert dropped[2] == dedup.Match(survivor=3, neighbor=3, score=0.9)
+    assert dropped[0] == clustering.Match(survivor=3, neighbor=2, score=0.8)
+    assert dropped[2] == clustering.Match(survivor=3, neighbor=3, score=0.9)
 
 
 # --- MinHash signatures --------------------------------------------------------
@@ -250,8 +250,8 @@ def test_clusters_chain_and_pick_earliest() -> None:
 def test_signatures_equal_datasketch() -> None:
     texts = ["The quick brown fox jumps over the lazy dog, twice.", "two words", "", BREAD[1]]
     params = load_params().dedup.minhash
-    hashes, offsets = dedup.shingle_hashes([dedup.normalize_text(t).split() for t in texts], params.shingle_words)
-    sigs = dedup.signatures(hashes, offsets, params.num_permutations, seed=1234)
+    hashes, offsets = minhash.shingle_hashes([minhash.normalize_text(t).split() for t in texts], params.shingle_words)
+    sigs = minhash.signatures(hashes, offsets, params.num_permutations, seed=1234)
     assert sigs.shape == (4, params.num_permutations)
     assert np.diff(offsets).tolist()[:3] == [8, 1, 0]  # 10 words -> 8 shingles; 2 words -> 1; none -> 0
     for i in range(len(texts)):

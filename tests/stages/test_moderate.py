@@ -16,7 +16,7 @@ from stages.core import params as _params
 from stages.core.params.moderate import Moderate
 from stages.core.records import REJECT_SCHEMA, Record, make_record, read_records, write_records
 from stages.curate import moderate as mod
-from stages.curate import rules
+from stages.curate import pii, rules
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -294,7 +294,7 @@ def no_network(monkeypatch, tmp_path):
 
 def test_pii_language_and_toxicity_never_reach_for_the_network(cfg, no_network, caplog):
     # load the detectors under the block: presidio's stock email recognizer would fetch the public-suffix list
-    rules._recognizers.cache_clear()
+    pii._recognizers.cache_clear()
     rules._language_identifier.cache_clear()
     caplog.set_level(logging.WARNING)
     record = rec(

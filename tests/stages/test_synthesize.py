@@ -14,7 +14,7 @@ from stages.core import io as _io
 from stages.core import params as _params
 from stages.core import records as _records
 from stages.core.io import StageError
-from stages.curate import synthesize
+from stages.curate import generation, pairs, synthesize
 from tests.stages._tiny import chat_tokenizer, tiny_llama
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -48,8 +48,8 @@ DOC = (
 
 
 def test_parser_on_recorded_outputs() -> None:
-    stop = synthesize.STOP
-    p = synthesize.parse_completion(RECORDED["grounded"], True, stop, "Question:")
+    stop = generation.STOP
+    p = pairs.parse_completion(RECORDED["grounded"], True, stop, "Question:")
     assert p.pairs == [
         {
             "instruction": "What is the purpose of the pull stage?",
@@ -61,32 +61,32 @@ def test_parser_on_recorded_outputs() -> None:
     assert p.malformed == []
 
     # the model starting a new "Text:" example is cut there: its invented pair is not taken
-    p = synthesize.parse_completion(RECORDED["invented_next_example"], False, stop, "Question:")
+    p = pairs.parse_completion(RECORDED["invented_next_example"], False, stop, "Question:")
     assert [q["instruction"] for q in p.pairs] == ["How many books can be renewed?"] and p.malformed == []
 
-    p = synthesize.parse_completion(RECORDED["empty_answer"], True, stop, "Question:")
+    p = pairs.parse_completion(RECORDED["empty_answer"], True, stop, "Question:")
     assert p.pairs == [] and [m[0] for m in p.malformed] == ["empty_answer"]
-    p = synthesize.parse_completion(RECORDED["empty_answer"], True, (), "Question:")
+    p = pairs.parse_completion(RECORDED["empty_answer"], True, (), "Question:")
     assert p.pairs == [] and [m[0] for m in p.malformed] == ["empty_answer", "empty_answer"]
 
-    p = synthesize.parse_completion(RECORDED["no_pair"], True, stop)
+    p = pairs.parse_completion(RECORDED["no_pair"], True, stop)
     assert p.pairs == [] and [m[0] for m in p.malformed] == ["no_pair_parsed"]
 
-    p = synthesize.parse_completion(RECORDED["truncated_json"], False, stop, "Question:")
+    p = pairs.parse_completion(RECORDED["truncated_json"], False, stop, "Question:")
     assert p.pairs == [] and [m[0] for m in p.malformed] == ["truncated_json"]
 
-    p = synthesize.parse_completion(RECORDED["json_list"], True, stop, "Question:")
+    p = pairs.parse_completion(RECORDED["json_list"], True, stop, "Question:")
     assert p.pairs == [
         {"instruction": "Which stage removes near-duplicates?", "input": "", "output": "The dedup stage."}
     ]
 
     # ran into max_new_tokens: the last pair is cut off
-    p = synthesize.parse_completion(RECORDED["cut_off"], False, stop, "Question:")
+    p = pairs.parse_completion(RECORDED["cut_off"], False, stop, "Question:")
     assert p.pairs == [] and [m[0] for m in p.malformed] == ["truncated_pair"]
 
-    p = synthesize.parse_completion("", True, stop, "Question:")
+    p = pairs.parse_completion("", True, stop, "Question:")
     assert [m[0] for m in p.malformed] == ["empty_instruction"]
-    p = synthesize.parse_completion("", True, stop)
+    p = pairs.parse_completion("", True, stop)
     assert [m[0] for m in p.malformed] == ["no_pair_parsed"]
 
 
@@ -95,12 +95,12 @@ def test_parser_reads_self_instruct_blocks() -> None:
         "Instruction: Sort the words by length.\nInput: pear, fig, banana\nOutput: fig, pear, banana.\n\n"
         "Instruction: Name a primary colour.\nInput:\nOutput: Red.\nInstruction: Half a task"
     )
-    p = synthesize.parse_completion(text, True, synthesize.STOP)
+    p = pairs.parse_completion(text, True, generation.STOP)
     # the stop string ("\nInstruction:") ends the completion at the second task
     assert p.pairs == [
         {"instruction": "Sort the words by length.", "input": "pear, fig, banana", "output": "fig, pear, banana."}
     ]
-    p = synthesize.parse_completion(text, True, ())
+    p = pairs.parse_completion(text, True, ())
     assert [q["instruction"] for q in p.pairs] == ["Sort the words by length.", "Name a primary colour."]
     assert [m[0] for m in p.malformed] == ["empty_answer"]
 
@@ -109,12 +109,12 @@ def test_parser_reads_self_instruct_blocks() -> None:
 
 
 def test_chunks_are_whole_paragraphs_without_code_or_tables() -> None:
-    chunks = synthesize.chunk_document(DOC, max_chars=300, min_chars=100, prose_only=True)
+    chunks = generation.chunk_document(DOC, max_chars=300, min_chars=100, prose_only=True)
     assert len(chunks) == 2
     assert chunks[0].startswith("# Pulling sources\n\nThe pull stage")  # the heading is merged into its paragraph
     assert not any("```" in c or "|" in c for c in chunks)
     assert all(len(c) <= 300 for c in chunks)
-    kept = synthesize.chunk_document(DOC, max_chars=5000, min_chars=100, prose_only=False)
+    kept = generation.chunk_document(DOC, max_chars=5000, min_chars=100, prose_only=False)
     assert kept == [DOC.strip()]
 
 
@@ -130,7 +130,7 @@ def test_filters_give_their_reason() -> None:
     ctx = "The dedup stage drops near copies with MinHash and paraphrases with sentence embeddings."
 
     def check(instruction: str, output: str, context: str = ctx) -> str | None:
-        return synthesize.check_pair({"instruction": instruction, "input": "", "output": output}, context, cfg)[0]
+        return pairs.check_pair({"instruction": instruction, "input": "", "output": output}, context, cfg)[0]
 
     assert check("Which stage drops near copies?", "The dedup stage drops them with MinHash.") is None
     assert check("Why?", "The dedup stage.") == "instruction_too_short"
@@ -145,7 +145,7 @@ def test_filters_give_their_reason() -> None:
 
 
 def test_novelty_is_rouge_l_against_the_pool() -> None:
-    novelty = synthesize.Novelty(["Give three tips for staying healthy."])
+    novelty = pairs.Novelty(["Give three tips for staying healthy."])
     assert novelty.max_score("Give three tips for staying healthy.") == pytest.approx(1.0)
     assert novelty.max_score("Give three tips for staying healthy and happy.") > 0.7
     assert novelty.max_score("Translate the sentence into French.") < 0.3
@@ -158,13 +158,13 @@ def test_seed_tasks_errors_name_file_and_line(tmp_path: Path) -> None:
     path = tmp_path / "seeds.jsonl"
     path.write_text(json.dumps(good) + "\n{broken\n")
     with pytest.raises(StageError, match=r"seeds.jsonl:2: not valid JSON"):
-        synthesize.read_seed_tasks(path)
+        generation.read_seed_tasks(path)
     path.write_text(json.dumps(good) + "\n" + json.dumps({"instruction": "No instances."}) + "\n")
     with pytest.raises(StageError, match=r"seeds.jsonl:2: a seed task needs .*'instances'"):
-        synthesize.read_seed_tasks(path)
+        generation.read_seed_tasks(path)
     with pytest.raises(StageError, match="seed task file not found"):
-        synthesize.read_seed_tasks(tmp_path / "missing.jsonl")
-    demo = synthesize.read_seed_tasks(ROOT / "data/sources/seed_tasks.jsonl")
+        generation.read_seed_tasks(tmp_path / "missing.jsonl")
+    demo = generation.read_seed_tasks(ROOT / "data/sources/seed_tasks.jsonl")
     assert len(demo) >= 30 and any(t["is_classification"] for t in demo)
 
 
@@ -281,10 +281,10 @@ def test_recorded_completions_go_through_every_filter(model_dir: Path, tmp_path:
         meta={"source_file": "a.jsonl", "row": 1, "source_index": 0},
     )
     curated = _docs(tmp_path, [DOC], extra=[existing])
-    calls = synthesize.document_calls(_records.read_records(curated), params.synthesize.documents, params.common.seed)
+    calls = generation.document_calls(_records.read_records(curated), params.synthesize.documents, params.common.seed)
     assert [c.provenance["chunk_index"] for c in calls] == [0, 0, 0, 1, 1, 1]
     fp = _io.fingerprint(model_dir)
-    keys = [synthesize.call_key(fp, params.synthesize.generation, c) for c in calls]
+    keys = [generation.call_key(fp, params.synthesize.generation, c) for c in calls]
     completions = [
         # chunk 0 (the pull stage writes one Parquet file per source): an answer not in the chunk; the curated pair
         # asked again (not novel); a request a language model cannot act on
@@ -298,7 +298,7 @@ def test_recorded_completions_go_through_every_filter(model_dir: Path, tmp_path:
         " What does a malformed line do?\nAnswer: As an AI model, I cannot say, but a malformed line stops the stage "
         "with the file and the line number.",
     ]
-    cache = synthesize.Cache(tmp_path / "cache")
+    cache = generation.Cache(tmp_path / "cache")
     for key, text in zip(keys, completions, strict=True):
         # the prompt ends in "Question:", which the completion continues
         cache.put(key, {"completion": text, "new_tokens": 40, "finished": True})
@@ -320,6 +320,6 @@ def test_recorded_completions_go_through_every_filter(model_dir: Path, tmp_path:
 
 def test_lead_label_is_the_prompts_last_label() -> None:
     p = _params.load(ROOT / "params.yaml", ["synthesize"]).synthesize
-    assert synthesize.lead_label(p.documents.prompt) == "Question:"
-    assert synthesize.lead_label(p.self_instruct.prompt) == "Instruction:"
-    assert synthesize.lead_label("Write a question.") == ""
+    assert pairs.lead_label(p.documents.prompt) == "Question:"
+    assert pairs.lead_label(p.self_instruct.prompt) == "Instruction:"
+    assert pairs.lead_label("Write a question.") == ""

@@ -342,9 +342,7 @@ def run_steep(records: list[dict[str, Any]], tmp: Path, **overrides: Any) -> dic
     write_records(inp, records)
     overrides = {"dedup.references": [], **{k.replace("__", "."): v for k, v in overrides.items()}}
     params = _params.load(ROOT / "params.yaml", dedup.PARAMS, overrides=overrides)
-    dedup.run(
-        params, inputs={"in": inp}, outputs={"out": out, "rejects": rej}, cache_dir=ROOT / ".steep_cache/embeddings"
-    )
+    dedup.run(params, inputs={"in": inp}, outputs={"out": out, "rejects": rej}, cache=ROOT / ".steep_cache/embeddings")
     return {r["id"]: r["reason"] for r in read_records(rej, REJECT_SCHEMA)}
 
 

@@ -37,8 +37,9 @@ class Stage:
         options: further directories ``run`` takes by keyword (caches, checkpoints): name -> help.
         many: the inputs that take one path or more.
         metrics: whether the stage writes ``--metrics`` (a JSON of what ``run`` returns).
-        local_paths: the local files and folders the params name (model sources, task files, ...), as
-            ``(path, what names it)``: each must be a dependency of the stage in dvc.yaml (:func:`check_deps`).
+        local_paths: given the params, the variant and the inputs, the local files and folders the params name
+            (model sources, task files, a variant's files), as ``(path, what names it)``: each must be a
+            dependency of the stage in dvc.yaml (:func:`check_deps`).
     """
 
     params: tuple[str, ...]
@@ -47,7 +48,7 @@ class Stage:
     options: Mapping[str, str] = field(default_factory=dict)
     many: tuple[str, ...] = ()
     metrics: bool = True
-    local_paths: Callable[[_params.Scoped, str | None], list[tuple[str, str]]] | None = None
+    local_paths: Callable[[_params.Scoped, str | None, Mapping[str, Path]], list[tuple[str, str]]] | None = None
 
     @property
     def per_variant(self) -> bool:
@@ -127,8 +128,9 @@ def main(
     variant = getattr(args, "variant", None)
     keys = stage.keys(variant)
     params = _params.load(args.params, keys) if keys else _params.Scoped({}, ())
+    inputs = {name: getattr(args, name) for name in stage.inputs}
     if stage.local_paths is not None and module and module.__spec__:
-        check_deps(stage.local_paths(params, variant), module.__spec__.name, variant)
+        check_deps(stage.local_paths(params, variant, inputs), module.__spec__.name, variant)
     if launch is not None and launch(params, args):
         return
     for key in keys:
@@ -136,12 +138,7 @@ def main(
     extra: dict[str, Any] = {name: getattr(args, name) for name in stage.options}
     if stage.per_variant:
         extra["variant"] = variant
-    metrics = run(
-        params,
-        inputs={name: getattr(args, name) for name in stage.inputs},
-        outputs={name: getattr(args, name) for name in stage.outputs},
-        **extra,
-    )
+    metrics = run(params, inputs=inputs, outputs={name: getattr(args, name) for name in stage.outputs}, **extra)
     if stage.metrics and metrics is not None:
         with atomic_outputs(args.metrics) as (tmp,):
             write_json(tmp, metrics)
@@ -175,32 +172,3 @@ def log_params(name: str, params: Any) -> None:
     """Log the resolved params a stage runs with (a pydantic model or a plain value)."""
     dump = params.model_dump() if hasattr(params, "model_dump") else params
     log.info("%s params: %s", name, json.dumps(dump, sort_keys=True, default=str))
-
-
-def filter_stage_main(stage: str, keys: list[str], run: Callable[..., dict[str, Any]], in_help: str) -> None:
-    """Command line shared by the record-filtering stages (moderate, dedup).
-
-    Flags (see their cmd in dvc.yaml): --params, --in, --out (kept records), --rejects (rejected
-    records), --metrics, --cache (the embedding cache). Loads and logs the params the stage declares,
-    calls its ``run`` and writes the metrics atomically.
-    """
-    import argparse
-
-    ap = argparse.ArgumentParser(prog=f"python -m stages.{stage}")
-    ap.add_argument("--params", required=True, type=Path, help="params.yaml")
-    ap.add_argument("--in", dest="inp", required=True, type=Path, help=in_help)
-    ap.add_argument("--out", required=True, type=Path, help="kept records (parquet)")
-    ap.add_argument("--rejects", required=True, type=Path, help="rejected records (parquet)")
-    ap.add_argument("--metrics", required=True, type=Path, help="metrics JSON")
-    ap.add_argument("--cache", required=True, type=Path, help="embedding cache directory")
-    args = ap.parse_args()
-    params = _params.load(args.params, keys)
-    for key in keys:
-        value: Any = params
-        for part in key.split("."):
-            value = getattr(value, part)
-        log_params(key, value)
-    outputs = {"out": args.out, "rejects": args.rejects}
-    metrics = run(params, inputs={"in": args.inp}, outputs=outputs, cache_dir=args.cache)
-    with atomic_outputs(args.metrics) as (tmp,):
-        write_json(tmp, metrics)

@@ -43,7 +43,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -67,8 +67,21 @@ from stages.curate.minhash import (
     signatures_of,
 )
 
-PARAMS = ["common.seed", "common.embedding", "dedup"]
-STAGE = "dedup"
+
+def _local_paths(params: _params.Scoped, variant: str | None, inputs: Mapping[str, Path]) -> list[tuple[str, str]]:
+    """The reference files (each must be a dependency of the stage in dvc.yaml)."""
+    return [(ref.path, "dedup.references") for ref in params.dedup.references]
+
+
+NAME = "dedup"  # in the rejects' stage column
+STAGE = cli.Stage(
+    params=("common.seed", "common.embedding", "dedup"),
+    inputs={"in": "moderated records (parquet)"},
+    outputs={"out": "kept records (parquet)", "rejects": "rejected records (parquet)"},
+    options={"cache": "embedding cache directory (shared by moderate and dedup)"},
+    local_paths=_local_paths,
+)
+PARAMS = list(STAGE.params)
 REASONS = ("exact_duplicate", "minhash_duplicate", "semantic_duplicate", "reference_overlap")
 METHODS = ("exact", "minhash", "semantic")
 
@@ -156,7 +169,7 @@ def read_references(refs: Sequence[Reference]) -> list[ReferenceText]:
 
 
 def run(
-    params: _params.Scoped, *, inputs: dict[str, Path], outputs: dict[str, Path], cache_dir: str | Path
+    params: _params.Scoped, *, inputs: dict[str, Path], outputs: dict[str, Path], cache: str | Path
 ) -> dict[str, Any]:
     """Deduplicate `inputs["in"]` into `outputs["out"]` and `outputs["rejects"]`; return the metrics.
 
@@ -164,7 +177,7 @@ def run(
         params: scoped params (common.seed, common.embedding, dedup).
         inputs: ``{"in": <record parquet>}``.
         outputs: ``{"out": <kept records parquet>, "rejects": <rejected records parquet>}``.
-        cache_dir: the embedding cache directory (shared with moderate).
+        cache: the embedding cache directory (shared with moderate).
 
     Returns:
         Flat metrics: total, kept, dropped_<reason> for every reason, and pair/cluster counts.
@@ -226,14 +239,14 @@ def run(
     if cfg.semantic.enable:
         fields = params.common.embedding.fields
         sem_members = [i for i in alive if normalize_text(record_text(records[i], fields))]
-        emb = embed([record_text(records[i], fields) for i in sem_members], params.common.embedding, cache_dir)
+        emb = embed([record_text(records[i], fields) for i in sem_members], params.common.embedding, cache)
         emb_rows = {m: r for r, m in enumerate(sem_members)}
         pairs = [(sem_members[a], sem_members[b], s) for a, b, s in cosine_pairs(emb, cfg.semantic.cosine_threshold)]
         alive_sem = apply("semantic", "semantic_duplicate", sem_members, pairs, "cosine")
         alive = sorted(set(alive_sem) | {i for i in alive if i not in emb_rows})
 
     # 4. references: every remaining record against every reference text, by the same three methods.
-    overlaps = reference_overlaps(keys, alive, references, index, emb, emb_rows, params, cache_dir)
+    overlaps = reference_overlaps(keys, alive, references, index, emb, emb_rows, params, cache)
     extra["reference_texts"] = len(references)
     for i, detail in overlaps.items():
         reason_of[i] = ("reference_overlap", detail)
@@ -244,7 +257,7 @@ def run(
         rec["meta"] = {**rec["meta"], "dedup": clusters_meta[i]}
         if i in reason_of:
             reason, detail = reason_of[i]
-            rejects.append((rec, STAGE, reason, detail))
+            rejects.append((rec, NAME, reason, detail))
         else:
             kept.append(rec)
     with _io.atomic_outputs(outputs["out"], outputs["rejects"]) as (out_tmp, rej_tmp):
@@ -310,9 +323,9 @@ def reference_overlaps(
     return found
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     """Command line: the flags of the dedup stage's cmd in dvc.yaml."""
-    cli.filter_stage_main(STAGE, PARAMS, run, in_help="moderated records (parquet)")
+    cli.main(STAGE, run, argv)
 
 
 if __name__ == "__main__":

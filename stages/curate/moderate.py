@@ -79,8 +79,14 @@ from stages.core.records import Record, order_key, read_record_dir, record_text,
 from stages.curate.embed import embed
 from stages.curate.rules import RULES, check_record
 
-PARAMS = ["common.seed", "common.embedding", "moderate"]
-STAGE = "moderate"
+NAME = "moderate"  # in the rejects' stage column
+STAGE = cli.Stage(
+    params=("common.seed", "common.embedding", "moderate"),
+    inputs={"in": "pulled records (directory of parquet)"},
+    outputs={"out": "kept records (parquet)", "rejects": "rejected records (parquet)"},
+    options={"cache": "embedding cache directory (shared by moderate and dedup)"},
+)
+PARAMS = list(STAGE.params)
 
 log = logging.getLogger("steep.moderate")
 
@@ -211,7 +217,7 @@ def moderate_records(
             kept.append(rec)
         else:
             dropped[reason] += 1
-            rejects.append((rec, STAGE, reason, detail))
+            rejects.append((rec, NAME, reason, detail))
     extra: dict[str, Any] = cleanlab_scores(kept, cfg.cleanlab, seed=seed, embedding=embedding, cache_dir=cache_dir)
     drop_on = [
         ("cleanlab_outlier", "is_outlier", "outlier_score", cfg.cleanlab.enable_drop_outliers),
@@ -223,7 +229,7 @@ def moderate_records(
         hit = next((d for d in drop_on if d[3] and scores.get(d[1])), None)
         if hit:
             dropped[hit[0]] += 1
-            rejects.append((rec, STAGE, hit[0], f"cleanlab {hit[2]} {scores[hit[2]]}"))
+            rejects.append((rec, NAME, hit[0], f"cleanlab {hit[2]} {scores[hit[2]]}"))
         else:
             survivors.append(rec)
     extra["normalized_noinput"] = sum("noinput" in r["meta"]["moderate"]["normalized"] for r in survivors)
@@ -235,7 +241,7 @@ def moderate_records(
 
 
 def run(
-    params: _params.Scoped, *, inputs: dict[str, Path], outputs: dict[str, Path], cache_dir: str | Path
+    params: _params.Scoped, *, inputs: dict[str, Path], outputs: dict[str, Path], cache: str | Path
 ) -> dict[str, Any]:
     """Moderate ``inputs["in"]`` into ``outputs["out"]`` and ``outputs["rejects"]``; return the metrics.
 
@@ -243,7 +249,7 @@ def run(
         params: scoped params (common.seed, common.embedding, moderate).
         inputs: ``{"in": <directory of pulled record files>}``.
         outputs: ``{"out": <kept records parquet>, "rejects": <rejected records parquet>}``.
-        cache_dir: the embedding cache directory (shared with dedup).
+        cache: the embedding cache directory (shared with dedup).
 
     Returns:
         Flat metrics: total, kept, dropped_<reason> for every reason, normalizations, redactions, flags.
@@ -251,7 +257,7 @@ def run(
     cfg: Moderate = params.moderate
     records = read_record_dir(inputs["in"])
     kept, rejects, metrics = moderate_records(
-        records, cfg, seed=params.common.seed, embedding=params.common.embedding, cache_dir=cache_dir
+        records, cfg, seed=params.common.seed, embedding=params.common.embedding, cache_dir=cache
     )
     with _io.atomic_outputs(outputs["out"], outputs["rejects"]) as (out, rej):
         write_records(out, kept)
@@ -261,9 +267,9 @@ def run(
     return metrics
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     """Command line: the flags of the moderate stage's cmd in dvc.yaml."""
-    cli.filter_stage_main(STAGE, PARAMS, run, in_help="pulled records (directory of parquet)")
+    cli.main(STAGE, run, argv)
 
 
 if __name__ == "__main__":

@@ -34,9 +34,8 @@ in the sorted file list for folder documents), ``source_index`` (position in ``p
 
 from __future__ import annotations
 
-import argparse
 import logging
-import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +47,23 @@ from stages.core.params.pull import Source, Web
 from stages.core.records import ROLES, Record, make_record, write_records
 from stages.curate.sources import Row, snippet, source_rows
 
-PARAMS = ["pull"]
+
+def _local_paths(params: _params.Scoped, variant: str | None, inputs: Mapping[str, Path]) -> list[tuple[str, str]]:
+    """The local files and folders the sources name (each must be a dependency of the stage in dvc.yaml)."""
+    return [
+        (s.location, f"pull.sources {s.name!r}")
+        for s in params.pull.sources
+        if not s.location.startswith(("hf://", "http://", "https://"))
+    ]
+
+
+STAGE = cli.Stage(
+    params=("pull",),
+    inputs={},
+    outputs={"out": "output directory, one .parquet per source"},
+    local_paths=_local_paths,
+)
+PARAMS = list(STAGE.params)
 
 log = logging.getLogger("steep.pull")
 
@@ -220,19 +235,9 @@ def run(params: _params.Scoped, *, inputs: dict[str, Path], outputs: dict[str, P
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Command line of the stage (see dvc.yaml)."""
-    parser = argparse.ArgumentParser(prog="python -m stages.curate.pull", description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--params", type=Path, required=True, help="params.yaml")
-    parser.add_argument("--out", type=Path, required=True, help="output directory, one .parquet per source")
-    parser.add_argument("--metrics", type=Path, required=True, help="metrics JSON")
-    args = parser.parse_args(argv)
-    params = _params.load(args.params, PARAMS)
-    cli.log_params("pull", params.pull)
-    metrics = run(params, inputs={}, outputs={"out": args.out})
-    with _io.atomic_outputs(args.metrics) as (tmp,):
-        _io.write_json(tmp, metrics)
-    log.info("pulled %d records from %d sources into %s", metrics["total"], len(params.pull.sources), args.out)
+    """Command line: the flags of the pull stage's cmd in dvc.yaml."""
+    cli.main(STAGE, run, argv)
 
 
 if __name__ == "__main__":
-    cli.run_main(lambda: main(sys.argv[1:]))
+    cli.run_main(main)

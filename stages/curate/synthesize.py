@@ -44,10 +44,10 @@ instructions and the pairs kept before it, in call-key order).
 
 from __future__ import annotations
 
-import argparse
 import logging
 import time
 from collections import Counter
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -73,7 +73,24 @@ from stages.curate.pairs import Novelty, check_pair, lead_label, parse_completio
 
 log = logging.getLogger("steep.synthesize")
 
-PARAMS = ["common.seed", "moderate", "synthesize"]
+
+def _local_paths(params: _params.Scoped, variant: str | None, inputs: Mapping[str, Path]) -> list[tuple[str, str]]:
+    """The seed tasks file (a dependency of the stage in dvc.yaml)."""
+    return [(params.synthesize.self_instruct.seed_tasks, "synthesize.self_instruct.seed_tasks")]
+
+
+STAGE = cli.Stage(
+    params=("common.seed", "moderate", "synthesize"),
+    inputs={
+        "in": "curated records (parquet)",
+        "model": "the generator model directory",
+        "seed_tasks": "seed tasks (Self-Instruct seed_tasks.jsonl format)",
+    },
+    outputs={"out": "kept pairs (parquet)", "rejects": "rejected pairs (parquet)"},
+    options={"cache": "generation cache directory"},
+    local_paths=_local_paths,
+)
+PARAMS = list(STAGE.params)
 
 
 # --- the stage --------------------------------------------------------------------------------------------------------
@@ -104,7 +121,7 @@ def run(
     *,
     inputs: dict[str, Path],
     outputs: dict[str, Path],
-    cache_dir: Path,
+    cache: Path,
     generator: tuple[Any, Any] | None = None,
 ) -> dict[str, Any]:
     """Generate, parse and filter the pairs; write the kept records, the rejects and return the metrics.
@@ -113,11 +130,16 @@ def run(
         params: the scoped params (``PARAMS``).
         inputs: ``in`` (curated records), ``model`` (the generator's directory), ``seed_tasks``.
         outputs: ``out`` (kept pairs), ``rejects``.
-        cache_dir: the generation cache directory.
+        cache: the generation cache directory.
         generator: an already loaded (model, tokenizer), used instead of loading ``inputs["model"]`` (tests).
     """
     cfg = params.synthesize
     seed = params.common.seed
+    if Path(cfg.self_instruct.seed_tasks) != Path(inputs["seed_tasks"]):
+        raise StageError(
+            f"--seed-tasks {inputs['seed_tasks']} differs from synthesize.self_instruct.seed_tasks "
+            f"{cfg.self_instruct.seed_tasks}; make dvc.yaml and params.yaml name the same file"
+        )
     records = _records.read_records(inputs["in"])
     calls: list[Call] = []
     if cfg.documents.enable:
@@ -135,8 +157,8 @@ def run(
         ),
         key=lambda c: c.key,
     )
-    cache = Cache(cache_dir)
-    done = {c.key: hit for c in calls if (hit := cache.get(c.key)) is not None}
+    calls_cache = Cache(cache)
+    done = {c.key: hit for c in calls if (hit := calls_cache.get(c.key)) is not None}
     missing = [c for c in calls if c.key not in done]
     log.info("%d prompts: %d cached, %d to generate", len(calls), len(done), len(missing))
     new_tokens, seconds = 0, 0.0
@@ -144,7 +166,7 @@ def run(
         model, tok = generator if generator is not None else load_generator(inputs["model"], cfg.generation.dtype)
         t0 = time.perf_counter()
         for call, result in generate(model, tok, missing, cfg.generation):
-            cache.put(call.key, result)  # each call is kept as soon as it is made: a killed run resumes
+            calls_cache.put(call.key, result)  # each call is kept as soon as it is made: a killed run resumes
             done[call.key] = result
             new_tokens += result["new_tokens"]
         seconds = time.perf_counter() - t0
@@ -212,35 +234,9 @@ def run(
     )
 
 
-def main() -> None:
-    """Command line: see the module docstring."""
-    ap = argparse.ArgumentParser(prog="python -m stages.curate.synthesize")
-    ap.add_argument("--params", required=True, type=Path, help="params.yaml")
-    ap.add_argument("--in", dest="inp", required=True, type=Path, help="curated records (parquet)")
-    ap.add_argument("--model", required=True, type=Path, help="the generator model directory (models/<variant>/base)")
-    ap.add_argument("--seed-tasks", required=True, type=Path, help="seed tasks (Self-Instruct seed_tasks.jsonl format)")
-    ap.add_argument("--out", required=True, type=Path, help="kept pairs (parquet)")
-    ap.add_argument("--rejects", required=True, type=Path, help="rejected pairs (parquet)")
-    ap.add_argument("--metrics", required=True, type=Path, help="metrics JSON")
-    ap.add_argument("--cache", required=True, type=Path, help="generation cache directory")
-    args = ap.parse_args()
-    params = _params.load(args.params, PARAMS)
-    if Path(params.synthesize.self_instruct.seed_tasks) != args.seed_tasks:
-        raise StageError(
-            f"--seed-tasks {args.seed_tasks} differs from synthesize.self_instruct.seed_tasks "
-            f"{params.synthesize.self_instruct.seed_tasks}; make dvc.yaml and params.yaml name the same file"
-        )
-    for key in PARAMS:
-        cli.log_params(key, _params.get(params, key))
-    metrics = run(
-        params,
-        inputs={"in": args.inp, "model": args.model, "seed_tasks": args.seed_tasks},
-        outputs={"out": args.out, "rejects": args.rejects},
-        cache_dir=args.cache,
-    )
-    with _io.atomic_outputs(args.metrics) as (tmp,):
-        _io.write_json(tmp, metrics)
-    log.info("synthesize: %s", metrics)
+def main(argv: list[str] | None = None) -> None:
+    """Command line: the flags of the synthesize stage's cmd in dvc.yaml."""
+    cli.main(STAGE, run, argv)
 
 
 if __name__ == "__main__":

@@ -113,7 +113,7 @@ def run_dedup(
     write_records(inp, records)
     out, rejects = tmp_path / f"out{tag}.parquet", tmp_path / f"rejects{tag}.parquet"
     params = load_params({"dedup.references": [], **(overrides or {})})
-    metrics = dedup.run(params, inputs={"in": inp}, outputs={"out": out, "rejects": rejects}, cache_dir=cache_dir)
+    metrics = dedup.run(params, inputs={"in": inp}, outputs={"out": out, "rejects": rejects}, cache=cache_dir)
     kept = {r["id"]: r for r in read_records(out)}
     rejected = {r["id"]: r for r in read_records(rejects, REJECT_SCHEMA)}
     return metrics, kept, rejected

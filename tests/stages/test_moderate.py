@@ -361,7 +361,7 @@ def stage_records() -> list[Record]:
 def run_stage(tmp: Path, pulled: Path, cache: Path, **overrides: Any) -> dict[str, Any]:
     params = load_params(**{"moderate.cleanlab.min_records": 10, **overrides})
     outputs = {"out": tmp / "moderated.parquet", "rejects": tmp / "rejected" / "moderate.parquet"}
-    return mod.run(params, inputs={"in": pulled}, outputs=outputs, cache_dir=cache)
+    return mod.run(params, inputs={"in": pulled}, outputs=outputs, cache=cache)
 
 
 @pytest.fixture(scope="module")

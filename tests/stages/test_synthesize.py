@@ -211,7 +211,7 @@ def _run(params: Any, curated: Path, model: Path, out: Path, cache: Path) -> dic
         params,
         inputs={"in": curated, "model": model, "seed_tasks": ROOT / "data/sources/seed_tasks.jsonl"},
         outputs={"out": out / "synthetic.parquet", "rejects": out / "rejected.parquet"},
-        cache_dir=cache,
+        cache=cache,
     )
 
 

@@ -23,7 +23,7 @@ from stages.probe import model as _model
 from stages.probe import scorers as _scorers
 from stages.probe import stats as _stats
 from stages.probe import tables as _tables
-from stages.probe import tasks as _tasks
+from stages.probe import tasks as _taskfiles
 from tests.stages._tiny import chat_tokenizer, write_params
 
 MC = [
@@ -401,7 +401,7 @@ def test_bad_task_files_name_file_and_line(tmp_path: Path, lines: list[str], mat
     fields = {"question": "q", "choices": "options", "answer": "gold"}
     task = _params.ProbeTask(name="bad", type="multiple_choice", path=str(tmp_path / "bad.jsonl"), fields=fields)
     with pytest.raises(StageError, match=match):
-        _tasks.read_tasks([task])
+        _taskfiles.read_tasks([task])
 
 
 def test_missing_task_file_is_refused_before_any_model_loads(tmp_path: Path) -> None:

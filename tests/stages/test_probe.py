@@ -26,6 +26,7 @@ from stages.probe import tables as _tables
 from stages.probe import tasks as _taskfiles
 from tests.stages._tiny import chat_tokenizer, write_params
 
+ROOT = Path(__file__).resolve().parents[2]
 MC = [
     {"q": "What is the capital of France?", "options": ["Paris", "Berlin", "the lazy dog", "Rome"], "gold": 0},
     {"q": "Which animal jumps over the dog?", "options": ["fox", "a very quick brown fox", "cat"], "gold": 1},
@@ -108,7 +109,7 @@ def _tasks(tiny: dict[str, Path], *names: str) -> list[dict[str, Any]]:
 def _params_file(path: Path, tasks: list[dict[str, Any]], template: Any = None, **probe_over: Any) -> Path:
     import yaml
 
-    raw = yaml.safe_load(Path(_params.__file__).resolve().parents[1].joinpath("params.yaml").read_text())
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
     probe_section = raw["probe"] | {"precision": "fp32", "batch_size": 4, "max_new_tokens": 6, "showcase_prompts": []}
     probe_section |= {"bootstrap_resamples": 200, "tasks": tasks, **probe_over}
     extra = {"template": template} if template else {}
@@ -287,6 +288,38 @@ def test_cache_second_run_evaluates_nothing_and_a_new_task_only_itself(tiny: dic
     assert [(r["task"], r["item"]) for r in rows] == sorted((r["task"], r["item"]) for r in rows)
     show = [r for r in rows if r["task"] == "showcase"]
     assert len(show) == 1 and show[0]["prompt"].endswith("<|im_start|>assistant\n") and show[0]["scores"] == {}
+
+
+def test_an_edit_to_code_the_results_depend_on_evaluates_again(tiny: dict[str, Path], tmp_path: Path) -> None:
+    """The cache is keyed on the code that computes its entries: editing stages/variant/lm.py (model and tokenizer
+    loading, outside stages/probe) in a copy of the project makes the next baseline run evaluate the task again."""
+    import os
+    import shutil
+    import subprocess
+
+    copy = tmp_path / "project"
+    shutil.copytree(ROOT / "stages", copy / "stages", ignore=shutil.ignore_patterns("__pycache__"))
+    params = _params_file(tmp_path / "params.yaml", _tasks(tiny, "text"))
+    out, metrics, cache = tmp_path / "base.parquet", tmp_path / "baseline.json", tmp_path / "cache"
+    cmd = [sys.executable, "-m", "stages.probe.baseline", "--params", str(params), "--variant", "chat"]
+    cmd += ["--model", str(tiny["model"]), "--out", str(out), "--metrics", str(metrics), "--cache", str(cache)]
+    env = os.environ | {"PYTHONPATH": str(copy)}  # the copy's stages package, not this checkout's
+
+    def run() -> tuple[dict[str, Any], str, bytes]:
+        done = subprocess.run(cmd, cwd=copy, env=env, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+        return json.loads(metrics.read_text()), done.stderr, out.read_bytes()
+
+    first, log, rows = run()
+    assert (first["tasks_evaluated"], first["tasks_cached"]) == (1, 0) and "text: evaluating 2 items" in log
+    second, log, _ = run()  # nothing changed: served from the cache, in a new process
+    assert (second["tasks_evaluated"], second["tasks_cached"]) == (0, 1) and "text: cached" in log
+    with (copy / "stages" / "variant" / "lm.py").open("a", encoding="utf-8") as f:
+        f.write("# an edit\n")
+    third, log, again = run()
+    assert (third["tasks_evaluated"], third["tasks_cached"]) == (1, 0), log[-3000:]
+    assert "text: evaluating 2 items" in log and "text: cached" not in log
+    assert again == rows and third["text"] == first["text"]  # a comment changes no number
 
 
 # --- the stages end to end --------------------------------------------------------------------------------------------

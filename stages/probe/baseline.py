@@ -55,6 +55,8 @@ PARAMS = [
     "probe.bertscore_model",
     "probe.showcase_prompts",
     "probe.tasks",
+    # the whole section: prompts read only format and prompt_without_input (alpaca) or system_prompt (chat_template),
+    # but a key that one format lacks cannot be declared for every variant; the cache key holds exactly those
     "template.${key}",
     "train.${key}.quantization",
     "train.${key}.compute_dtype",

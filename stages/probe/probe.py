@@ -51,6 +51,7 @@ from stages.probe.types import SHOWCASE
 log = logging.getLogger("steep.probe")
 
 # dvc.yaml's `params:` for this foreach stage; `params_keys(variant)` fills in the variant.
+# template.${key}: see baseline.PARAMS (prompts read 3 of its keys; the cache key holds exactly those).
 PARAMS = ["common.seed", "probe", "template.${key}", "train.${key}.quantization", "train.${key}.compute_dtype"]
 
 

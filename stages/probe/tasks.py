@@ -1,0 +1,151 @@
+"""Probe tasks read and checked: a task file's items, or an lm-evaluation-harness task's.
+
+Task files (``probe.tasks``): JSONL, one item per non-blank line; an item's index is its 0-based line number in the
+file (``limit``: the first that many items only). Every file is read and checked before any model is loaded; a bad
+file stops the stage naming the file, the line and the fix. ``fields`` maps each type's canonical names (the
+registry, ``stages/probe/types.py``) to the file's. A multiple-choice task may instead name an lm-evaluation-harness
+task (``harness_task``, e.g. ``arc_easy``): its items are the harness's own rendering of its documents
+(``stages/probe/harness.py``), read before any model is loaded too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from stages.core.io import StageError
+from stages.core.params.probe import ProbeTask
+from stages.probe import harness as _harness
+from stages.probe import types as _types
+
+
+@dataclass(frozen=True)
+class TaskData:
+    """A task entry with its items, read and checked.
+
+    Attributes:
+        task: the ``probe.tasks`` entry.
+        items: (0-based line index, the item's fields under their canonical names), in file order (a harness task:
+            (document index, question / choices / answer), see ``stages/probe/harness.py``).
+        sha256: the task file's sha256 (a harness task: its items' and delimiter's).
+        prompt: multiple_choice: the prompt, ``{question}`` filled in (None: ``probe.multiple_choice_prompt``; a
+            harness task's question is its whole rendered context: ``"{question}"``).
+        delimiter: multiple_choice: what goes before each choice.
+    """
+
+    task: ProbeTask
+    items: tuple[tuple[int, dict[str, Any]], ...]
+    sha256: str
+    prompt: str | None = None
+    delimiter: str = " "
+
+    @property
+    def name(self) -> str:
+        return self.task.name
+
+    @property
+    def type(self) -> str:
+        return self.task.type
+
+    @property
+    def spec(self) -> _types.TaskType:
+        """The registry entry of the task's type."""
+        return _types.get(self.task.type)
+
+
+def _example(task: ProbeTask) -> str:
+    t = _types.get(task.type)
+    return json.dumps({task.fields[k]: t.example[k] for k in t.fields})
+
+
+def _check_item(task: ProbeTask, obj: Any, where: str) -> dict[str, Any]:
+    """The item's fields under canonical names; raise StageError saying what is wrong and what is expected."""
+    expected = f"expected a JSON object like {_example(task)}"
+    if not isinstance(obj, dict):
+        raise StageError(f"{where}: got a JSON {type(obj).__name__}; {expected}")
+    spec = _types.get(task.type)
+    out: dict[str, Any] = {}
+    for canon in spec.fields:
+        name = task.fields[canon]
+        if name not in obj:
+            raise StageError(
+                f"{where}: no field {name!r} (the task's fields map {canon} -> {name!r}); found {sorted(obj)}. "
+                f"Fix the line or probe.tasks[{task.name}].fields; {expected}"
+            )
+        value = obj[name]
+        if canon == "choices":
+            if not isinstance(value, list) or len(value) < 2 or not all(isinstance(c, str) and c for c in value):
+                raise StageError(
+                    f"{where}: field {name!r} must be a list of at least 2 non-empty texts, got {value!r}; {expected}"
+                )
+        elif canon == "answer" and spec.evaluator == "choices":
+            choices = obj.get(task.fields["choices"])
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise StageError(f"{where}: field {name!r} must be the 0-based index of the right choice (an integer), "
+                                 f"got {value!r}; {expected}")  # fmt: skip
+            if not 0 <= value < len(choices):
+                raise StageError(
+                    f"{where}: answer index {value} is out of range for {len(choices)} choices "
+                    f"(valid: 0..{len(choices) - 1}; the index is 0-based)"
+                )
+        elif not isinstance(value, str) or not value.strip():
+            raise StageError(f"{where}: field {name!r} must be a non-empty text, got {value!r}; {expected}")
+        out[canon] = value
+    return out
+
+
+def read_task(task: ProbeTask) -> TaskData:
+    """Read and check a task file (path relative to the working directory, the project root) or a harness task."""
+    if task.harness_task is not None:
+        h = _harness.read(task)
+        return TaskData(task, h.items, h.sha256, prompt=h.prompt, delimiter=h.delimiter)
+    if task.path is None or task.fields is None:
+        raise RuntimeError(f"broken invariant: task {task.name!r} has neither harness_task nor path and fields")
+    path = Path(task.path)
+    try:
+        raw = path.read_bytes()
+    except (FileNotFoundError, IsADirectoryError):
+        raise StageError(
+            f"{path}: task file of probe task {task.name!r} not found; write it (JSONL, one item a line) "
+            "or fix probe.tasks[].path (relative to the project root)"
+        ) from None
+    try:
+        lines = raw.decode("utf-8").splitlines()
+    except UnicodeDecodeError as e:
+        raise StageError(f"{path}: not UTF-8 text ({e}); save the task file as UTF-8 JSONL") from None
+    items = []
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        where = f"{path}:{i + 1}"
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise StageError(f"{where}: not valid JSON ({e.msg} at column {e.colno}); {_example(task)!s} "
+                             "is the expected form, one object a line") from None  # fmt: skip
+        items.append((i, _check_item(task, obj, where)))
+        if task.limit is not None and len(items) == task.limit:
+            break
+    if not items:
+        raise StageError(f"{path}: task {task.name!r} has no items; add at least one JSON line")
+    return TaskData(task, tuple(items), hashlib.sha256(raw).hexdigest(), prompt=task.prompt)
+
+
+def check_tasks(tasks: tuple[ProbeTask, ...] | list[ProbeTask]) -> None:
+    """Check every entry against its type in the registry; one StageError lists every problem."""
+    problems = [p for t in tasks for p in _types.check_task(t)]
+    if any(t.name == _types.SHOWCASE for t in tasks):
+        problems.append(
+            f"probe.tasks: the name {_types.SHOWCASE!r} is taken by the showcase generations; rename the task"
+        )
+    if problems:
+        raise StageError("\n".join(problems))
+
+
+def read_tasks(tasks: tuple[ProbeTask, ...] | list[ProbeTask]) -> list[TaskData]:
+    """Check every entry, then read and check every task file (before any model is loaded)."""
+    check_tasks(tasks)
+    return [read_task(t) for t in tasks]

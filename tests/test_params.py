@@ -120,13 +120,13 @@ def test_each_stage_reads_exactly_its_declared_params(tmp_path: Path) -> None:
             moderate,
             {"in": tmp_path / "pulled"},
             {"out": tmp_path / "mod.parquet", "rejects": tmp_path / "r1.parquet"},
-            {"cache_dir": cache},
+            {"cache": cache},
         ),
         (
             dedup,
             {"in": tmp_path / "mod.parquet"},
             {"out": tmp_path / "cur.parquet", "rejects": tmp_path / "r2.parquet"},
-            {"cache_dir": cache},
+            {"cache": cache},
         ),
     ]
     for module, inputs, outputs, extra in steps:

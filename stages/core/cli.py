@@ -84,7 +84,8 @@ def check_deps(
     """Refuse a local path the params name that the stage's entry in dvc.yaml does not depend on.
 
     Without the dependency an edit to that file would rerun nothing. Skipped where no dvc.yaml (or no
-    stage of it running `module`) is in the working directory: the stage was run by hand, not by DVC.
+    stage of it running `module`) is in the working directory: the stage was run by hand, not by DVC; a path
+    that does not exist is left to the stage, whose error says where it looked.
     """
     import yaml
 
@@ -100,6 +101,8 @@ def check_deps(
     for label, deps in entries:
         for path, what in paths:
             p = Path(path)
+            if not p.exists():
+                continue  # the stage itself says it is missing, and where
             if not any(p == d or d in p.parents for d in deps):
                 raise StageError(
                     f"{what} names {path}, which dvc.yaml's stage {label!r} does not depend on, so an edit to it "

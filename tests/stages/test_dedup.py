@@ -325,4 +325,14 @@ def test_command_line(tmp_path: Path) -> None:
     done = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, check=False)
     assert done.returncode == 1
     assert "error: no/such/heldout.jsonl: reference file not found" in done.stderr
+
+    # a reference file the stage's dvc.yaml entry does not depend on: an edit to it would rerun nothing
+    outside = tmp_path / "heldout.jsonl"
+    outside.write_text('{"question": "What is the capital of France?"}\n', encoding="utf-8")
+    raw["dedup"]["references"] = [{"path": str(outside), "fields": ["question"]}]
+    params.write_text(yaml.safe_dump(raw), encoding="utf-8")
+    done = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, check=False)
+    assert done.returncode == 1
+    assert f"dedup.references names {outside}, which dvc.yaml's stage 'dedup' does not depend on" in done.stderr
+    assert f"add `- {outside}` to that stage's deps in dvc.yaml" in done.stderr
     assert "Traceback" not in done.stderr

@@ -57,7 +57,7 @@ sys.path.insert(0, str(ROOT))
 
 from stages.core import cli  # noqa: E402
 from stages.core import io as _io  # noqa: E402
-from stages.variant import models, train  # noqa: E402
+from stages.variant import models, train, training  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "train_throughput.json"
 TINY_VOCAB = 300
@@ -172,7 +172,7 @@ def run_steep(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                 opt = kw.get("optimizer")
                 seen["optimizer"] = f"{type(opt).__name__} {getattr(opt, 'defaults', {})}" if opt else None
 
-    stage_callbacks = train._callbacks
+    stage_callbacks = training.trainer_class
 
     def timed_callbacks(trainer_cls: Any) -> Any:
         base = stage_callbacks(trainer_cls)
@@ -184,7 +184,7 @@ def run_steep(args: argparse.Namespace, work: Path) -> dict[str, Any]:
 
         return Timed
 
-    train._callbacks = timed_callbacks
+    training.trainer_class = timed_callbacks
     seed, spec = train_spec(args)
     t0 = time.perf_counter()
     metrics = train.run(

@@ -28,17 +28,13 @@ losses. CUDA kernels (cuBLAS, bitsandbytes dequantization, atomics in backward) 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import importlib.metadata
 import json
 import logging
 import os
-import re
-import resource
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +43,7 @@ from stages.core import io as _io
 from stages.core import params as _params
 from stages.core.io import StageError
 from stages.core.params.train import TrainSpec
+from stages.variant import training
 from stages.variant.lm import device as _device
 from stages.variant.lm import load_base
 
@@ -55,19 +52,7 @@ log = logging.getLogger("steep.train")
 # dvc.yaml's `params:` for this foreach stage; `params_keys(variant)` fills in the variant.
 PARAMS = ["common.seed", "train.${key}"]
 
-RUN_RECORD = "steep_run.json"
-ADAPTER_RECORD = "steep_train.json"
 REQUIRED_COLUMNS = ("input_ids", "labels")
-# log_history keys -> dvclive metric names (the plots in dvc.yaml read these files).
-LIVE_METRICS = {
-    "loss": "train/loss",
-    "learning_rate": "train/learning_rate",
-    "grad_norm": "train/grad_norm",
-    "tokens_per_s": "train/tokens_per_s",
-    "memory_mb": "train/memory_mb",
-    "eval_loss": "eval/loss",
-}
-_CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 
 
 def params_keys(variant: str) -> list[str]:
@@ -81,46 +66,7 @@ def load_spec(path: Path, variant: str) -> tuple[int, TrainSpec]:
     return params.common.seed, _params.get(params, f"train.{variant}")
 
 
-# --- checkpoints --------------------------------------------------------------
-
-
-def fingerprint(spec: TrainSpec, seed: int, model_dir: Path, data_dir: Path) -> str:
-    """sha256 of what a checkpoint depends on: params, seed, and every file of the base model and the data."""
-    h = hashlib.sha256(json.dumps({"spec": spec.model_dump(), "seed": seed}, sort_keys=True).encode())
-    for root in (model_dir, data_dir):
-        for f in sorted(p for p in root.rglob("*") if p.is_file()):
-            h.update(f"{f.relative_to(root)}\0".encode())
-            with f.open("rb") as fh:
-                for block in iter(lambda fh=fh: fh.read(1 << 20), b""):
-                    h.update(block)
-    return h.hexdigest()
-
-
-def latest_checkpoint(ckpt_dir: Path) -> Path | None:
-    """The newest complete ``checkpoint-<step>`` (trainer_state.json is the last file a save writes)."""
-    found = []
-    for d in ckpt_dir.glob("checkpoint-*") if ckpt_dir.is_dir() else []:
-        m = _CHECKPOINT.match(d.name)
-        if m and (d / "trainer_state.json").is_file():
-            found.append((int(m.group(1)), d))
-    return max(found)[1] if found else None
-
-
-def _prepare_checkpoints(ckpt_dir: Path, fp: str, is_main: bool) -> Path | None:
-    """Return the checkpoint to resume from; checkpoints of other params/data/model are removed (by rank 0)."""
-    record = ckpt_dir / RUN_RECORD
-    if ckpt_dir.exists():
-        old = json.loads(record.read_text()).get("fingerprint") if record.is_file() else None
-        if old != fp:
-            if is_main:
-                log.info("%s holds checkpoints of other params, data or base model; starting afresh", ckpt_dir)
-                shutil.rmtree(ckpt_dir)
-            return None
-        return latest_checkpoint(ckpt_dir)
-    return None
-
-
-# --- the model ----------------------------------------------------------------
+# --- the model and the data ---------------------------------------------------
 
 
 def add_adapter(model: Any, spec: TrainSpec) -> Any:
@@ -166,140 +112,61 @@ def load_data(data_dir: Path) -> Any:
     return data
 
 
-# --- logging ------------------------------------------------------------------
+# --- the recipe's steps -------------------------------------------------------
 
 
-def _memory_mb(device: str) -> float:
-    """Peak CUDA memory allocated, or the process's resident memory (RSS) on CPU, in MiB."""
+def _setup_device(world: int) -> str:
+    """The device to train on (``cuda`` or ``cpu``), checked against the number of processes."""
     import torch
 
-    if device == "cuda":
-        return torch.cuda.max_memory_allocated() / 2**20
-    import psutil
-
-    return psutil.Process().memory_info().rss / 2**20
-
-
-class _Live:
-    """dvclive logging with steps = the trainer's global step; history replayed from a checkpoint on resume."""
-
-    def __init__(self, live_dir: Path, history: list[dict[str, Any]]):
-        from dvclive import Live
-
-        shutil.rmtree(live_dir, ignore_errors=True)
-        # dvcyaml=None: plots are declared in the project's dvc.yaml, which dvclive must not rewrite.
-        self.live = Live(str(live_dir), dvcyaml=None, save_dvc_exp=False, report=None)
-        for entry in history:
-            self.write(entry, entry["step"])
-
-    def write(self, logs: dict[str, Any], step: int) -> None:
-        vals = {LIVE_METRICS[k]: v for k, v in logs.items() if k in LIVE_METRICS}
-        if not vals:
-            return
-        self.live.step = step
-        for name, val in vals.items():
-            self.live.log_metric(name, float(val))
-        self.live.make_summary()
-
-    def end(self) -> None:
-        self.live.end()
-
-
-def _callbacks(trainer_cls: Any) -> Any:
-    """Build the SFTTrainer subclass that adds tokens/s and memory to every training log entry."""
-
-    class Trainer(trainer_cls):
-        live: _Live | None = None
-        steep_device = "cpu"
-        _mark: tuple[float, int] | None = None
-
-        def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-            if "loss" in logs:
-                now, seen = time.perf_counter(), self.state.num_input_tokens_seen
-                if self._mark is not None and now > self._mark[0]:
-                    logs["tokens_per_s"] = (seen - self._mark[1]) / (now - self._mark[0])
-                self._mark = (now, seen)
-                logs["memory_mb"] = _memory_mb(self.steep_device)
-            super().log(logs, start_time)
-            if self.live is not None:
-                self.live.write(logs, self.state.global_step)
-
-        def training_step(self, *args: Any, **kwargs: Any) -> Any:
-            if self._mark is None:  # first step of this session (after a resume: of the resumed part)
-                self._mark = (time.perf_counter(), self.state.num_input_tokens_seen)
-            return super().training_step(*args, **kwargs)
-
-    return Trainer
-
-
-# --- the stage ----------------------------------------------------------------
-
-
-def run(
-    spec: TrainSpec,
-    seed: int,
-    *,
-    inputs: dict[str, Path],
-    outputs: dict[str, Path],
-    checkpoints: Path,
-    rank: tuple[int, int, int] = (0, 0, 1),
-) -> dict[str, Any]:
-    """Train the adapter; rank 0 writes ``outputs["out"]`` and ``outputs["live"]``; return the metrics.
-
-    Args:
-        spec: the variant's ``train`` section.
-        seed: ``common.seed``.
-        inputs: ``{"model": <base checkpoint dir>, "data": <tokenized DatasetDict dir>}``.
-        outputs: ``{"out": <adapter dir>, "live": <dvclive dir>}``.
-        checkpoints: the resumable checkpoints folder (not a DVC output); removed after success.
-        rank: (global rank, local rank, world size) of this process; (0, 0, 1) without DDP.
-
-    Returns:
-        Flat metrics: train_loss (last logged), eval_loss (best), first_eval_loss, best_step, steps,
-        tokens_per_s, peak_memory_mb, stopped_early, resumed (false on an uninterrupted run), world_size.
-    """
-    import torch
-    from transformers import EarlyStoppingCallback, set_seed
-    from trl import SFTConfig, SFTTrainer
-
-    global_rank, local_rank, world = rank
-    is_main = global_rank == 0
     device = _device()
     if device == "cuda" and world > torch.cuda.device_count():
         raise StageError(f"train num_processes {world} > {torch.cuda.device_count()} visible CUDA devices")
-    model_dir, data_dir = Path(inputs["model"]), Path(inputs["data"])
-    checkpoints = Path(checkpoints)
-    set_seed(seed)
-    data = load_data(data_dir)
-    fp = fingerprint(spec, seed, model_dir, data_dir)
-    resume = _prepare_checkpoints(checkpoints, fp, is_main)
+    return device
+
+
+def _setup_checkpoints(checkpoints: Path, fp: str, device: str, world: int, is_main: bool) -> Path | None:
+    """The checkpoint to resume from, or None; stale checkpoints removed and this run's fingerprint `fp` recorded.
+
+    Under DDP the process group starts here: every rank waits until rank 0 has removed stale checkpoints.
+    """
+    import torch
+
+    resume = training.prepare_checkpoints(checkpoints, fp, is_main)
     if world > 1:
         torch.distributed.init_process_group("nccl" if device == "cuda" else "gloo")
         torch.distributed.barrier()  # rank 0 may have removed stale checkpoints
     if is_main:
         checkpoints.mkdir(parents=True, exist_ok=True)
-        _io.write_json(checkpoints / RUN_RECORD, {"fingerprint": fp})
-    log.info(
-        "device %s, world size %d, %d train / %d validation rows; %s",
-        device,
-        world,
-        len(data["train"]),
-        len(data["validation"]),
-        f"resuming from {resume} (step {resume.name.split('-')[1]})" if resume else "starting from step 0",
-    )
+        _io.write_json(checkpoints / training.RUN_RECORD, {"fingerprint": fp})
+    return resume
 
+
+def _setup_tokenizer(model_dir: Path) -> Any:
+    """The base model's tokenizer, padding with its end-of-sequence token where it has no pad token."""
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def _setup_model(model_dir: Path, spec: TrainSpec, device: str, local_rank: int, is_main: bool) -> Any:
+    """The (quantized) base model with a trainable LoRA adapter."""
     model = add_adapter(load_base(model_dir, spec, device, local_rank), spec)
     if is_main:
         trainable, total = model.get_nb_trainable_parameters()
         log.info("trainable parameters: %d of %d (%.2f%%)", trainable, total, 100 * trainable / total)
+    return model
+
+
+def _setup_args(spec: TrainSpec, seed: int, checkpoints: Path, device: str, world: int) -> Any:
+    """The SFTConfig: schedule, evaluation, checkpointing and precision from `spec`; data used as tokenized."""
+    from trl import SFTConfig
 
     bf16 = spec.compute_dtype == "bfloat16"
-    args = SFTConfig(
+    return SFTConfig(
         output_dir=str(checkpoints),
         seed=seed,
         data_seed=seed,
@@ -337,8 +204,15 @@ def run(
         report_to="none",
         disable_tqdm=True,
     )
+
+
+def _setup_trainer(spec: TrainSpec, args: Any, model: Any, tokenizer: Any, data: Any, device: str) -> Any:
+    """The SFTTrainer (with tokens/s and memory logging) on the train split, evaluated on validation."""
+    from transformers import EarlyStoppingCallback
+    from trl import SFTTrainer
+
     callbacks = [EarlyStoppingCallback(spec.early_stopping_patience)] if spec.early_stopping_patience else []
-    trainer = _callbacks(SFTTrainer)(
+    trainer = training.trainer_class(SFTTrainer)(
         model=model,
         args=args,
         train_dataset=data["train"],
@@ -347,68 +221,123 @@ def run(
         callbacks=callbacks,
     )
     trainer.steep_device = device
-    resumed_state = json.loads((resume / "trainer_state.json").read_text()) if resume else {}
-    seen_before = resumed_state.get("num_input_tokens_seen", 0)  # tokens/s counts this session's tokens only
-    if is_main:
-        trainer.live = _Live(Path(outputs["live"]), resumed_state.get("log_history", []))
-    out = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
-    state = trainer.state
+    return trainer
 
+
+def _metrics(
+    trainer: Any, out: Any, spec: TrainSpec, device: str, world: int, resume: Path | None, seen: int
+) -> dict[str, Any]:
+    """The stage's flat metrics from the finished trainer; `seen`: input tokens counted before this session."""
+    state = trainer.state
     train_losses = [e["loss"] for e in state.log_history if "loss" in e]
     evals = [e for e in state.log_history if "eval_loss" in e]
     if not evals:
         raise StageError(f"no validation loss was computed in {state.global_step} steps; lower eval_every_steps")
     best_step = int(Path(state.best_model_checkpoint).name.split("-")[1]) if state.best_model_checkpoint else None
-    peak = (
-        torch.cuda.max_memory_allocated() / 2**20
-        if device == "cuda"
-        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    )
-    metrics = {
+    return {
         "train_loss": train_losses[-1] if train_losses else out.training_loss,
         "eval_loss": state.best_metric,
         "first_eval_loss": evals[0]["eval_loss"],
         "best_step": best_step,
         "steps": state.global_step,
         "stopped_early": state.global_step < spec.max_steps,
-        "tokens_per_s": round((state.num_input_tokens_seen - seen_before) / out.metrics["train_runtime"], 1),
-        "peak_memory_mb": round(peak, 1),
+        "tokens_per_s": round((state.num_input_tokens_seen - seen) / out.metrics["train_runtime"], 1),
+        "peak_memory_mb": round(training.peak_memory_mb(device), 1),
         "resumed": resume is not None,
         "world_size": world,
     }
+
+
+def _adapter_record(model_dir: Path, best_step: int | None, spec: TrainSpec, device: str, world: int) -> dict[str, Any]:
+    """What ``steep_train.json`` records: base model, best step, device, world size, determinism, versions."""
+    return {
+        "base_model": str(model_dir),
+        "best_step": best_step,
+        "device": device,
+        "world_size": world,
+        "quantization": spec.quantization,
+        "deterministic": device == "cpu",
+        "nondeterminism": (
+            "CUDA kernels (cuBLAS, bitsandbytes dequantization, atomic adds in backward) are not "
+            "bit-deterministic: reruns differ in the last bits"
+            if device == "cuda"
+            else None
+        ),
+        "versions": {
+            p: importlib.metadata.version(p)
+            for p in ("torch", "transformers", "peft", "trl", "bitsandbytes", "datasets")
+        },
+    }
+
+
+# --- the stage ----------------------------------------------------------------
+
+
+def run(
+    spec: TrainSpec,
+    seed: int,
+    *,
+    inputs: dict[str, Path],
+    outputs: dict[str, Path],
+    checkpoints: Path,
+    rank: tuple[int, int, int] = (0, 0, 1),
+) -> dict[str, Any]:
+    """Train the adapter; rank 0 writes ``outputs["out"]`` and ``outputs["live"]``; return the metrics.
+
+    Args:
+        spec: the variant's ``train`` section.
+        seed: ``common.seed``.
+        inputs: ``{"model": <base checkpoint dir>, "data": <tokenized DatasetDict dir>}``.
+        outputs: ``{"out": <adapter dir>, "live": <dvclive dir>}``.
+        checkpoints: the resumable checkpoints folder (not a DVC output); removed after success.
+        rank: (global rank, local rank, world size) of this process; (0, 0, 1) without DDP.
+
+    Returns:
+        Flat metrics: train_loss (last logged), eval_loss (best), first_eval_loss, best_step, steps,
+        tokens_per_s, peak_memory_mb, stopped_early, resumed (false on an uninterrupted run), world_size.
+    """
+    from transformers import set_seed
+
+    # Imported before set_seed, as it always was: importing trl draws from Python's `random`.
+    from trl import SFTConfig, SFTTrainer  # noqa: F401
+
+    global_rank, local_rank, world = rank
+    is_main = global_rank == 0
+    device = _setup_device(world)
+    model_dir, data_dir = Path(inputs["model"]), Path(inputs["data"])
+    checkpoints = Path(checkpoints)
+    set_seed(seed)
+    data = load_data(data_dir)
+    fp = training.fingerprint(spec, seed, model_dir, data_dir)
+    resume = _setup_checkpoints(checkpoints, fp, device, world, is_main)
+    log.info(
+        "device %s, world size %d, %d train / %d validation rows; %s",
+        device,
+        world,
+        len(data["train"]),
+        len(data["validation"]),
+        f"resuming from {resume} (step {resume.name.split('-')[1]})" if resume else "starting from step 0",
+    )
+    tokenizer = _setup_tokenizer(model_dir)
+    model = _setup_model(model_dir, spec, device, local_rank, is_main)
+    args = _setup_args(spec, seed, checkpoints, device, world)
+    trainer = _setup_trainer(spec, args, model, tokenizer, data, device)
+
+    resumed_state = json.loads((resume / "trainer_state.json").read_text()) if resume else {}
+    seen_before = resumed_state.get("num_input_tokens_seen", 0)  # tokens/s counts this session's tokens only
+    if is_main:
+        trainer.live = training.Live(Path(outputs["live"]), resumed_state.get("log_history", []))
+    out = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    metrics = _metrics(trainer, out, spec, device, world, resume, seen_before)
     if is_main:
         trainer.live.end()
-        record = {
-            "base_model": str(model_dir),
-            "best_step": best_step,
-            "device": device,
-            "world_size": world,
-            "quantization": spec.quantization,
-            "deterministic": device == "cpu",
-            "nondeterminism": (
-                "CUDA kernels (cuBLAS, bitsandbytes dequantization, atomic adds in backward) are not "
-                "bit-deterministic: reruns differ in the last bits"
-                if device == "cuda"
-                else None
-            ),
-            "versions": {
-                p: importlib.metadata.version(p)
-                for p in ("torch", "transformers", "peft", "trl", "bitsandbytes", "datasets")
-            },
-        }
-        with _io.atomic_outputs(outputs["out"]) as (tmp,):
-            # The best checkpoint's adapter is loaded back (load_best_model_at_end): save only the adapter.
-            for config in trainer.model.peft_config.values():
-                # peft keeps the resolved target modules as a set and writes them in hash order: sort for stable bytes
-                if isinstance(config.target_modules, set):
-                    config.target_modules = sorted(config.target_modules)
-            trainer.model.save_pretrained(tmp, safe_serialization=True)
-            tokenizer.save_pretrained(tmp)
-            _io.scrub_load_state(tmp)
-            _io.write_json(tmp / ADAPTER_RECORD, record)
+        record = _adapter_record(model_dir, metrics["best_step"], spec, device, world)
+        training.save_adapter(trainer.model, tokenizer, outputs["out"], record)
         shutil.rmtree(checkpoints, ignore_errors=True)
-        log.info("wrote %s (best step %s, eval loss %.4f)", outputs["out"], best_step, state.best_metric)
+        log.info("wrote %s (best step %s, eval loss %.4f)", outputs["out"], metrics["best_step"], metrics["eval_loss"])
     if world > 1:
+        import torch
+
         torch.distributed.barrier()
     return metrics
 

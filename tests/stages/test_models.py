@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from stages.core.io import StageError
-from stages.variant import models
+from stages.variant import models, sources
 from tests.stages._tiny import write_params
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -152,7 +152,7 @@ def count_conversions(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     calls: list[str] = []
     real = models.convert
 
-    def counting(source: models.Source, out_dir: Path, dtype: str) -> dict[str, Any]:
+    def counting(source: sources.Source, out_dir: Path, dtype: str) -> dict[str, Any]:
         calls.append(source.path.name)
         return real(source, out_dir, dtype)
 
@@ -233,7 +233,7 @@ def test_local_dir_is_materialized_as_safetensors(tiny: dict[str, Any], tmp_path
     names = sorted(p.name for p in out.iterdir())
     assert {"model.safetensors", "config.json", "generation_config.json", "tokenizer.json"} <= set(names)
     assert {"tokenizer_config.json", "chat_template.jinja", models.RECORD} <= set(names)
-    assert not [n for n in names if n.endswith(models.PICKLE_SUFFIXES)]
+    assert not [n for n in names if n.endswith(sources.PICKLE_SUFFIXES)]
     n_params = sum(p.numel() for p in tiny["model"].parameters())
     assert metrics == {
         "parameters": n_params,
@@ -323,7 +323,7 @@ def test_gguf_file_is_materialized_exactly(tiny: dict[str, Any], tmp_path: Path)
     out = tmp_path / "out"
     materialize(tiny["gguf"], out, tmp_path / "cache")
     rec = json.loads((out / models.RECORD).read_text())
-    assert rec["source"] == {"kind": "gguf", "file": "tiny-llama.F32.gguf", "sha256": models.sha256_file(tiny["gguf"])}
+    assert rec["source"] == {"kind": "gguf", "file": "tiny-llama.F32.gguf", "sha256": sources.sha256_file(tiny["gguf"])}
     assert set(rec["versions"]) == {"transformers", "torch", "gguf"}
     config = json.loads((out / "config.json").read_text())
     assert "quantization_config" not in config and config["architectures"] == ["LlamaForCausalLM"]
@@ -399,7 +399,7 @@ def test_chunked_package_is_assembled_once_into_the_cache(
     init = f"""
         from pathlib import Path
         MODEL_NAME = "tiny-assembled.gguf"
-        EXPECTED_SHA256 = "{models.sha256_file(tiny["gguf"])}"
+        EXPECTED_SHA256 = "{sources.sha256_file(tiny["gguf"])}"
         CALLS = []
 
         def assemble(output_path=None, overwrite=False):
@@ -455,7 +455,7 @@ def test_cache_converts_each_source_and_dtype_once(
     materialize(tiny["gguf"], out, cache, dtype="bfloat16")
     assert count_conversions == ["tiny-llama.F32.gguf"] * 2
     assert sorted(p.name for p in cache.iterdir()) == sorted(
-        f"{models.sha256_file(tiny['gguf'])}-{d}" for d in ("bfloat16", "float32")
+        f"{sources.sha256_file(tiny['gguf'])}-{d}" for d in ("bfloat16", "float32")
     )
 
 
@@ -478,7 +478,7 @@ def test_modified_cache_entry_is_converted_again(
 def test_failed_conversion_leaves_nothing(
     tiny: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def broken(source: models.Source, out_dir: Path, dtype: str) -> dict[str, Any]:
+    def broken(source: sources.Source, out_dir: Path, dtype: str) -> dict[str, Any]:
         out_dir.mkdir(parents=True)
         (out_dir / "model.safetensors").write_bytes(b"half")
         raise StageError("conversion failed")
@@ -525,7 +525,7 @@ def test_hub_source_from_the_local_hf_cache(offline_hub: Path, tiny: dict[str, A
     rec = json.loads((out / models.RECORD).read_text())
     assert rec["source"]["repo_id"] == "steep-test/tiny-llama" and rec["source"]["commit"] == commit
     # The same files as the local directory: the same source, so the same cache entry.
-    assert rec["source"]["sha256"] == models.resolve(models.parse_spec(str(tiny["dir"])), tmp_path).sha256
+    assert rec["source"]["sha256"] == sources.resolve(models.parse_spec(str(tiny["dir"])), tmp_path).sha256
     _no_absolute_paths(out)
 
 

@@ -20,7 +20,7 @@ import pytest
 from stages.core import io as _io
 from stages.core.io import StageError
 from stages.variant import lm as variant_lm
-from stages.variant import train
+from stages.variant import train, training
 from tests.stages._tiny import tiny_llama, word_tokenizer, write_params
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -163,12 +163,12 @@ def test_killed_run_resumes_from_its_checkpoint(tiny: dict[str, Path], tmp_path:
     cmd = _cmd(tiny, params, tmp_path)
     first = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
-    while train.latest_checkpoint(tmp_path / "ckpt") is None:
+    while training.latest_checkpoint(tmp_path / "ckpt") is None:
         assert first.poll() is None and time.monotonic() < deadline, "no checkpoint before the run ended"
         time.sleep(0.02)
     first.send_signal(signal.SIGKILL)
     assert first.wait() == -signal.SIGKILL
-    ckpt = train.latest_checkpoint(tmp_path / "ckpt")
+    ckpt = training.latest_checkpoint(tmp_path / "ckpt")
     step = int(ckpt.name.split("-")[1])
     assert 5 <= step < 60 and not (tmp_path / "adapter").exists()
 
@@ -189,7 +189,7 @@ def test_checkpoints_of_other_params_are_not_resumed(tiny: dict[str, Path], tmp_
     stale = tmp_path / "ckpt" / "checkpoint-5"
     stale.mkdir(parents=True)
     (stale / "trainer_state.json").write_text("{}")
-    (tmp_path / "ckpt" / train.RUN_RECORD).write_text(json.dumps({"fingerprint": "other"}))
+    (tmp_path / "ckpt" / training.RUN_RECORD).write_text(json.dumps({"fingerprint": "other"}))
     m = _run(tiny, tmp_path, max_steps=5)
     assert not m["resumed"] and m["steps"] == 5
 

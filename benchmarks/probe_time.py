@@ -55,11 +55,12 @@ sys.path.insert(0, str(ROOT))
 
 from stages.core import params as _params  # noqa: E402
 from stages.core.params.probe import Probe  # noqa: E402
-from stages.core.params.template import AlpacaTemplate  # noqa: E402
+from stages.core.params.template import AlpacaPrompts  # noqa: E402
 from stages.probe import engine as _engine  # noqa: E402
 from stages.probe import settings as _settings  # noqa: E402
 from stages.probe import stats as _stats  # noqa: E402
 from stages.probe import tasks as _tasks  # noqa: E402
+from stages.probe.model import Rendering  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "probe_time.json"
 IMPLS = ("steep", "direct")
@@ -100,12 +101,9 @@ def run_steep(args: argparse.Namespace, probe: Probe, tasks: list[_tasks.TaskDat
     """steep's engine, empty cache; returns the seconds and the task scores."""
 
     # generation settings are not used by these task types; a template is required by Settings
-    template = AlpacaTemplate(
-        format="alpaca",
-        prompt_with_input="{instruction}{input}",
-        prompt_without_input="{instruction}",
-        prompt_next_turn="{instruction}",
-        documents_as="skip",
+    template = Rendering(
+        "alpaca",
+        AlpacaPrompts(with_input="{instruction}{input}", without_input="{instruction}", next_turn="{instruction}"),
     )
     settings = _settings.Settings(
         precision="fp32", quantization="none", compute_dtype="float32", template=template,

@@ -55,9 +55,9 @@ PARAMS = [
     "probe.bertscore_model",
     "probe.showcase_prompts",
     "probe.tasks",
-    # the whole section: prompts read only format and prompt_without_input (alpaca) or system_prompt (chat_template),
-    # but a key that one format lacks cannot be declared for every variant; the cache key holds exactly those
-    "template.${key}",
+    # how a user turn is rendered (documents_as and document_prompt are the template stage's alone)
+    "template.${key}.format",
+    "template.${key}.prompts",
     "train.${key}.quantization",
     "train.${key}.compute_dtype",
 ]

@@ -2,31 +2,39 @@
 
 The model: a base checkpoint in the probe precision (``train.load_base``'s quantizations), optionally with a LoRA
 adapter. A prompt of a generated task (generation, knowledge, showcase) is rendered through the variant's template
-(``alpaca``: ``prompt_without_input``; ``chat_template``: the tokenizer's chat template, ``system_prompt`` as system
-turn when not empty, generation prompt added); for the alpaca format a generation is cut at ``"\\n### "`` or
+(``alpaca``: ``prompts.without_input``; ``chat_template``: the tokenizer's chat template, ``prompts.system`` as
+system turn when not empty, generation prompt added); for the alpaca format a generation is cut at ``"\\n### "`` or
 ``"\\n\\n\\n"`` (a new Alpaca section).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 from stages.core.io import StageError
-from stages.core.params.template import AlpacaTemplate, ChatTemplate
+from stages.core.params.template import AlpacaPrompts, ChatPrompts
 from stages.variant import lm as _lm
 
 # Alpaca has no end-of-turn token: a model that goes on writes the next section.
 ALPACA_STOP = ("\n### ", "\n\n\n")
-# The keys of template.<variant> that :func:`render` and the stop strings read, and no other: alpaca reads format
-# and prompt_without_input, chat_template format and system_prompt.
-TEMPLATE_KEYS = ("format", "prompt_without_input", "system_prompt")
 
 
-def template_keys(template: AlpacaTemplate | ChatTemplate) -> dict[str, str]:
-    """The values of :data:`TEMPLATE_KEYS` that `template`'s format has: all that its rendered prompts depend on."""
-    return {k: getattr(template, k) for k in TEMPLATE_KEYS if hasattr(template, k)}
+@dataclass(frozen=True)
+class Rendering:
+    """How the variant renders a user turn: ``template.<variant>.format`` and ``.prompts`` (all a probe reads)."""
+
+    format: str
+    prompts: AlpacaPrompts | ChatPrompts
+
+
+def template_keys(template: Rendering) -> dict[str, str]:
+    """What :func:`render` and the stop strings read, and nothing else: the format, and alpaca's
+    ``prompts.without_input`` or chat_template's ``prompts.system`` (the part of a cache key for prompts)."""
+    prompt = template.prompts.without_input if template.format == "alpaca" else template.prompts.system
+    return {"format": template.format, "prompt": prompt}
 
 
 def load_model(model_dir: Path, adapter_dir: Path | None, precision: dict[str, str], device: str) -> Any:
@@ -60,15 +68,16 @@ def load_tokenizer(model_dir: Path) -> Any:
     return tok
 
 
-def render(prompt: str, template: AlpacaTemplate | ChatTemplate, tokenizer: Any) -> str:
-    """A user prompt as the variant's model sees it: Alpaca's prompt_without_input, or the chat template."""
+def render(prompt: str, template: Rendering, tokenizer: Any) -> str:
+    """A user prompt as the variant's model sees it: Alpaca's prompts.without_input, or the chat template."""
     if template.format == "alpaca":
-        return template.prompt_without_input.format(instruction=prompt)
+        return template.prompts.without_input.format(instruction=prompt)
     if not tokenizer.chat_template:
         raise StageError(
             "template format chat_template: the tokenizer has no chat template; use a chat model or `format: alpaca`"
         )
-    messages = [{"role": "system", "content": template.system_prompt}] if template.system_prompt else []
+    system = template.prompts.system
+    messages = [{"role": "system", "content": system}] if system else []
     messages.append({"role": "user", "content": prompt})
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 

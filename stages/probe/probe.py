@@ -52,7 +52,14 @@ log = logging.getLogger("steep.probe")
 
 # dvc.yaml's `params:` for this foreach stage; `params_keys(variant)` fills in the variant.
 # template.${key}: see baseline.PARAMS (prompts read 3 of its keys; the cache key holds exactly those).
-PARAMS = ["common.seed", "probe", "template.${key}", "train.${key}.quantization", "train.${key}.compute_dtype"]
+PARAMS = [
+    "common.seed",
+    "probe",
+    "template.${key}.format",
+    "template.${key}.prompts",
+    "train.${key}.quantization",
+    "train.${key}.compute_dtype",
+]
 
 
 def params_keys(variant: str) -> list[str]:

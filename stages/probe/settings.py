@@ -11,8 +11,8 @@ from stages.core import cli
 from stages.core import io as _io
 from stages.core import params as _params
 from stages.core.params.probe import ProbeTask
-from stages.core.params.template import AlpacaTemplate, ChatTemplate
 from stages.probe import tasks as _tasks
+from stages.probe.model import Rendering
 
 
 @dataclass(frozen=True)
@@ -23,7 +23,7 @@ class Settings:
         precision: ``probe.precision`` (as_trained, 4bit, bf16, fp32).
         quantization: ``train.<variant>.quantization`` (what as_trained resolves to).
         compute_dtype: ``train.<variant>.compute_dtype``.
-        template: ``template.<variant>`` (prompts read ``stages/probe/model.py``'s TEMPLATE_KEYS only).
+        template: ``template.<variant>.format`` and ``.prompts`` (how a user turn is rendered).
         batch_size: ``probe.batch_size``.
         max_new_tokens: ``probe.max_new_tokens``.
         multiple_choice_prompt: ``probe.multiple_choice_prompt``.
@@ -35,7 +35,7 @@ class Settings:
     precision: str
     quantization: str
     compute_dtype: str
-    template: AlpacaTemplate | ChatTemplate
+    template: Rendering
     batch_size: int
     max_new_tokens: int
     multiple_choice_prompt: str
@@ -65,7 +65,9 @@ def settings(params: _params.Scoped, variant: str) -> Settings:
         precision=probe.precision,
         quantization=train.quantization,
         compute_dtype=train.compute_dtype,
-        template=_params.get(params, f"template.{variant}"),
+        template=Rendering(
+            _params.get(params, f"template.{variant}.format"), _params.get(params, f"template.{variant}.prompts")
+        ),
         batch_size=probe.batch_size,
         max_new_tokens=probe.max_new_tokens,
         multiple_choice_prompt=probe.multiple_choice_prompt,

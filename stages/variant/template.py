@@ -19,13 +19,13 @@ Run: ``dvc repro template@chat`` (= ``python -m stages.variant.template --params
 
 Formats (``template.<variant>.format``):
 
-* ``alpaca``: Stanford Alpaca's prompts. An instruction or qa record is ``prompt_with_input`` (when it has an input)
-  or ``prompt_without_input``, then its output. A conversation is its first user turn through
-  ``prompt_without_input`` (a system turn, if any, goes before that turn's text, a blank line between) and each later
-  user turn through ``prompt_next_turn``, every assistant turn a response. A document is one response segment (plain
+* ``alpaca``: Stanford Alpaca's prompts. An instruction or qa record is ``prompts.with_input`` (when it has an input)
+  or ``prompts.without_input``, then its output. A conversation is its first user turn through
+  ``prompts.without_input`` (a system turn, if any, goes before that turn's text, a blank line between) and each later
+  user turn through ``prompts.next_turn``, every assistant turn a response. A document is one response segment (plain
   causal-LM text: knowledge infusion) with ``documents_as: text``, or dropped (``document_skipped``).
 * ``chat_template``: the tokenizer's own chat template over the record's messages (``_records.as_messages``), with
-  ``system_prompt`` as the system turn of records that have none (``""``: none added). Every assistant turn is a
+  ``prompts.system`` as the system turn of records that have none (``""``: none added). Every assistant turn is a
   response segment: the span the template adds for it, from after the generation prompt to the end of the turn
   (its end-of-turn token included, so the model learns to stop). Spans come from rendering each prefix of the
   conversation; a template whose renderings are not prefixes of one another (one that rewrites earlier turns)
@@ -113,9 +113,9 @@ def render_alpaca(record: _records.Record, p: AlpacaTemplate) -> list[Segment] |
         return [_response(record["text"])] if p.documents_as == "text" else "document_skipped"
     if record["kind"] in ("instruction", "qa"):
         if record["input"]:
-            prompt = p.prompt_with_input.format(instruction=record["instruction"], input=record["input"])
+            prompt = p.prompts.with_input.format(instruction=record["instruction"], input=record["input"])
         else:
-            prompt = p.prompt_without_input.format(instruction=record["instruction"])
+            prompt = p.prompts.without_input.format(instruction=record["instruction"])
         return _merge([_prompt(prompt), _response(record["output"])])
     turns = _turns(record["messages"])
     if turns is None:
@@ -129,10 +129,10 @@ def render_alpaca(record: _records.Record, p: AlpacaTemplate) -> list[Segment] |
         elif m["role"] == "user":
             if first:
                 instruction = "\n\n".join([*system, m["content"]])
-                segments.append(_prompt(p.prompt_without_input.format(instruction=instruction)))
+                segments.append(_prompt(p.prompts.without_input.format(instruction=instruction)))
                 first = False
             else:
-                segments.append(_prompt(p.prompt_next_turn.format(instruction=m["content"])))
+                segments.append(_prompt(p.prompts.next_turn.format(instruction=m["content"])))
         else:
             segments.append(_response(m["content"]))
     return _merge(segments)
@@ -161,8 +161,8 @@ def render_chat(record: _records.Record, p: ChatTemplate, tokenizer: Any) -> lis
     turns = _turns(messages)
     if turns is None:
         return "no_assistant_turn"
-    if p.system_prompt and turns[0]["role"] != "system":
-        turns = [{"role": "system", "content": p.system_prompt}, *turns]
+    if p.prompts.system and turns[0]["role"] != "system":
+        turns = [{"role": "system", "content": p.prompts.system}, *turns]
     segments: list[Segment] = []
     done = ""
     for i, m in enumerate(turns):

@@ -385,15 +385,17 @@ def test_baseline_and_probe_stages_end_to_end(tiny: dict[str, Path], tmp_path: P
 
 ALPACA = {
     "format": "alpaca",
-    "prompt_with_input": "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n",
-    "prompt_without_input": "### Instruction:\n{instruction}\n\n### Response:\n",
-    "prompt_next_turn": "\n\n### Instruction:\n{instruction}\n\n### Response:\n",
+    "prompts": {
+        "with_input": "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n",
+        "without_input": "### Instruction:\n{instruction}\n\n### Response:\n",
+        "next_turn": "\n\n### Instruction:\n{instruction}\n\n### Response:\n",
+    },
     "documents_as": "text",
 }
 
 
 def test_alpaca_prompts_stop_at_a_new_section(tiny: dict[str, Path], tmp_path: Path) -> None:
-    """The alpaca format: prompt_without_input around the question; generations cut at a new "### " section."""
+    """The alpaca format: prompts.without_input around the question; generations cut at a new "### " section."""
     from tests.stages._tiny import base_tokenizer
 
     path = _params_file(tmp_path / "params.yaml", _tasks(tiny, "qa"), template={"chat": ALPACA})

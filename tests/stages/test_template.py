@@ -35,14 +35,16 @@ PARAMS = {
     "template": {
         "base": {
             "format": "alpaca",
-            "prompt_with_input": ALPACA_INPUT,
-            "prompt_without_input": ALPACA_NO_INPUT,
-            "prompt_next_turn": "\n\n### Instruction:\n{instruction}\n\n### Response:\n",
+            "prompts": {
+                "with_input": ALPACA_INPUT,
+                "without_input": ALPACA_NO_INPUT,
+                "next_turn": "\n\n### Instruction:\n{instruction}\n\n### Response:\n",
+            },
             "documents_as": "text",
         },
         "chat": {
             "format": "chat_template",
-            "system_prompt": "",
+            "prompts": {"system": ""},
             "documents_as": "skip",
             "document_prompt": "Tell me what the steep documentation says.",
         },
@@ -173,7 +175,8 @@ def test_chat_segments_are_the_assistant_spans(tmp_path: Path, params_file: Path
 
 def test_chat_system_prompt_and_documents(tmp_path: Path, params_file: Path, tokenizers: dict[str, Path]) -> None:
     params = template.load_params(params_file, "chat")
-    params = params.model_copy(update={"system_prompt": "You are steep.", "documents_as": "user_assistant"})
+    prompts = params.prompts.model_copy(update={"system": "You are steep."})
+    params = params.model_copy(update={"prompts": prompts, "documents_as": "user_assistant"})
     rows, metrics = render(tmp_path, params, tokenizers["chat"])
     seg = by_content(rows, records())
     assert seg["document"] == [
@@ -184,7 +187,7 @@ def test_chat_system_prompt_and_documents(tmp_path: Path, params_file: Path, tok
         },
         {"text": "Steep curates data.\n\nIt fine-tunes small models.<|im_end|>\n", "train": True},
     ]
-    # A record's own system turn wins over system_prompt.
+    # A record's own system turn wins over prompts.system.
     assert seg["conversation"][0]["text"].startswith("<|im_start|>system\nBe brief.")
     assert metrics["kept_document"] == 1 and "dropped_document_skipped" not in metrics
 
@@ -222,7 +225,7 @@ def test_chat_template_format_needs_a_chat_template(
 
 def test_params_errors_list_every_problem(tmp_path: Path) -> None:
     raw = copy.deepcopy(PARAMS)
-    raw["template"]["base"]["prompt_with_input"] = "### Instruction:\n{instruction}\n### Response:\n"
+    raw["template"]["base"]["prompts"]["with_input"] = "### Instruction:\n{instruction}\n### Response:\n"
     raw["template"]["base"]["documents_as"] = "user_assistant"
     raw["template"]["base"]["colour"] = "blue"
     path = write_params(tmp_path / "params.yaml", **raw)
@@ -230,7 +233,7 @@ def test_params_errors_list_every_problem(tmp_path: Path) -> None:
         template.load_params(path, "base")
     msg = str(err.value)
     assert "3 problem(s)" in msg
-    assert "template.base.prompt_with_input: expected the placeholders {input}, {instruction}" in msg
+    assert "template.base.prompts.with_input: expected the placeholders {input}, {instruction}" in msg
     assert "template.base.documents_as: Input should be 'text' or 'skip'" in msg
     assert "template.base.colour: unknown key" in msg
     raw = copy.deepcopy(PARAMS)

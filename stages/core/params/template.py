@@ -1,4 +1,8 @@
-"""``template.<variant>``: how records are rendered into model text."""
+"""``template.<variant>``: how records are rendered into model text.
+
+``format`` and ``prompts`` say how a turn is rendered (the probe stages read these two keys, to prompt the model
+as it was trained); ``documents_as`` and ``document_prompt`` what becomes of documents (the template stage only).
+"""
 
 from __future__ import annotations
 
@@ -9,31 +13,45 @@ from pydantic import Field, field_validator
 from stages.core.params.base import Section, check_placeholders
 
 
-class AlpacaTemplate(Section):
-    """``template.<variant>`` with ``format: alpaca``."""
+class AlpacaPrompts(Section):
+    """``template.<variant>.prompts`` of the alpaca format: how a turn is rendered."""
 
-    format: Literal["alpaca"]
-    prompt_with_input: str
-    prompt_without_input: str
-    prompt_next_turn: str
-    documents_as: Literal["text", "skip"]
+    with_input: str
+    without_input: str
+    # later user turns of a conversation
+    next_turn: str
 
-    @field_validator("prompt_with_input")
+    @field_validator("with_input")
     @classmethod
     def _with_input(cls, value: str) -> str:
         return check_placeholders(value, {"instruction", "input"})
 
-    @field_validator("prompt_without_input", "prompt_next_turn")
+    @field_validator("without_input", "next_turn")
     @classmethod
     def _without_input(cls, value: str) -> str:
         return check_placeholders(value, {"instruction"})
+
+
+class ChatPrompts(Section):
+    """``template.<variant>.prompts`` of the chat_template format (the tokenizer's template renders the turns)."""
+
+    # the system turn of records that have none ("": none added)
+    system: str
+
+
+class AlpacaTemplate(Section):
+    """``template.<variant>`` with ``format: alpaca``."""
+
+    format: Literal["alpaca"]
+    prompts: AlpacaPrompts
+    documents_as: Literal["text", "skip"]
 
 
 class ChatTemplate(Section):
     """``template.<variant>`` with ``format: chat_template``."""
 
     format: Literal["chat_template"]
-    system_prompt: str
+    prompts: ChatPrompts
     documents_as: Literal["user_assistant", "skip"]
     document_prompt: str = Field(min_length=1)
 

@@ -41,7 +41,7 @@ def test_dvc_params_match_stage_params(name: str, module: str, declared: list[st
     foreach = DVC["stages"][name].get("foreach")
     variants = list(RAW["variants"]) if foreach == "${variants}" else [None]
     for variant in variants:
-        keys = mod.params_keys(variant) if variant else mod.PARAMS
+        keys = mod.STAGE.keys(variant) if variant else mod.PARAMS
         assert all("${" not in k for k in keys)
         _params.scope(validate(RAW), keys)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -141,6 +142,7 @@ def main(
     extra: dict[str, Any] = {name: getattr(args, name) for name in stage.options}
     if stage.per_variant:
         extra["variant"] = variant
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # tokenizers' threads beside torch's: a warning
     metrics = run(params, inputs=inputs, outputs={name: getattr(args, name) for name in stage.outputs}, **extra)
     if stage.metrics and metrics is not None:
         with atomic_outputs(args.metrics) as (tmp,):
@@ -173,5 +175,8 @@ def run_main(fn: Callable[[], None]) -> None:
 
 def log_params(name: str, params: Any) -> None:
     """Log the resolved params a stage runs with (a pydantic model or a plain value)."""
-    dump = params.model_dump() if hasattr(params, "model_dump") else params
+    if isinstance(params, list | tuple):  # e.g. probe.tasks: sections as plain data, unset optional keys left out
+        dump = [p.model_dump(exclude_none=True) if hasattr(p, "model_dump") else p for p in params]
+    else:
+        dump = params.model_dump() if hasattr(params, "model_dump") else params
     log.info("%s params: %s", name, json.dumps(dump, sort_keys=True, default=str))

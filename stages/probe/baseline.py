@@ -31,7 +31,7 @@ Run: ``dvc repro baseline@chat`` (= ``python -m stages.probe.baseline --params p
 from __future__ import annotations
 
 import logging
-import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -46,26 +46,33 @@ from stages.probe import tasks as _tasks
 
 log = logging.getLogger("steep.baseline")
 
-# dvc.yaml's `params:` for this foreach stage; `params_keys(variant)` fills in the variant.
-PARAMS = [
-    "probe.precision",
-    "probe.batch_size",
-    "probe.max_new_tokens",
-    "probe.multiple_choice_prompt",
-    "probe.bertscore_model",
-    "probe.showcase_prompts",
-    "probe.tasks",
-    # how a user turn is rendered (documents_as and document_prompt are the template stage's alone)
-    "template.${key}.format",
-    "template.${key}.prompts",
-    "train.${key}.quantization",
-    "train.${key}.compute_dtype",
-]
+
+def _local_paths(params: _params.Scoped, variant: str | None, inputs: Mapping[str, Path]) -> list[tuple[str, str]]:
+    """The task files and harness folders of probe.tasks (each a dependency of the stage in dvc.yaml)."""
+    return _settings.local_paths(params.probe.tasks)
 
 
-def params_keys(variant: str) -> list[str]:
-    """The params keys the stage reads for `variant` (PARAMS with the variant filled in)."""
-    return [k.replace("${key}", variant) for k in PARAMS]
+STAGE = cli.Stage(
+    params=(
+        "probe.precision",
+        "probe.batch_size",
+        "probe.max_new_tokens",
+        "probe.multiple_choice_prompt",
+        "probe.bertscore_model",
+        "probe.showcase_prompts",
+        "probe.tasks",
+        # how a user turn is rendered (documents_as and document_prompt are the template stage's alone)
+        "template.${key}.format",
+        "template.${key}.prompts",
+        "train.${key}.quantization",
+        "train.${key}.compute_dtype",
+    ),
+    inputs={"model": "the variant's base checkpoint directory"},
+    outputs={"out": "per-item results (Parquet)"},
+    options={"cache": "per-task result cache directory"},
+    local_paths=_local_paths,
+)
+PARAMS = list(STAGE.params)
 
 
 def task_metrics(tasks: list[_tasks.TaskData], rows: list[_tables.Row]) -> dict[str, Any]:
@@ -82,16 +89,16 @@ def task_metrics(tasks: list[_tasks.TaskData], rows: list[_tables.Row]) -> dict[
 
 
 def run(
-    params: _params.Scoped, variant: str, *, inputs: dict[str, Path], outputs: dict[str, Path], cache_dir: Path
+    params: _params.Scoped, *, variant: str, inputs: dict[str, Path], outputs: dict[str, Path], cache: Path
 ) -> dict[str, Any]:
     """Evaluate the pretrained model on every task; write the per-item rows; return the metrics.
 
     Args:
-        params: the view of :data:`PARAMS` (``params_keys(variant)``).
+        params: the view of :data:`PARAMS` (``STAGE.keys(variant)``).
         variant: the variant (base, chat).
         inputs: ``{"model": <base checkpoint dir>}``.
         outputs: ``{"out": <per-item Parquet>}``.
-        cache_dir: the per-task result cache.
+        cache: the per-task result cache.
 
     Returns:
         ``{<task>: {"type": <type>, <score>: value, "n": items}, "tasks_evaluated": n, "tasks_cached": n}``.
@@ -99,20 +106,15 @@ def run(
     s = _settings.settings(params, variant)
     tasks = _tasks.read_tasks(s.tasks)  # every file checked before a model is loaded
     engine = _engine.Engine(s, Path(inputs["model"]))
-    rows, counts = _engine.evaluate(engine, tasks, Path(cache_dir))
+    rows, counts = _engine.evaluate(engine, tasks, Path(cache))
     with _io.atomic_outputs(outputs["out"]) as (tmp,):
         _io.write_table(tmp, _tables.to_table(rows))
     return task_metrics(tasks, rows) | counts
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     """Command line: the flags of the baseline stage's cmd in dvc.yaml."""
-    _settings.stage_main(
-        sys.modules[__name__],
-        "the variant to evaluate (base, chat)",
-        {"model": "the variant's base checkpoint directory"},
-        "per-item results (Parquet)",
-    )
+    cli.main(STAGE, run, argv)
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ Run: ``dvc repro probe@chat`` (= ``python -m stages.probe.probe --params params.
 from __future__ import annotations
 
 import logging
-import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -50,21 +50,33 @@ from stages.probe.types import SHOWCASE
 
 log = logging.getLogger("steep.probe")
 
+
 # dvc.yaml's `params:` for this foreach stage; `params_keys(variant)` fills in the variant.
 # template.${key}: see baseline.PARAMS (prompts read 3 of its keys; the cache key holds exactly those).
-PARAMS = [
-    "common.seed",
-    "probe",
-    "template.${key}.format",
-    "template.${key}.prompts",
-    "train.${key}.quantization",
-    "train.${key}.compute_dtype",
-]
+def _local_paths(params: _params.Scoped, variant: str | None, inputs: Mapping[str, Path]) -> list[tuple[str, str]]:
+    """The task files and harness folders of probe.tasks (each a dependency of the stage in dvc.yaml)."""
+    return _settings.local_paths(params.probe.tasks)
 
 
-def params_keys(variant: str) -> list[str]:
-    """The params keys the stage reads for `variant` (PARAMS with the variant filled in)."""
-    return [k.replace("${key}", variant) for k in PARAMS]
+STAGE = cli.Stage(
+    params=(
+        "common.seed",
+        "probe",
+        "template.${key}.format",
+        "template.${key}.prompts",
+        "train.${key}.quantization",
+        "train.${key}.compute_dtype",
+    ),
+    inputs={
+        "model": "the variant's base checkpoint directory",
+        "adapter": "the variant's adapter directory",
+        "baseline": "the baseline's per-item results (Parquet)",
+    },
+    outputs={"out": "per-item results of the adapted model (Parquet)"},
+    options={"cache": "per-task result cache directory"},
+    local_paths=_local_paths,
+)
+PARAMS = list(STAGE.params)
 
 
 def check_baseline(tasks: list[_tasks.TaskData], showcase: int, base: list[_tables.Row], baseline: Path) -> None:
@@ -103,16 +115,16 @@ def _pair(
 
 
 def run(
-    params: _params.Scoped, variant: str, *, inputs: dict[str, Path], outputs: dict[str, Path], cache_dir: Path
+    params: _params.Scoped, *, variant: str, inputs: dict[str, Path], outputs: dict[str, Path], cache: Path
 ) -> dict[str, Any]:
     """Evaluate the adapted model, pair its rows with the baseline's, write them; return the comparison metrics.
 
     Args:
-        params: the view of :data:`PARAMS` (``params_keys(variant)``).
+        params: the view of :data:`PARAMS` (``STAGE.keys(variant)``).
         variant: the variant (base, chat).
         inputs: ``{"model": <base checkpoint dir>, "adapter": <adapter dir>, "baseline": <baseline Parquet>}``.
         outputs: ``{"out": <per-item Parquet>}``.
-        cache_dir: the per-task result cache.
+        cache: the per-task result cache.
 
     Returns:
         The metrics described in the module docstring.
@@ -124,7 +136,7 @@ def run(
     base = _tables.read_rows(Path(inputs["baseline"]))
     check_baseline(tasks, len(s.showcase_prompts), base, Path(inputs["baseline"]))
     engine = _engine.Engine(s, Path(inputs["model"]), Path(inputs["adapter"]))
-    adapted, counts = _engine.evaluate(engine, tasks, Path(cache_dir))
+    adapted, counts = _engine.evaluate(engine, tasks, Path(cache))
     rows = _pair(tasks, adapted, base, Path(inputs["baseline"]))
     metrics: dict[str, Any] = {}
     for t in tasks:
@@ -153,18 +165,9 @@ def run(
     return metrics | counts
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     """Command line: the flags of the probe stage's cmd in dvc.yaml."""
-    _settings.stage_main(
-        sys.modules[__name__],
-        "the variant to probe (base, chat)",
-        {
-            "model": "the variant's base checkpoint directory",
-            "adapter": "the variant's adapter directory",
-            "baseline": "the baseline's per-item results (Parquet)",
-        },
-        "per-item results of the adapted model (Parquet)",
-    )
+    cli.main(STAGE, run, argv)
 
 
 if __name__ == "__main__":

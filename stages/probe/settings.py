@@ -1,14 +1,9 @@
-"""What the evaluation of one variant reads from params, and the command line of the baseline and probe stages."""
+"""What the evaluation of one variant reads from params (the baseline and probe stages)."""
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
-from stages.core import cli
-from stages.core import io as _io
 from stages.core import params as _params
 from stages.core.params.probe import ProbeTask
 from stages.probe import tasks as _tasks
@@ -77,43 +72,8 @@ def settings(params: _params.Scoped, variant: str) -> Settings:
     )
 
 
-def stage_main(module: Any, variant_help: str, inputs: dict[str, str], out_help: str) -> None:
-    """The command line of the baseline and probe stages (the ``main`` of `module`).
-
-    Flags ``--params --variant``, one per input, ``--out --metrics --cache``; runs ``module.run`` on the params view
-    of ``module.params_keys(variant)`` and writes the metrics JSON.
-    """
-    import argparse
-
-    name = module.__spec__.name if module.__spec__ else module.__name__  # "__main__" under python -m
-    ap = argparse.ArgumentParser(prog=f"python -m {name}", description=module.__doc__.split("\n")[0])
-    ap.add_argument("--params", required=True, type=Path, help="params.yaml")
-    ap.add_argument("--variant", required=True, help=variant_help)
-    for name, text in inputs.items():
-        ap.add_argument(f"--{name}", required=True, type=Path, help=text)
-    ap.add_argument("--out", required=True, type=Path, help=out_help)
-    ap.add_argument("--metrics", required=True, type=Path, help="metrics JSON")
-    ap.add_argument("--cache", required=True, type=Path, help="per-task result cache directory")
-    args = ap.parse_args()
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    keys = module.params_keys(args.variant)
-    params = _params.load(args.params, keys)
-    log_params(params, keys)
-    metrics = module.run(
-        params,
-        args.variant,
-        inputs={name: getattr(args, name) for name in inputs},
-        outputs={"out": args.out},
-        cache_dir=args.cache,
-    )
-    with _io.atomic_outputs(args.metrics) as (tmp,):
-        _io.write_json(tmp, metrics)
-
-
-def log_params(params: _params.Scoped, keys: list[str]) -> None:
-    """Log the value of each declared key (lists of sections as plain data)."""
-    for key in keys:
-        value = _params.get(params, key)
-        if isinstance(value, list):
-            value = [v.model_dump(exclude_none=True) if hasattr(v, "model_dump") else v for v in value]
-        cli.log_params(key, value)
+def local_paths(tasks: list[ProbeTask]) -> list[tuple[str, str]]:
+    """The local files and folders `tasks` name: task files and harness include folders, with who names them."""
+    out = [(t.path, f"probe.tasks {t.name!r}") for t in tasks if t.path is not None]
+    out += [(t.harness_include, f"probe.tasks {t.name!r} (harness_include)") for t in tasks if t.harness_include]
+    return out

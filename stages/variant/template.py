@@ -39,7 +39,6 @@ turn: nothing to learn). Turns after a conversation's last assistant turn are le
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 from collections import Counter
@@ -58,23 +57,18 @@ from stages.variant.lm import SCHEMA, load_tokenizer
 
 log = logging.getLogger("steep.template")
 
-# dvc.yaml's `params:` for this foreach stage; `params_keys(variant)` fills in the variant.
-PARAMS = ["template.${key}"]
+STAGE = cli.Stage(
+    params=("template.${key}",),
+    inputs={"in": "record files (Parquet)", "model": "the variant's checkpoint directory (its tokenizer)"},
+    outputs={"out": "templated rows (Parquet)"},
+    many=("in",),
+)
+PARAMS = list(STAGE.params)
 
 Segment = dict[str, Any]
 
 
 # --- params ---------------------------------------------------------------------------------------------------------
-
-
-def params_keys(variant: str) -> list[str]:
-    """The params keys the stage reads for `variant` (PARAMS with the variant filled in)."""
-    return [k.replace("${key}", variant) for k in PARAMS]
-
-
-def load_params(path: Path, variant: str) -> AlpacaTemplate | ChatTemplate:
-    """Load and validate the params file; return ``template.<variant>``."""
-    return _params.get(_params.load(path, params_keys(variant)), f"template.{variant}")
 
 
 # --- rendering ------------------------------------------------------------------------------------------------------
@@ -193,11 +187,12 @@ def render_chat(record: _records.Record, p: ChatTemplate, tokenizer: Any) -> lis
 # --- the stage ------------------------------------------------------------------------------------------------------
 
 
-def run(params: AlpacaTemplate | ChatTemplate, *, inputs: dict[str, Path], outputs: dict[str, Path]) -> dict[str, Any]:
+def run(params: _params.Scoped, *, variant: str, inputs: dict[str, Path], outputs: dict[str, Path]) -> dict[str, Any]:
     """Render ``inputs["in"]`` (record files) into ``outputs["out"]`` (segment rows); return the metrics.
 
     Args:
-        params: the variant's ``template`` section.
+        params: the scoped params (``template.<variant>``).
+        variant: the variant rendered for.
         inputs: ``{"in": a record file or a list of them, "model": checkpoint directory}`` (the model is read by
             ``chat_template``).
         outputs: ``{"out": templated Parquet}``.
@@ -205,6 +200,7 @@ def run(params: AlpacaTemplate | ChatTemplate, *, inputs: dict[str, Path], outpu
     Returns:
         Metrics: total, kept, dropped_<reason>, kept_<kind>.
     """
+    spec: AlpacaTemplate | ChatTemplate = _params.get(params, f"template.{variant}")
     paths = inputs["in"] if isinstance(inputs["in"], list) else [inputs["in"]]
     records: list[_records.Record] = []
     seen: set[str] = set()
@@ -218,7 +214,7 @@ def run(params: AlpacaTemplate | ChatTemplate, *, inputs: dict[str, Path], outpu
                 records.append(record)
     total = len(records) + dropped["duplicate_input"]
     tokenizer = None
-    if params.format == "chat_template":
+    if spec.format == "chat_template":
         tokenizer = load_tokenizer(inputs["model"])
         if not tokenizer.chat_template:
             raise StageError(
@@ -228,7 +224,7 @@ def run(params: AlpacaTemplate | ChatTemplate, *, inputs: dict[str, Path], outpu
     rows: list[dict[str, Any]] = []
     kinds: Counter[str] = Counter()
     for record in sorted(records, key=lambda r: r["id"]):
-        out = render_alpaca(record, params) if tokenizer is None else render_chat(record, params, tokenizer)
+        out = render_alpaca(record, spec) if tokenizer is None else render_chat(record, spec, tokenizer)
         if isinstance(out, str):
             dropped[out] += 1
             continue
@@ -241,21 +237,9 @@ def run(params: AlpacaTemplate | ChatTemplate, *, inputs: dict[str, Path], outpu
     return _io.drop_metrics(total, len(rows), dropped, **extra)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     """Command line: the flags of the template stage's cmd in dvc.yaml."""
-    ap = argparse.ArgumentParser(prog="python -m stages.variant.template", description=__doc__.split("\n")[0])
-    ap.add_argument("--params", required=True, type=Path, help="params.yaml")
-    ap.add_argument("--variant", required=True, help="the variant to render for (base, chat)")
-    ap.add_argument("--in", dest="inp", required=True, type=Path, nargs="+", help="record files (Parquet)")
-    ap.add_argument("--model", required=True, type=Path, help="the variant's checkpoint directory (its tokenizer)")
-    ap.add_argument("--out", required=True, type=Path, help="templated rows (Parquet)")
-    ap.add_argument("--metrics", required=True, type=Path, help="metrics JSON")
-    args = ap.parse_args()
-    params = load_params(args.params, args.variant)
-    cli.log_params(f"template.{args.variant}", params)
-    metrics = run(params, inputs={"in": args.inp, "model": args.model}, outputs={"out": args.out})
-    with _io.atomic_outputs(args.metrics) as (tmp,):
-        _io.write_json(tmp, metrics)
+    cli.main(STAGE, run, argv)
 
 
 if __name__ == "__main__":

@@ -47,7 +47,6 @@ content, so the same inputs and params give the same bytes.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import logging
 from collections import Counter
@@ -64,20 +63,14 @@ from stages.variant.lm import leading_specials, load_tokenizer, read_templated
 
 log = logging.getLogger("steep.tokenize")
 
-# dvc.yaml's `params:` for this foreach stage; `params_keys(variant)` fills in the variant.
-PARAMS = ["tokenize.${key}"]
+STAGE = cli.Stage(
+    params=("tokenize.${key}",),
+    inputs={"in": "templated rows (Parquet)", "model": "the variant's checkpoint directory (its tokenizer)"},
+    outputs={"out": "DatasetDict directory to write"},
+)
+PARAMS = list(STAGE.params)
 IGNORE = -100  # the label PyTorch's cross-entropy ignores
 SPLITS = ("train", "validation")
-
-
-def params_keys(variant: str) -> list[str]:
-    """The params keys the stage reads for `variant` (PARAMS with the variant filled in)."""
-    return [k.replace("${key}", variant) for k in PARAMS]
-
-
-def load_params(path: Path, variant: str) -> TokenizeParams:
-    """Load and validate the params file; return ``tokenize.<variant>``."""
-    return _params.get(_params.load(path, params_keys(variant)), f"tokenize.{variant}")
 
 
 # --- examples -------------------------------------------------------------------------------------------------------
@@ -209,11 +202,12 @@ def save(path: Path, splits: dict[str, list[dict[str, Any]]]) -> None:
     dd.save_to_disk(str(path), num_shards=dict.fromkeys(splits, 1))
 
 
-def run(params: TokenizeParams, *, inputs: dict[str, Path], outputs: dict[str, Path]) -> dict[str, Any]:
+def run(params: _params.Scoped, *, variant: str, inputs: dict[str, Path], outputs: dict[str, Path]) -> dict[str, Any]:
     """Tokenize ``inputs["in"]`` with the tokenizer of ``inputs["model"]`` into ``outputs["out"]``; return metrics.
 
     Args:
-        params: the variant's ``tokenize`` section.
+        params: the scoped params (``tokenize.<variant>``).
+        variant: the variant tokenized for.
         inputs: ``{"in": templated Parquet, "model": checkpoint directory}``.
         outputs: ``{"out": DatasetDict directory}``.
 
@@ -221,15 +215,16 @@ def run(params: TokenizeParams, *, inputs: dict[str, Path], outputs: dict[str, P
         Metrics: total, kept, dropped_no_trainable_tokens, longest_tokens, longest_id, truncated, chunked, and
         <split>_examples, <split>_sequences, <split>_tokens, <split>_trainable_tokens for train and validation.
     """
+    spec: TokenizeParams = _params.get(params, f"tokenize.{variant}")
     rows = sorted(read_templated(inputs["in"]), key=lambda r: r["id"])
     tokenizer = load_tokenizer(inputs["model"])
     eos = None
-    if params.use_eos:
+    if spec.use_eos:
         if tokenizer.eos_token_id is None:
             raise StageError(f"{inputs['model']}: the tokenizer has no EOS token; set use_eos: false")
         eos = tokenizer.eos_token_id
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    if params.use_padding and pad is None:
+    if spec.use_padding and pad is None:
         raise StageError(f"{inputs['model']}: the tokenizer has neither a pad nor an EOS token; set use_padding: false")
     prefix = leading_specials(tokenizer)
     texts = [seg["text"] for row in rows for seg in row["segments"]]
@@ -243,7 +238,7 @@ def run(params: TokenizeParams, *, inputs: dict[str, Path], outputs: dict[str, P
     for row in rows:
         seg_ids = flat[at : at + len(row["segments"])]
         at += len(row["segments"])
-        built, length, truncated, chunked = build(row, seg_ids, params, prefix, eos)
+        built, length, truncated, chunked = build(row, seg_ids, spec, prefix, eos)
         if length > longest:
             longest, longest_id = length, row["id"]
         counts["truncated"] += truncated
@@ -251,11 +246,11 @@ def run(params: TokenizeParams, *, inputs: dict[str, Path], outputs: dict[str, P
         if not built:
             dropped["no_trainable_tokens"] += 1
             continue
-        split = split_of(row["id"], params.validation_ratio)
+        split = split_of(row["id"], spec.validation_ratio)
         examples[split] += built
         counts[f"{split}_examples"] += len(built)
 
-    splits = {s: sequences(examples[s], params, pad if pad is not None else 0) for s in SPLITS}
+    splits = {s: sequences(examples[s], spec, pad if pad is not None else 0) for s in SPLITS}
     for s, seqs in splits.items():
         counts[f"{s}_sequences"] = len(seqs)
         counts[f"{s}_tokens"] = sum(sum(r["attention_mask"]) for r in seqs)
@@ -271,21 +266,9 @@ def run(params: TokenizeParams, *, inputs: dict[str, Path], outputs: dict[str, P
     return _io.drop_metrics(len(rows), kept, dropped, **extra)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     """Command line: the flags of the tokenize stage's cmd in dvc.yaml."""
-    ap = argparse.ArgumentParser(prog="python -m stages.variant.tokenize", description=__doc__.split("\n")[0])
-    ap.add_argument("--params", required=True, type=Path, help="params.yaml")
-    ap.add_argument("--variant", required=True, help="the variant to tokenize for (base, chat)")
-    ap.add_argument("--in", dest="inp", required=True, type=Path, help="templated rows (Parquet)")
-    ap.add_argument("--model", required=True, type=Path, help="the variant's checkpoint directory (its tokenizer)")
-    ap.add_argument("--out", required=True, type=Path, help="DatasetDict directory to write")
-    ap.add_argument("--metrics", required=True, type=Path, help="metrics JSON")
-    args = ap.parse_args()
-    params = load_params(args.params, args.variant)
-    cli.log_params(f"tokenize.{args.variant}", params)
-    metrics = run(params, inputs={"in": args.inp, "model": args.model}, outputs={"out": args.out})
-    with _io.atomic_outputs(args.metrics) as (tmp,):
-        _io.write_json(tmp, metrics)
+    cli.main(STAGE, run, argv)
 
 
 if __name__ == "__main__":

@@ -85,11 +85,9 @@ def _entry(harness_dir: Path, name: str = "local_mc", **over: Any) -> dict[str, 
 
 
 def _run_baseline(tiny: dict[str, Path], tmp: Path, tasks: list[dict[str, Any]], model: Path | None = None) -> Any:  # noqa: F811
-    params = _params.load(_params_file(tmp / "params.yaml", tasks), baseline.params_keys("chat"))
-    return baseline.run(
-        params, "chat", inputs={"model": model or tiny["model"]}, outputs={"out": tmp / "base.parquet"},
-        cache_dir=tmp / "cache",
-    )  # fmt: skip
+    params = _params.load(_params_file(tmp / "params.yaml", tasks), baseline.STAGE.keys("chat"))
+    inputs, outputs = {"model": model or tiny["model"]}, {"out": tmp / "base.parquet"}
+    return baseline.run(params, variant="chat", inputs=inputs, outputs=outputs, cache=tmp / "cache")
 
 
 def test_named_harness_task_gives_the_harness_numbers(
@@ -176,10 +174,10 @@ def test_harness_task_errors_before_any_model_loads(
 ) -> None:
     # the model directory does not exist: every error comes from reading the tasks, first
     params = _params.load(_params_file(tmp_path / "params.yaml", [_entry(harness_dir) | entry]),
-                          baseline.params_keys("chat"))  # fmt: skip
+                          baseline.STAGE.keys("chat"))  # fmt: skip
     with pytest.raises(StageError, match=match):
-        baseline.run(params, "chat", inputs={"model": tmp_path / "none"}, outputs={"out": tmp_path / "o"},
-                     cache_dir=tmp_path / "cache")  # fmt: skip
+        baseline.run(params, variant="chat", inputs={"model": tmp_path / "none"}, outputs={"out": tmp_path / "o"},
+                     cache=tmp_path / "cache")  # fmt: skip
     assert not (tmp_path / "o").exists()
 
 

@@ -118,9 +118,13 @@ def _params_file(path: Path, tasks: list[dict[str, Any]], template: Any = None, 
 
 
 def _baseline(tiny: dict[str, Path], tmp: Path, tasks: list[dict[str, Any]], **over: Any) -> dict[str, Any]:
-    params = _params.load(_params_file(tmp / "params.yaml", tasks, **over), baseline.params_keys("chat"))
+    params = _params.load(_params_file(tmp / "params.yaml", tasks, **over), baseline.STAGE.keys("chat"))
     return baseline.run(
-        params, "chat", inputs={"model": tiny["model"]}, outputs={"out": tmp / "base.parquet"}, cache_dir=tmp / "cache"
+        params,
+        variant="chat",
+        inputs={"model": tiny["model"]},
+        outputs={"out": tmp / "base.parquet"},
+        cache=tmp / "cache",
     )
 
 
@@ -376,10 +380,10 @@ def test_baseline_and_probe_stages_end_to_end(tiny: dict[str, Path], tmp_path: P
     assert {r["type"] for r in rows} == {"multiple_choice", "perplexity", "knowledge", "generation", "showcase"}
 
     # a baseline of other tasks is refused, naming it, and no output is left
-    stale = _params.load(_params_file(tmp_path / "p2.yaml", _tasks(tiny, "mc")), probe.params_keys("chat"))
+    stale = _params.load(_params_file(tmp_path / "p2.yaml", _tasks(tiny, "mc")), probe.STAGE.keys("chat"))
     inputs = {"model": tiny["model"], "adapter": tiny["adapter"], "baseline": base_out}
     with pytest.raises(StageError, match=r"baseline_chat\.parquet does not match the current tasks"):
-        probe.run(stale, "chat", inputs=inputs, outputs={"out": tmp_path / "o.parquet"}, cache_dir=tmp_path)
+        probe.run(stale, variant="chat", inputs=inputs, outputs={"out": tmp_path / "o.parquet"}, cache=tmp_path)
     assert not (tmp_path / "o.parquet").exists()
 
 
@@ -399,9 +403,9 @@ def test_alpaca_prompts_stop_at_a_new_section(tiny: dict[str, Path], tmp_path: P
     from tests.stages._tiny import base_tokenizer
 
     path = _params_file(tmp_path / "params.yaml", _tasks(tiny, "qa"), template={"chat": ALPACA})
-    params = _params.load(path, baseline.params_keys("chat"))
+    params = _params.load(path, baseline.STAGE.keys("chat"))
     out = {"out": tmp_path / "o.parquet"}
-    baseline.run(params, "chat", inputs={"model": tiny["model"]}, outputs=out, cache_dir=tmp_path)
+    baseline.run(params, variant="chat", inputs={"model": tiny["model"]}, outputs=out, cache=tmp_path)
     rows = _rows(tmp_path / "o.parquet", "qa")
     assert rows[0]["prompt"] == "### Instruction:\nWhat is the capital of France?\n\n### Response:\n"
     assert all("\n### " not in r["prediction"] and "\n\n\n" not in r["prediction"] for r in rows)
@@ -442,8 +446,8 @@ def test_bad_task_files_name_file_and_line(tmp_path: Path, lines: list[str], mat
 
 def test_missing_task_file_is_refused_before_any_model_loads(tmp_path: Path) -> None:
     tasks = [{"name": "gone", "type": "perplexity", "path": str(tmp_path / "gone.jsonl"), "fields": {"text": "text"}}]
-    params = _params.load(_params_file(tmp_path / "params.yaml", tasks), baseline.params_keys("chat"))
+    params = _params.load(_params_file(tmp_path / "params.yaml", tasks), baseline.STAGE.keys("chat"))
     with pytest.raises(StageError, match=r"gone\.jsonl: task file of probe task 'gone' not found"):
         baseline.run(
-            params, "chat", inputs={"model": tmp_path / "none"}, outputs={"out": tmp_path / "o"}, cache_dir=tmp_path
+            params, variant="chat", inputs={"model": tmp_path / "none"}, outputs={"out": tmp_path / "o"}, cache=tmp_path
         )

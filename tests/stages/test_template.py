@@ -13,11 +13,18 @@ from typing import Any
 import pyarrow.parquet as pq
 import pytest
 
+from stages.core import params as _params
 from stages.core import records as _records
 from stages.core.io import StageError
 from stages.variant import lm as variant_lm
 from stages.variant import template
 from tests.stages._tiny import base_tokenizer, chat_tokenizer, write_params
+
+
+def load_params(path: Path, variant: str) -> Any:
+    """``template.<variant>`` as the stage loads it (the whole section validated)."""
+    return _params.get(_params.load(path, template.STAGE.keys(variant)), f"template.{variant}")
+
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -105,7 +112,9 @@ def render(
     recs = records() if recs is None else recs
     src, out = tmp_path / "curated.parquet", tmp_path / "templated.parquet"
     _records.write_records(src, recs)
-    metrics = template.run(params, inputs={"in": src, "model": model}, outputs={"out": out})
+    metrics = template.run(
+        _params.of({"template.v": params}), variant="v", inputs={"in": src, "model": model}, outputs={"out": out}
+    )
     return variant_lm.read_templated(out), metrics
 
 
@@ -113,7 +122,7 @@ def render(
 
 
 def test_alpaca_segments(tmp_path: Path, params_file: Path, tokenizers: dict[str, Path]) -> None:
-    params = template.load_params(params_file, "base")
+    params = load_params(params_file, "base")
     rows, metrics = render(tmp_path, params, tokenizers["base"])
     seg = by_content(rows, records())
     prompt = ALPACA_NO_INPUT.format(instruction="Name the capital of France.")
@@ -141,7 +150,7 @@ def test_alpaca_segments(tmp_path: Path, params_file: Path, tokenizers: dict[str
 
 
 def test_alpaca_documents_skipped(tmp_path: Path, params_file: Path, tokenizers: dict[str, Path]) -> None:
-    params = template.load_params(params_file, "base").model_copy(update={"documents_as": "skip"})
+    params = load_params(params_file, "base").model_copy(update={"documents_as": "skip"})
     rows, metrics = render(tmp_path, params, tokenizers["base"])
     assert metrics["dropped_document_skipped"] == 1 and metrics["kept_document"] == 0 and len(rows) == 4
 
@@ -150,7 +159,7 @@ def test_alpaca_documents_skipped(tmp_path: Path, params_file: Path, tokenizers:
 
 
 def test_chat_segments_are_the_assistant_spans(tmp_path: Path, params_file: Path, tokenizers: dict[str, Path]) -> None:
-    params = template.load_params(params_file, "chat")
+    params = load_params(params_file, "chat")
     rows, metrics = render(tmp_path, params, tokenizers["chat"])
     seg = by_content(rows, records())
     assert seg["no_input"] == [
@@ -174,7 +183,7 @@ def test_chat_segments_are_the_assistant_spans(tmp_path: Path, params_file: Path
 
 
 def test_chat_system_prompt_and_documents(tmp_path: Path, params_file: Path, tokenizers: dict[str, Path]) -> None:
-    params = template.load_params(params_file, "chat")
+    params = load_params(params_file, "chat")
     prompts = params.prompts.model_copy(update={"system": "You are steep."})
     params = params.model_copy(update={"prompts": prompts, "documents_as": "user_assistant"})
     rows, metrics = render(tmp_path, params, tokenizers["chat"])
@@ -204,7 +213,7 @@ def test_template_that_rewrites_earlier_turns_stops_the_stage(
         "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
     )
     tok.save_pretrained(model)
-    params = template.load_params(params_file, "chat")
+    params = load_params(params_file, "chat")
     with pytest.raises(StageError, match=r"(?s)record \w+: the chat template is not prefix-stable.*Fix:"):
         render(tmp_path, params, model)
     assert not (tmp_path / "templated.parquet").exists()
@@ -213,7 +222,7 @@ def test_template_that_rewrites_earlier_turns_stops_the_stage(
 def test_chat_template_format_needs_a_chat_template(
     tmp_path: Path, params_file: Path, tokenizers: dict[str, Path]
 ) -> None:
-    params = template.load_params(params_file, "chat")
+    params = load_params(params_file, "chat")
     with pytest.raises(StageError, match=r"has no chat template.*format: alpaca"):
         render(tmp_path, params, tokenizers["base"])
     with pytest.raises(StageError, match=r"no tokenizer_config.json; run `dvc repro models`"):
@@ -230,7 +239,7 @@ def test_params_errors_list_every_problem(tmp_path: Path) -> None:
     raw["template"]["base"]["colour"] = "blue"
     path = write_params(tmp_path / "params.yaml", **raw)
     with pytest.raises(StageError) as err:
-        template.load_params(path, "base")
+        load_params(path, "base")
     msg = str(err.value)
     assert "3 problem(s)" in msg
     assert "template.base.prompts.with_input: expected the placeholders {input}, {instruction}" in msg
@@ -240,22 +249,27 @@ def test_params_errors_list_every_problem(tmp_path: Path) -> None:
     raw["template"]["chat"]["format"] = "jinja"
     write_params(path, **raw)
     with pytest.raises(StageError) as err:
-        template.load_params(path, "chat")
+        load_params(path, "chat")
     msg = str(err.value)
     assert "1 problem(s)" in msg
     assert "template.chat.format: expected one of ['alpaca', 'chat_template'], got 'jinja'" in msg
     # The whole file is validated before the variant is looked up: an undeclared one needs a valid file to show.
     write_params(path, **PARAMS)
     with pytest.raises(StageError, match=r"no 'large' in template \(declared: \['base', 'chat'\]\)"):
-        template.load_params(path, "large")
+        load_params(path, "large")
 
 
 def test_unreadable_input_is_a_clear_error(tmp_path: Path, params_file: Path, tokenizers: dict[str, Path]) -> None:
     bad = tmp_path / "curated.parquet"
     bad.write_text("not parquet")
-    params = template.load_params(params_file, "base")
+    params = load_params(params_file, "base")
     with pytest.raises(StageError, match=r"curated.parquet: cannot read records"):
-        template.run(params, inputs={"in": bad, "model": tokenizers["base"]}, outputs={"out": tmp_path / "o.parquet"})
+        template.run(
+            _params.of({"template.v": params}),
+            variant="v",
+            inputs={"in": bad, "model": tokenizers["base"]},
+            outputs={"out": tmp_path / "o.parquet"},
+        )
     with pytest.raises(StageError, match=r"not a templated file, missing columns \['segments'\]"):
         _records.write_records(bad, records())
         variant_lm.read_templated(bad)

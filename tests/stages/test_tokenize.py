@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from stages.core import params as _params
 from stages.core import records as _records
 from stages.core.io import StageError
 from stages.core.params.template import FORMATS
@@ -20,6 +21,12 @@ from stages.variant import template, tokenize
 from tests.stages._tiny import base_tokenizer, chat_tokenizer, write_params
 from tests.stages.test_template import META, records
 from tests.stages.test_template import PARAMS as TEMPLATE_PARAMS
+
+
+def load_params(path: Path, variant: str) -> Any:
+    """``tokenize.<variant>`` as the stage loads it (the whole section validated)."""
+    return _params.get(_params.load(path, tokenize.STAGE.keys(variant)), f"tokenize.{variant}")
+
 
 ROOT = Path(__file__).resolve().parents[2]
 IGNORE = tokenize.IGNORE
@@ -74,7 +81,9 @@ def templated(tmp_path: Path, variant: str, model: Path, recs: list[_records.Rec
     _records.write_records(src, records() if recs is None else recs)
     tparams = FORMATS[TEMPLATE_PARAMS["template"][variant]["format"]]
     tparams = tparams.model_validate(TEMPLATE_PARAMS["template"][variant])
-    template.run(tparams, inputs={"in": src, "model": model}, outputs={"out": out})
+    template.run(
+        _params.of({"template.v": tparams}), variant="v", inputs={"in": src, "model": model}, outputs={"out": out}
+    )
     return out
 
 
@@ -85,7 +94,9 @@ def tokenized(
 
     src = templated(tmp_path, variant, model, recs)
     out = tmp_path / f"tokenized-{variant}"
-    metrics = tokenize.run(params, inputs={"in": src, "model": model}, outputs={"out": out})
+    metrics = tokenize.run(
+        _params.of({"tokenize.v": params}), variant="v", inputs={"in": src, "model": model}, outputs={"out": out}
+    )
     dd = load_from_disk(str(out))
     return {s: dd[s].to_list() for s in tokenize.SPLITS}, metrics
 
@@ -271,7 +282,7 @@ def test_params_errors_list_every_problem(tmp_path: Path) -> None:
     del raw["tokenize"]["chat"]["validation_ratio"]
     path = write_params(tmp_path / "params.yaml", **raw)
     with pytest.raises(StageError) as err:
-        tokenize.load_params(path, "chat")
+        load_params(path, "chat")
     msg = str(err.value)
     assert "5 problem(s)" in msg
     assert "tokenize.chat.max_tokens: Input should be greater than or equal to 2 (got 1)" in msg
@@ -280,10 +291,10 @@ def test_params_errors_list_every_problem(tmp_path: Path) -> None:
     assert "tokenize.chat.pad: unknown key (value 1); allowed here: ['max_tokens'" in msg
     # The whole file is validated: a bad chat entry stops the base variant too; a valid file gives each its own.
     with pytest.raises(StageError, match=r"5 problem\(s\)"):
-        tokenize.load_params(path, "base")
+        load_params(path, "base")
     write_params(path, **PARAMS)
-    assert tokenize.load_params(path, "base") == params_for("base")
-    assert tokenize.load_params(path, "chat") == params_for("chat")
+    assert load_params(path, "base") == params_for("base")
+    assert load_params(path, "chat") == params_for("chat")
 
 
 def test_bad_inputs(tmp_path: Path, models: dict[str, Path]) -> None:
@@ -291,7 +302,12 @@ def test_bad_inputs(tmp_path: Path, models: dict[str, Path]) -> None:
     bad.write_text("not parquet")
     p = params_for("chat")
     with pytest.raises(StageError, match=r"templated.parquet: cannot read templated rows .*rerun `dvc repro template`"):
-        tokenize.run(p, inputs={"in": bad, "model": models["chat"]}, outputs={"out": tmp_path / "out"})
+        tokenize.run(
+            _params.of({"tokenize.v": p}),
+            variant="v",
+            inputs={"in": bad, "model": models["chat"]},
+            outputs={"out": tmp_path / "out"},
+        )
     src = templated(tmp_path, "chat", models["chat"])
     no_eos = tmp_path / "no-eos"
     tok = chat_tokenizer(no_eos)
@@ -300,7 +316,12 @@ def test_bad_inputs(tmp_path: Path, models: dict[str, Path]) -> None:
     (no_eos / "tokenizer_config.json").write_text(json.dumps(config))
     del tok
     with pytest.raises(StageError, match=r"no-eos: the tokenizer has no EOS token; set use_eos: false"):
-        tokenize.run(params_for("chat", use_eos=True), inputs={"in": src, "model": no_eos}, outputs={"out": bad})
+        tokenize.run(
+            _params.of({"tokenize.v": params_for("chat", use_eos=True)}),
+            variant="v",
+            inputs={"in": src, "model": no_eos},
+            outputs={"out": bad},
+        )
     assert not (tmp_path / "out").exists()
 
 

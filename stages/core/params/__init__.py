@@ -7,6 +7,6 @@ of its declared keys), so an edit to another stage's schema never outdates it; :
 validates the whole file at once (tests, and ``python -m stages.core.params.all``).
 """
 
-from stages.core.params.base import Scoped, Section, UndeclaredParam, get, load, read_yaml, scope
+from stages.core.params.base import Scoped, Section, UndeclaredParam, get, load, of, read_yaml, scope
 
-__all__ = ["Scoped", "Section", "UndeclaredParam", "get", "load", "read_yaml", "scope"]
+__all__ = ["Scoped", "Section", "UndeclaredParam", "get", "load", "of", "read_yaml", "scope"]

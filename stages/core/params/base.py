@@ -152,6 +152,19 @@ def get(params: Scoped, key: str) -> Any:
     return value
 
 
+def of(values: dict[str, Any]) -> Scoped:
+    """A scoped view holding `values` at their dotted keys, e.g. ``of({"template.base": section})`` (tests and
+    benchmarks that call a stage's run with sections they built)."""
+    root: dict[str, Any] = {}
+    for dotted, value in values.items():
+        cur = root
+        *parents, last = dotted.split(".")
+        for part in parents:
+            cur = cur.setdefault(part, {})
+        cur[last] = value
+    return Scoped(root, tuple(values))
+
+
 def read_yaml(path: str | Path) -> Any:
     """Parse a params file; a missing or malformed file is a StageError naming it."""
     try:

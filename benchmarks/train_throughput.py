@@ -57,6 +57,7 @@ sys.path.insert(0, str(ROOT))
 
 from stages.core import cli  # noqa: E402
 from stages.core import io as _io  # noqa: E402
+from stages.core import params as _params  # noqa: E402
 from stages.variant import models, train, training  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "train_throughput.json"
@@ -71,7 +72,8 @@ def train_spec(args: argparse.Namespace) -> tuple[int, Any]:
     evaluation and saving at the last step only, no early stopping. Everything else (quantization, compute
     dtype, LoRA rank/alpha/dropout/targets, lr, gradient checkpointing...) is the params file's.
     """
-    seed, spec = train.load_spec(args.params, args.variant)
+    scoped = _params.load(args.params, train.STAGE.keys(args.variant))
+    seed, spec = scoped.common.seed, _params.get(scoped, f"train.{args.variant}")
     total = args.warmup + args.steps
     over = {
         "max_steps": total,
@@ -99,9 +101,9 @@ def tiny_model(out: Path) -> Path:
 
 def materialize(params: Path, variant: str, out: Path, cache: Path) -> tuple[Path, str]:
     """The variant's base model as the models stage materializes it (a cached conversion is copied, not redone)."""
-    spec = models.load_spec(params, variant)
-    models.run(spec, inputs={}, outputs={"out": out}, cache_dir=cache)
-    return out, spec.source
+    scoped = _params.load(params, models.STAGE.keys(variant))
+    models.run(scoped, variant=variant, inputs={}, outputs={"out": out}, cache=cache)
+    return out, _params.get(scoped, f"variants.{variant}.model").source
 
 
 def synthetic_data(model_dir: Path, out: Path, examples: int, seq_len: int, prompt_tokens: int, seed: int) -> Path:
@@ -188,8 +190,8 @@ def run_steep(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     seed, spec = train_spec(args)
     t0 = time.perf_counter()
     metrics = train.run(
-        spec,
-        seed,
+        _params.of({"common.seed": seed, f"train.{args.variant}": spec}),
+        variant=args.variant,
         inputs={"model": args.model, "data": work / "data"},
         outputs={"out": work / "steep_run" / "adapter", "live": work / "steep_run" / "live"},
         checkpoints=work / "steep_run" / "ckpt",

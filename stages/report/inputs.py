@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -230,6 +231,16 @@ class Run:
     paths: dict[str, str]  # what -> path shown, for the missing-input notes
 
 
+def variant_paths(v: str, inputs: Mapping[str, Path]) -> dict[str, Path]:
+    """Every file the report reads for variant `v`, by key (``train@chat``, ``eval_loss@chat``, ...)."""
+    mdir, ldir, pdir = Path(inputs["metrics_dir"]), Path(inputs["live_dir"]), Path(inputs["probe_dir"])
+    live = ldir / f"train_{v}" / "plots" / "metrics"
+    paths = {f"{stage}@{v}": mdir / f"{stage}_{v}.json" for stage in (*VARIANT_STAGES, "train", "baseline", "probe")}
+    paths |= {f"{split}_loss@{v}": live / split / "loss.tsv" for split in ("train", "eval")}
+    paths[f"items@{v}"] = pdir / f"{v}.parquet"
+    return paths
+
+
 def read_run(variants: list[str], inputs: dict[str, Path], reader: Inputs) -> Run:
     """Read every input the report knows, for `variants` in order (missing ones are None).
 
@@ -241,19 +252,20 @@ def read_run(variants: list[str], inputs: dict[str, Path], reader: Inputs) -> Ru
     Raises:
         StageError: an input that is there but malformed.
     """
-    mdir, rdir, ldir, pdir = inputs["metrics_dir"], inputs["rejects_dir"], inputs["live_dir"], inputs["probe_dir"]
+    mdir, rdir = inputs["metrics_dir"], inputs["rejects_dir"]
     paths: dict[str, str] = {}
 
     def at(key: str, path: Path) -> Path:
         paths[key] = shown_path(path)
         return path
 
+    per = {v: variant_paths(v, inputs) for v in variants}
     stages: dict[str, dict[str, Any] | None] = {}
     for stage in DATA_STAGES:
         stages[stage] = reader.json(at(stage, mdir / f"{stage}.json"), f"{stage} metrics")
     for stage in VARIANT_STAGES:
         for v in variants:
-            stages[f"{stage}@{v}"] = reader.json(at(f"{stage}@{v}", mdir / f"{stage}_{v}.json"), f"{stage}@{v} metrics")
+            stages[f"{stage}@{v}"] = reader.json(at(f"{stage}@{v}", per[v][f"{stage}@{v}"]), f"{stage}@{v} metrics")
     rejects = {
         s: reader.table(
             at(f"rejects@{s}", rdir / f"{s}.parquet"), f"{s} rejects", tuple(REJECT_SCHEMA.names), ("meta",)
@@ -263,19 +275,18 @@ def read_run(variants: list[str], inputs: dict[str, Path], reader: Inputs) -> Ru
     synthetic = reader.table(at("synthetic", inputs["synthetic"]), "synthetic pairs", tuple(SCHEMA.names), ("meta",))
     train, curves, baseline, probe, items = {}, {}, {}, {}, {}
     for v in variants:
-        train[v] = reader.json(at(f"train@{v}", mdir / f"train_{v}.json"), f"train@{v} metrics")
-        live = ldir / f"train_{v}" / "plots" / "metrics"
+        train[v] = reader.json(at(f"train@{v}", per[v][f"train@{v}"]), f"train@{v} metrics")
         curves[v] = {
-            split: reader.tsv(at(f"{split}_loss@{v}", live / split / "loss.tsv"), f"train@{v} {split} loss")
+            split: reader.tsv(at(f"{split}_loss@{v}", per[v][f"{split}_loss@{v}"]), f"train@{v} {split} loss")
             for split in ("train", "eval")
         }
         items[v] = reader.table(
-            at(f"items@{v}", pdir / f"{v}.parquet"), f"probe@{v} per item", PROBE_COLUMNS, ("scores", "base_scores")
+            at(f"items@{v}", per[v][f"items@{v}"]), f"probe@{v} per item", PROBE_COLUMNS, ("scores", "base_scores")
         )
-        path = at(f"baseline@{v}", mdir / f"baseline_{v}.json")
+        path = at(f"baseline@{v}", per[v][f"baseline@{v}"])
         data = reader.json(path, f"baseline@{v} metrics")
         baseline[v] = None if data is None else parse_baseline(data, path)
-        path = at(f"probe@{v}", mdir / f"probe_{v}.json")
+        path = at(f"probe@{v}", per[v][f"probe@{v}"])
         data = reader.json(path, f"probe@{v} metrics")
         probe[v] = None if data is None else parse_probe(data, path)
     return Run(variants, stages, rejects, synthetic, train, curves, baseline, probe, items, paths)

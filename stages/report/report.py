@@ -42,8 +42,8 @@ Modules: ``document`` (blocks, Markdown and HTML), ``inputs`` (reading), ``text`
 
 from __future__ import annotations
 
-import argparse
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -53,12 +53,32 @@ from stages.core import params as _params
 from stages.core.io import StageError
 from stages.core.params.report import Report
 from stages.report.document import to_html, to_markdown
-from stages.report.inputs import Inputs, read_run
+from stages.report.inputs import Inputs, read_run, variant_paths
 from stages.report.sections import build
 
 log = logging.getLogger("steep.report")
 
-PARAMS = ["report", "variants"]
+
+def _local_paths(params: _params.Scoped, variant: str | None, inputs: Mapping[str, Path]) -> list[tuple[str, str]]:
+    """Every per-variant file the report reads: each must be a dependency in dvc.yaml (which cannot expand
+    ``${variants}`` in a list, so a variant added to params needs its files added there)."""
+    return [(str(p), f"variants {v!r}") for v in params.variants for p in variant_paths(v, inputs).values()]
+
+
+STAGE = cli.Stage(
+    params=("report", "variants"),
+    inputs={
+        "metrics_dir": "the stages' metrics JSON files",
+        "rejects_dir": "rejected records, <stage>.parquet",
+        "synthetic": "the synthesize stage's kept pairs (Parquet)",
+        "live_dir": "dvclive directories train_<variant>",
+        "probe_dir": "per-item probe results, <variant>.parquet",
+    },
+    outputs={"md": "the Markdown report to write", "html": "the HTML report to write"},
+    metrics=False,
+    local_paths=_local_paths,
+)
+PARAMS = list(STAGE.params)
 
 
 def run(params: Any, *, inputs: dict[str, Path], outputs: dict[str, Path]) -> dict[str, Any]:
@@ -96,32 +116,9 @@ def run(params: Any, *, inputs: dict[str, Path], outputs: dict[str, Path]) -> di
     return {"inputs_read": read, "inputs_missing": len(reader.missing), "variants": len(variants)}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     """Command line: the flags of the report stage's cmd in dvc.yaml."""
-    ap = argparse.ArgumentParser(prog="python -m stages.report.report", description=__doc__.split("\n")[0])
-    ap.add_argument("--params", required=True, type=Path, help="params.yaml")
-    ap.add_argument("--metrics-dir", required=True, type=Path, help="the stages' metrics JSON files")
-    ap.add_argument("--rejects-dir", required=True, type=Path, help="rejected records, <stage>.parquet")
-    ap.add_argument("--synthetic", required=True, type=Path, help="the synthesize stage's kept pairs (Parquet)")
-    ap.add_argument("--live-dir", required=True, type=Path, help="dvclive directories train_<variant>")
-    ap.add_argument("--probe-dir", required=True, type=Path, help="per-item probe results, <variant>.parquet")
-    ap.add_argument("--md", required=True, type=Path, help="the Markdown report to write")
-    ap.add_argument("--html", required=True, type=Path, help="the HTML report to write")
-    args = ap.parse_args()
-    params = _params.load(args.params, PARAMS)
-    cli.log_params("report", params.report)
-    cli.log_params("variants", list(params.variants))
-    run(
-        params,
-        inputs={
-            "metrics_dir": args.metrics_dir,
-            "rejects_dir": args.rejects_dir,
-            "synthetic": args.synthetic,
-            "live_dir": args.live_dir,
-            "probe_dir": args.probe_dir,
-        },
-        outputs={"md": args.md, "html": args.html},
-    )
+    cli.main(STAGE, run, argv)
 
 
 if __name__ == "__main__":

@@ -29,7 +29,6 @@ trained, load the 4-bit base + adapter instead.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import importlib.metadata
 import json
@@ -39,20 +38,22 @@ from typing import Any
 
 from stages.core import cli
 from stages.core import io as _io
+from stages.core import params as _params
 from stages.core.io import StageError
 
 log = logging.getLogger("steep.export")
 
-PARAMS: list[str] = []  # reads no params
+STAGE = cli.Stage(
+    params=(),  # reads no params
+    inputs={"base": "base checkpoint directory (models/<variant>/base)", "adapter": "adapter directory"},
+    outputs={"out": "merged checkpoint directory to write"},
+    metrics=False,
+)
+PARAMS = list(STAGE.params)
 RECORD = "steep_export.json"
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 VERSIONS = ("torch", "transformers", "peft", "safetensors", "tokenizers")
-
-
-def params_keys(variant: str) -> list[str]:
-    """The params keys the stage reads for `variant`: none."""
-    return list(PARAMS)
 
 
 def sha256(path: Path) -> str:
@@ -110,10 +111,11 @@ def _module_names(cfg: dict[str, Any]) -> list[str] | str | None:
     return targets
 
 
-def run(*, inputs: dict[str, Path], outputs: dict[str, Path]) -> dict[str, Any]:
+def run(params: _params.Scoped, *, inputs: dict[str, Path], outputs: dict[str, Path]) -> dict[str, Any]:
     """Merge the adapter into the unquantized base and write the merged checkpoint atomically.
 
     Args:
+        params: none are read (the stage contract's first argument).
         inputs: ``{"base": <base checkpoint dir>, "adapter": <adapter dir>}``.
         outputs: ``{"out": <merged checkpoint dir>}``.
 
@@ -163,15 +165,9 @@ def run(*, inputs: dict[str, Path], outputs: dict[str, Path]) -> dict[str, Any]:
     return stats
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     """Command line: --base, --adapter, --out."""
-    ap = argparse.ArgumentParser(prog="python -m stages.variant.export", description=__doc__.split("\n")[0])
-    ap.add_argument("--base", required=True, type=Path, help="base checkpoint directory (models/<variant>/base)")
-    ap.add_argument("--adapter", required=True, type=Path, help="adapter directory (models/<variant>/adapter)")
-    ap.add_argument("--out", required=True, type=Path, help="merged checkpoint directory to write")
-    args = ap.parse_args()
-    cli.log_params("export", {"base": str(args.base), "adapter": str(args.adapter), "out": str(args.out)})
-    run(inputs={"base": args.base, "adapter": args.adapter}, outputs={"out": args.out})
+    cli.main(STAGE, run, argv)
 
 
 if __name__ == "__main__":

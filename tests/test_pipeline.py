@@ -28,7 +28,7 @@ from stages.core.records import REJECT_SCHEMA, read_record_dir, read_records
 ROOT = Path(__file__).resolve().parents[1]
 ANSWER_KEY = json.loads((ROOT / "data/sources/answer_key.json").read_text())
 DATA_STAGES = ("pull", "moderate", "dedup")
-MODEL_STAGES = ("synthesize", "report")
+MODEL_STAGES = ("generator", "synthesize", "report")
 VARIANTS = ("base", "chat")
 VARIANT_STAGES = tuple(
     f"{s}@{v}" for s in ("models", "template", "tokenize", "train", "baseline", "probe") for v in VARIANTS
@@ -117,6 +117,7 @@ def _use_tiny_models(repo: Path) -> None:
         tiny_llama(out, make_tokenizer(out), max_positions=2048)
         raw["variants"][variant]["model"] = {"source": f"tiny_models/{variant}", "dtype": "float32"}
         raw["train"][variant].update(TINY_TRAIN)
+    raw["synthesize"]["generator"] = {"source": "tiny_models/chat", "dtype": "float32"}
     for section, values in TINY_SYNTHESIZE.items():
         raw["synthesize"][section].update(values)
     params_file.write_text(yaml.safe_dump(raw, sort_keys=False))
@@ -260,6 +261,8 @@ def test_another_cpus_kernels_give_the_same_curation_bytes(repo: Path) -> None:
         ("moderate.toxicity.max_probability", 0.7, ["moderate", "synthesize"]),
         ("dedup.minhash.jaccard_threshold", 0.6, ["dedup"]),
         ("synthesize.filters.max_rouge_l", 0.6, ["synthesize"]),
+        # the generator's model: its own checkpoint (synthesize follows when the checkpoint's bytes change)
+        ("synthesize.generator.dtype", "bfloat16", ["generator"]),
         ("variants.chat.model.dtype", "bfloat16", ["models@chat"]),
         # a data experiment: the probe stages read only the template keys that render their prompts
         ("template.base.documents_as", "skip", ["template@base"]),

@@ -80,7 +80,15 @@ def _local_paths(params: _params.Scoped, variant: str | None, inputs: Mapping[st
 
 
 STAGE = cli.Stage(
-    params=("common.seed", "moderate", "synthesize"),
+    # synthesize.generator is the generator stage's: this stage reads its checkpoint (--model), not its source
+    params=(
+        "common.seed",
+        "moderate",
+        "synthesize.generation",
+        "synthesize.documents",
+        "synthesize.self_instruct",
+        "synthesize.filters",
+    ),
     inputs={
         "in": "curated records (parquet)",
         "model": "the generator model directory",

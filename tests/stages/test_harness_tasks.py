@@ -187,7 +187,6 @@ def test_harness_task_errors_before_any_model_loads(
         ({"path": "x.jsonl", "fields": {"question": "q", "choices": "c", "answer": "a"}}, r"either path .* or "
          r"harness_task .*not both"),
         ({"harness_task": None}, r"either path .* or harness_task"),
-        ({"type": "perplexity"}, r"harness_task is supported for type multiple_choice only \(got perplexity\)"),
         ({"fields": {"question": "q", "choices": "c", "answer": "a"}}, r"brings its own prompt, choices and target"),
         ({"prompt": "Q: {question}"}, r"brings its own prompt"),
         ({"limit": 0}, r"limit"),
@@ -213,3 +212,12 @@ def test_limit_on_a_local_file_takes_the_first_items_and_keys_the_cache(tmp_path
     engine = _engine.Engine(settings, tmp_path)
     engine.__dict__["fingerprint"] = "f"  # the model directory's files play no part here
     assert engine.task_key(data) != engine.task_key(full)
+
+
+def test_the_registry_refuses_a_harness_task_of_a_type_without_harness_support() -> None:
+    """What a type allows is the task-type registry's: a perplexity entry naming a harness task is refused."""
+    from stages.probe import types
+
+    task = ProbeTask(**(_entry(Path("tasks")) | {"type": "perplexity"}))
+    problems = types.check_task(task)
+    assert any("harness_task is supported for type ['multiple_choice'] only (got perplexity)" in p for p in problems)

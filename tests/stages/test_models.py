@@ -548,12 +548,17 @@ def test_command_line(tiny: dict[str, Any], tmp_path: Path) -> None:
     cmd = [sys.executable, "-m", "stages.variant.models", "--params", str(params), "--variant", "chat"]
     cmd += ["--out", str(out), "--cache", str(tmp_path / "cache"), "--metrics", str(metrics)]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, check=False)
+    # run by hand outside the project (no dvc.yaml here): a local source needs no dvc.yaml dependency
+    done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr
     assert json.loads(metrics.read_text())["layers"] == 2 and (out / "model.safetensors").exists()
     assert "variants.chat.model params:" in done.stderr
-    bad = subprocess.run([*cmd[:6], "base", *cmd[7:]], cwd=ROOT, env=env, capture_output=True, text=True)
+    bad = subprocess.run([*cmd[:6], "base", *cmd[7:]], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert bad.returncode == 1 and "error:" in bad.stderr and "Traceback" not in bad.stderr
+    # in the project, DVC runs it: the local source must be a dependency of models@chat in dvc.yaml
+    refused = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, check=False)
+    assert refused.returncode == 1
+    assert f"variants.chat.model.source names {tiny['gguf']}, which dvc.yaml's stage 'models@chat'" in refused.stderr
 
 
 # --- the embedded models (slow: real weights, about a minute each on 2 cores) -----------------------------------

@@ -8,22 +8,19 @@ from pydantic import Field, field_validator, model_validator
 
 from stages.core.params.base import Section, check_placeholders, unique_names
 
-PROBE_TYPES = ("multiple_choice", "perplexity", "generation", "knowledge")
-PROBE_FIELDS: dict[str, tuple[str, ...]] = {
-    "multiple_choice": ("question", "choices", "answer"),
-    "perplexity": ("text",),
-    "generation": ("prompt", "reference"),
-    "knowledge": ("question", "answer"),
-}
-
 
 class ProbeTask(Section):
-    """One entry of ``probe.tasks``: a local JSONL (``path`` + ``fields``) or an lm-evaluation-harness task by name."""
+    """One entry of ``probe.tasks``: a local JSONL (``path`` + ``fields``) or an lm-evaluation-harness task by name.
+
+    The checks here are the entry's shape; what a type allows and needs (its fields, harness tasks, a prompt) is
+    the task-type registry's (``stages/probe/types.py``), checked by the probe stages before any model loads.
+    """
 
     name: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
-    type: Literal[PROBE_TYPES]  # type: ignore[valid-type]
+    # a type of the registry: multiple_choice, perplexity, generation, knowledge
+    type: str = Field(min_length=1)
     # a local JSONL task: its path (relative to the project root) and
-    # the canonical names of the type (PROBE_FIELDS) -> the file's field names
+    # the canonical names of the type (its registry entry's fields) -> the file's field names
     path: str | None = None
     fields: dict[str, str] | None = None
     # multiple_choice only: the question prompt, {question} filled in; each choice is scored after one space.
@@ -49,11 +46,6 @@ class ProbeTask(Section):
                 "lm-evaluation-harness task name), not both and not neither"
             )
         if self.harness_task is not None:
-            if self.type != "multiple_choice":
-                raise ValueError(
-                    f"task {self.name!r}: harness_task is supported for type multiple_choice only (got {self.type}); "
-                    "for other types export the items to a JSONL and use path and fields"
-                )
             if self.fields is not None or self.prompt is not None:
                 raise ValueError(
                     f"task {self.name!r}: a harness task brings its own prompt, choices and target "
@@ -62,16 +54,7 @@ class ProbeTask(Section):
             return self
         if self.harness_include is not None or self.num_fewshot is not None:
             raise ValueError(f"task {self.name!r}: harness_include and num_fewshot apply with harness_task only")
-        want = set(PROBE_FIELDS[self.type])
-        if self.fields is None or set(self.fields) != want:
-            raise ValueError(
-                f"task {self.name!r} ({self.type}): fields must map exactly {sorted(want)} to the file's field "
-                f"names, e.g. fields: {{{', '.join(f'{k}: {k}' for k in PROBE_FIELDS[self.type])}}}; "
-                f"got {sorted(self.fields or {})}"
-            )
         if self.prompt is not None:
-            if self.type != "multiple_choice":
-                raise ValueError(f"task {self.name!r}: prompt applies to multiple_choice tasks only")
             check_placeholders(self.prompt, {"question"})
         return self
 

@@ -184,7 +184,14 @@ def embed(texts: list[str], params: Embedding, cache_dir: str | Path) -> np.ndar
             done += len(chunk)
             elapsed = time.monotonic() - start
             log.info("embedding: %d/%d texts, %.0f texts/s", done, len(todo), done / max(elapsed, 1e-9))
-    log.info("embeddings: %d texts, %d from cache, %d computed", len(texts), len(texts) - len(todo), len(todo))
+    distinct = len(set(keys))
+    log.info(
+        "embeddings: %d texts (%d distinct), %d from cache, %d computed",
+        len(texts),
+        distinct,
+        distinct - len(todo),
+        len(todo),
+    )
     dim = next(iter(found.values())).shape[0] if found else 0
     out = np.stack([found[k] for k in keys]) if keys else np.zeros((0, dim), dtype=np.float32)
     return out

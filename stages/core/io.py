@@ -13,7 +13,7 @@ import json
 import logging
 import os
 import shutil
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +72,41 @@ def write_table(path: Path, table: pa.Table) -> None:
     pq.write_table(table, path, compression="zstd", row_group_size=1 << 16, write_statistics=False)
 
 
+def feed(h: Any, path: Path) -> None:
+    """Update hash `h` with the bytes of the file at `path`, read in 1 MiB blocks."""
+    with Path(path).open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+
+
+def sha256_file(path: Path) -> str:
+    """sha256 of a file's bytes."""
+    h = hashlib.sha256()
+    feed(h, path)
+    return h.hexdigest()
+
+
+def read_parquet(path: Path, columns: Sequence[str], label: str, fix: str, not_a: str = "") -> pa.Table:
+    """The `columns` of a Parquet file; a StageError naming the file, what it should be and the fix otherwise.
+
+    Args:
+        path: the file.
+        columns: the columns it must have (the table returned holds these, in this order).
+        label: what the file holds, for "cannot read <label>".
+        fix: what to do about it (e.g. "rerun `dvc repro template`").
+        not_a: what the file is not when columns are missing (e.g. "not a templated file"), or "".
+    """
+    try:
+        table = pq.read_table(path)
+    except (OSError, pa.ArrowInvalid) as e:
+        raise StageError(f"{path}: cannot read {label} ({e}); {fix}") from None
+    missing = [c for c in columns if c not in table.column_names]
+    if missing:
+        lead = f"{not_a}, missing" if not_a else "missing"
+        raise StageError(f"{path}: {lead} columns {missing}; expected {list(columns)}; {fix}")
+    return table.select(list(columns))
+
+
 def fingerprint(*dirs: Path | None) -> str:
     """sha256 over every file (relative name and bytes) of each directory given (None: skipped).
 
@@ -90,9 +125,7 @@ def fingerprint(*dirs: Path | None) -> str:
         h.update(f"dir{n}\0".encode())
         for f in files:
             h.update(f"{f.relative_to(root).as_posix()}\0".encode())
-            with f.open("rb") as fh:
-                for block in iter(lambda fh=fh: fh.read(1 << 20), b""):
-                    h.update(block)
+            feed(h, f)
     return h.hexdigest()
 
 

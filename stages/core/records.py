@@ -29,9 +29,8 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from stages.core.io import StageError, write_table
+from stages.core.io import StageError, read_parquet, write_table
 
 KINDS = ("instruction", "conversation", "qa", "document")
 ROLES = ("system", "user", "assistant")
@@ -144,14 +143,8 @@ def write_records(path: Path, records: list[Record], schema: pa.Schema = SCHEMA)
 def read_records(path: str | Path, schema: pa.Schema = SCHEMA) -> list[Record]:
     """Read a record file written by :func:`write_records`, meta parsed back to a dict."""
     path = Path(path)
-    try:
-        table = pq.read_table(path)
-    except (OSError, pa.ArrowInvalid) as e:
-        raise StageError(f"{path}: cannot read records ({e}); rerun the stage that writes it") from None
-    missing = [n for n in schema.names if n not in table.column_names]
-    if missing:
-        raise StageError(f"{path}: not a steep record file, missing columns {missing}; expected {schema.names}")
-    records = table.select(schema.names).to_pylist()
+    table = read_parquet(path, schema.names, "records", "rerun the stage that writes it", "not a steep record file")
+    records = table.to_pylist()
     for r in records:
         r["meta"] = json.loads(r["meta"])
     return records

@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from stages.core.io import StageError
+from stages.core.io import StageError, feed
 
 if TYPE_CHECKING:
     from stages.core.params.common import Embedding
@@ -84,9 +84,7 @@ def _fingerprint(model_dir: str) -> str:
         return model_dir
     h = hashlib.sha256()
     for w in weights:
-        with w.open("rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
+        feed(h, w)
     return h.hexdigest()
 
 

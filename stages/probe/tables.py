@@ -12,7 +12,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from stages.core.io import StageError
+from stages.core.io import read_parquet
 
 DIGITS = 6
 
@@ -55,16 +55,8 @@ def to_table(rows: list[Row], schema: pa.Schema = SCHEMA) -> pa.Table:
 
 def read_rows(path: Path, schema: pa.Schema = SCHEMA) -> list[Row]:
     """Per-item rows written by the baseline (or probe) stage, scores parsed."""
-    import pyarrow.parquet as pq
-
-    try:
-        table = pq.read_table(path)
-    except (OSError, pa.ArrowInvalid) as e:
-        raise StageError(f"{path}: cannot read per-item probe results ({e}); rerun `dvc repro baseline`") from None
-    missing = [n for n in schema.names if n not in table.column_names]
-    if missing:
-        raise StageError(f"{path}: missing columns {missing}; expected {schema.names} (rerun `dvc repro baseline`)")
-    rows = table.select(schema.names).cast(schema).to_pylist()
+    table = read_parquet(path, schema.names, "per-item probe results", "rerun `dvc repro baseline`")
+    rows = table.cast(schema).to_pylist()
     for r in rows:
         r["scores"] = json.loads(r["scores"])
     return rows

@@ -14,10 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
-import pyarrow.parquet as pq
-
-from stages.core.io import StageError
+from stages.core.io import StageError, read_parquet
 from stages.core.records import REJECT_SCHEMA, SCHEMA
 from stages.probe.tables import PROBE_SCHEMA
 from stages.probe.types import MAIN_METRIC
@@ -97,14 +94,7 @@ class Inputs:
         """Rows of a Parquet file with `columns`, the `json_columns` parsed; None when the file is not there."""
         if not self._exists(path, what):
             return None
-        try:
-            table = pq.read_table(path)
-        except (OSError, pa.ArrowInvalid) as e:
-            raise StageError(f"{path}: cannot read Parquet ({e}); rerun the stage that writes it") from None
-        missing = [c for c in columns if c not in table.column_names]
-        if missing:
-            raise StageError(f"{path}: missing columns {missing}; expected {list(columns)}; rerun the stage")
-        rows = table.select(list(columns)).to_pylist()
+        rows = read_parquet(path, columns, "Parquet", "rerun the stage that writes it").to_pylist()
         for n, row in enumerate(rows):
             name = f"id {row['id']}" if "id" in row else f"task {row.get('task')!r} item {row.get('item')}"
             for col in json_columns:

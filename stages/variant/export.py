@@ -29,7 +29,6 @@ trained, load the 4-bit base + adapter instead.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import json
 import logging
@@ -54,15 +53,6 @@ RECORD = "steep_export.json"
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 VERSIONS = ("torch", "transformers", "peft", "safetensors", "tokenizers")
-
-
-def sha256(path: Path) -> str:
-    """sha256 of a file, read in 1 MiB blocks."""
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def check_inputs(base: Path, adapter: Path) -> tuple[list[Path], dict[str, Any]]:
@@ -142,8 +132,8 @@ def run(params: _params.Scoped, *, inputs: dict[str, Path], outputs: dict[str, P
     train_record = adapter_dir / "steep_train.json"  # absent for an adapter made outside the train stage
     trained_q = json.loads(train_record.read_text()).get("quantization") if train_record.is_file() else None
     record = {
-        "adapter_sha256": sha256(adapter_dir / ADAPTER_WEIGHTS),
-        "base_sha256": {p.name: sha256(p) for p in weights},
+        "adapter_sha256": _io.sha256_file(adapter_dir / ADAPTER_WEIGHTS),
+        "base_sha256": {p.name: _io.sha256_file(p) for p in weights},
         "dtype": dtype,
         "lora": {"r": cfg.get("r"), "lora_alpha": cfg.get("lora_alpha"), "target_modules": _module_names(cfg)},
         "merged_modules": merged_modules,

@@ -12,7 +12,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from stages.core.io import StageError
+from stages.core.io import StageError, read_parquet
 
 # The template stage's rows: a record's text as segments, each trained on or not.
 SEGMENT_TYPE = pa.struct([("text", pa.string()), ("train", pa.bool_())])
@@ -85,17 +85,9 @@ def leading_specials(tokenizer: Any) -> list[int]:
 
 def read_templated(path: str | Path) -> list[dict[str, Any]]:
     """Rows written by this stage (segments as lists of {text, train} dicts)."""
-    import pyarrow.parquet as pq
-
     path = Path(path)
+    table = read_parquet(path, SCHEMA.names, "templated rows", "rerun `dvc repro template`", "not a templated file")
     try:
-        table = pq.read_table(path)
-    except (OSError, pa.ArrowInvalid) as e:
-        raise StageError(f"{path}: cannot read templated rows ({e}); rerun `dvc repro template`") from None
-    missing = [n for n in SCHEMA.names if n not in table.column_names]
-    if missing:
-        raise StageError(f"{path}: not a templated file, missing columns {missing}; expected {SCHEMA.names}")
-    try:
-        return table.select(SCHEMA.names).cast(SCHEMA).to_pylist()
+        return table.cast(SCHEMA).to_pylist()
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
         raise StageError(f"{path}: columns of the wrong type ({e}); expected {SCHEMA}") from None

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from stages.core import io as _io
-from stages.core.io import StageError
+from stages.core.io import StageError, sha256_file
 from stages.core.params.variants import SPEC_FORMS, Spec
 
 # The models stage's logger: its log lines read the same wherever the code lives.
@@ -31,15 +31,6 @@ HF_PATTERNS = ["*.json", "*.safetensors", "*.jinja", "*.model", "*.txt", "*.tikt
 
 
 # --- hashing and copying ------------------------------------------------------
-
-
-def sha256_file(path: Path) -> str:
-    """sha256 of a file's bytes, read in 1 MiB blocks."""
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def copy_hashed(src: Path, dst: Path) -> str:

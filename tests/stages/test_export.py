@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from stages.core import io as _io
 from stages.core import params as _params
 from stages.core.io import StageError
 from stages.variant import export
@@ -93,8 +94,8 @@ def test_merged_model_matches_peft_on_unquantized_base(tiny: dict[str, Path], tm
     assert AutoTokenizer.from_pretrained(out)("<s> t10 t11", add_special_tokens=False)["input_ids"] == [1, 10, 11]
 
     rec = json.loads((out / export.RECORD).read_text())
-    assert rec["adapter_sha256"] == export.sha256(tiny["adapter"] / "adapter_model.safetensors")
-    assert rec["base_sha256"] == {"model.safetensors": export.sha256(tiny["base"] / "model.safetensors")}
+    assert rec["adapter_sha256"] == _io.sha256_file(tiny["adapter"] / "adapter_model.safetensors")
+    assert rec["base_sha256"] == {"model.safetensors": _io.sha256_file(tiny["base"] / "model.safetensors")}
     assert rec["lora"] == {"r": 4, "lora_alpha": 8, "target_modules": LINEAR} and rec["versions"]["peft"]
     assert rec["trained_quantization"] == "nf4_4bit" and "nf4_4bit base" in rec["note"]
     text = "".join(p.read_text(errors="ignore") for p in out.iterdir() if p.suffix == ".json")

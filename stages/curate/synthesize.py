@@ -143,7 +143,7 @@ def run(
     """
     cfg = params.synthesize
     seed = params.common.seed
-    if Path(cfg.self_instruct.seed_tasks) != Path(inputs["seed_tasks"]):
+    if Path(cfg.self_instruct.seed_tasks).resolve() != Path(inputs["seed_tasks"]).resolve():
         raise StageError(
             f"--seed-tasks {inputs['seed_tasks']} differs from synthesize.self_instruct.seed_tasks "
             f"{cfg.self_instruct.seed_tasks}; make dvc.yaml and params.yaml name the same file"

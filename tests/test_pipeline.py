@@ -121,6 +121,15 @@ def _use_tiny_models(repo: Path) -> None:
     for section, values in TINY_SYNTHESIZE.items():
         raw["synthesize"][section].update(values)
     params_file.write_text(yaml.safe_dump(raw, sort_keys=False))
+    # a local model source is a dependency of the stage that reads it (the stages refuse to run otherwise)
+    dvc_file = repo / "dvc.yaml"
+    text = dvc_file.read_text()
+    local_sources = (("models", "        ", "tiny_models/${key}"), ("generator", "      ", "tiny_models/chat"))
+    for stage, indent, dep in local_sources:
+        start = text.index(f"\n  {stage}:\n")
+        deps = text.index("deps:\n", start) + len("deps:\n")
+        text = f"{text[:deps]}{indent}- {dep}\n{text[deps:]}"
+    dvc_file.write_text(text)
 
 
 @pytest.fixture(scope="module")
@@ -263,7 +272,8 @@ def test_another_cpus_kernels_give_the_same_curation_bytes(repo: Path) -> None:
         ("synthesize.filters.max_rouge_l", 0.6, ["synthesize"]),
         # the generator's model: its own checkpoint (synthesize follows when the checkpoint's bytes change)
         ("synthesize.generator.dtype", "bfloat16", ["generator"]),
-        ("variants.chat.model.dtype", "bfloat16", ["models@chat"]),
+        # the report takes the names of its variants from the variants section
+        ("variants.chat.model.dtype", "bfloat16", ["models@chat", "report"]),
         # a data experiment: the probe stages read only the template keys that render their prompts
         ("template.base.documents_as", "skip", ["template@base"]),
         ("tokenize.chat.max_tokens", 128, ["tokenize@chat"]),

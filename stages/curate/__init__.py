@@ -1,0 +1,1 @@
+"""Curation: the stages pull, moderate, dedup and synthesize, and what they share."""

@@ -1,0 +1,1 @@
+"""The report stage and its document, inputs, plots and sections."""

@@ -31,7 +31,6 @@ Run: ``dvc repro baseline@chat`` (= ``python -m stages.probe.baseline --params p
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -45,11 +44,6 @@ from stages.probe import tables as _tables
 from stages.probe import tasks as _tasks
 
 log = logging.getLogger("steep.baseline")
-
-
-def _local_paths(params: _params.Scoped, variant: str | None, inputs: Mapping[str, Path]) -> list[tuple[str, str]]:
-    """The task files and harness folders of probe.tasks (each a dependency of the stage in dvc.yaml)."""
-    return _settings.local_paths(params.probe.tasks)
 
 
 STAGE = cli.Stage(
@@ -70,7 +64,7 @@ STAGE = cli.Stage(
     inputs={"model": "the variant's base checkpoint directory"},
     outputs={"out": "per-item results (Parquet)"},
     options={"cache": "per-task result cache directory"},
-    local_paths=_local_paths,
+    local_paths=_settings.local_paths,
 )
 PARAMS = list(STAGE.params)
 

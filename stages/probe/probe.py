@@ -33,7 +33,6 @@ Run: ``dvc repro probe@chat`` (= ``python -m stages.probe.probe --params params.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -49,13 +48,6 @@ from stages.probe import tasks as _tasks
 from stages.probe.types import SHOWCASE
 
 log = logging.getLogger("steep.probe")
-
-
-# dvc.yaml's `params:` for this foreach stage; `params_keys(variant)` fills in the variant.
-# template.${key}: see baseline.PARAMS (prompts read 3 of its keys; the cache key holds exactly those).
-def _local_paths(params: _params.Scoped, variant: str | None, inputs: Mapping[str, Path]) -> list[tuple[str, str]]:
-    """The task files and harness folders of probe.tasks (each a dependency of the stage in dvc.yaml)."""
-    return _settings.local_paths(params.probe.tasks)
 
 
 STAGE = cli.Stage(
@@ -74,7 +66,7 @@ STAGE = cli.Stage(
     },
     outputs={"out": "per-item results of the adapted model (Parquet)"},
     options={"cache": "per-task result cache directory"},
-    local_paths=_local_paths,
+    local_paths=_settings.local_paths,
 )
 PARAMS = list(STAGE.params)
 

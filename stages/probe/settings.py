@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 from stages.core import params as _params
 from stages.core.params.probe import ProbeTask
@@ -72,8 +74,10 @@ def settings(params: _params.Scoped, variant: str) -> Settings:
     )
 
 
-def local_paths(tasks: list[ProbeTask]) -> list[tuple[str, str]]:
-    """The local files and folders `tasks` name: task files and harness include folders, with who names them."""
+def local_paths(params: _params.Scoped, variant: str | None, inputs: Mapping[str, Path]) -> list[tuple[str, str]]:
+    """The local files and folders ``probe.tasks`` names (task files, harness include folders), with who names
+    them: the baseline and probe stages' ``local_paths`` (each must be a dvc.yaml dependency of the stage)."""
+    tasks = params.probe.tasks
     out = [(t.path, f"probe.tasks {t.name!r}") for t in tasks if t.path is not None]
     out += [(t.harness_include, f"probe.tasks {t.name!r} (harness_include)") for t in tasks if t.harness_include]
     return out

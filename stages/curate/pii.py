@@ -88,6 +88,7 @@ _IPV6 = re.compile(r"(?<![\w:])(?:[0-9A-Fa-f]{0,4}:){2,7}[0-9A-Fa-f]{0,4}(?![\w:
 _DATE_OR_YEARS = re.compile(
     r"(?:1[5-9]|20)\d\d(?:[ .-](?:1[5-9]|20)\d\d)+|\d{4}[ .-]\d{1,2}[ .-]\d{1,2}|\d{1,2}[ .-]\d{1,2}[ .-]\d{2,4}"
 )
+_TRIGGER = re.compile(r"[0-9@]")
 _VERSION_BEFORE = re.compile(r"(?i)(?:\bv|\bversion\s?|\bver\.?\s?|\brelease\s?)$")
 # a well-known server's address (a time server, a public resolver) is infrastructure, not a person's
 _SERVER_BEFORE = re.compile(r"(?i)\b(?:server|dns|nameserver|resolver|ntp|gateway|proxy)\b\W{0,3}$")
@@ -268,8 +269,10 @@ def find_pii(text: str, entities: Iterable[str]) -> list[Span]:
     recognizers = _recognizers()
     wanted = set(entities)
     taken: list[Span] = []
+    if not _TRIGGER.search(text):  # every entity needs a digit or an @ (an API key's digit); most texts have none
+        return taken
     for name in ("api_key", "email", "credit_card", "ip_address", "phone"):
-        if name in wanted and any(ch.isdigit() or ch == "@" for ch in text):
+        if name in wanted:
             for start, end in recognizers[name](text):
                 if all(end <= s or start >= e for s, e, _ in taken):
                     taken.append((start, end, name))
@@ -289,10 +292,10 @@ _SUBJECT_NOUNS: dict[str, re.Pattern[str]] = {
     "email": re.compile(r"(?i)\be-?mail[ -]?(?:address(?:es)?|ids?)\b|\baddress(?:es)? of (?:the |an )?e-?mails?\b"),
     "phone": re.compile(
         r"(?i)\b(?:(?:tele|cell|mobile |cell |fax |contact )?phone[ -]?(?:numbers?|nos?\b)|"
-        r"telephone|(?:mobile|cell|fax|contact) numbers?)"
+        r"(?:mobile|cell|fax|contact|telephone) numbers?)"
     ),
     "credit_card": re.compile(r"(?i)\b(?:(?:credit|debit|bank)[ -]?cards?|card[ -]numbers?)\b"),
-    "ip_address": re.compile(r"(?i)\b(?:ip(?:v[46])?[ -]?address(?:es)?|ipv[46]|ips?)\b"),
+    "ip_address": re.compile(r"(?i)\b(?:ip(?:v[46])?[ -]?address(?:es)?|ipv[46])\b"),
     "api_key": re.compile(r"(?i)\b(?:api[ -_]?keys?|access[ -_]?tokens?|secret[ -_]?keys?|auth\w* tokens?)\b"),
 }
 # "extract all emails": the bare plural counts with the verbs that only make sense for addresses
@@ -300,11 +303,12 @@ _EMAILS_BARE = re.compile(
     r"(?i)\b(?:extract|validat|verif|pars|mask|anonymi[sz]|redact|regex|regular expression)"
     r"\w*\b.{0,60}\be-?mails?\b"
 )
+# stems (any ending), then whole words (plural or third person at most): "Given ..." and "which" are not tasks
 _TASK_WORDS = re.compile(
-    r"(?i)\b(?:(?:re)?format|validat|verif|check|extract|detect|identif|recogni[sz]|match|pars|convert|"
-    r"mask|anonymi[sz]|redact|obfuscat|hid|remov|replac|normali[sz]|generat|classif|sort|split|encod|"
-    r"decod|look ?up|regex|regular expressions?|pattern|program|function|script|code|snippet|class|method|"
-    r"sql|quer|binary|valid|find|list|give|tell|provide|stor|what(?:'s| is| are)|which)\w*"
+    r"(?i)\b(?:(?:(?:re)?format|validat|verif|extract|detect|identif|recogni[sz]|pars|convert|mask|anonymi[sz]|"
+    r"redact|obfuscat|normali[sz]|generat|classif|encod|decod|regex|regular expression|program|function|script|"
+    r"snippet|quer)\w*|(?:check|match|hide|remove|replace|sort|split|look ?up|pattern|code|class|method|sql|"
+    r"binary|valid|find|list|give|tell|provide)(?:e?s)?\b|what(?:'s| is| are)\b)"
 )
 _SENTENCE = re.compile(r"(?<=[.!?])\s+|\n+")
 
@@ -319,10 +323,13 @@ def subject_entities(instruction: str, entities: Iterable[str]) -> list[str]:
     without what it is about, so :func:`redact_record` keeps it.
     """
     found: set[str] = set()
+    named = [e for e in entities if e in _SUBJECT_NOUNS and _SUBJECT_NOUNS[e].search(instruction)]
+    if not named and not ("email" in entities and _EMAILS_BARE.search(instruction)):
+        return []
     for sentence in _SENTENCE.split(instruction):
         if not _TASK_WORDS.search(sentence):
             continue
-        found.update(e for e in entities if e in _SUBJECT_NOUNS and _SUBJECT_NOUNS[e].search(sentence))
+        found.update(e for e in named if _SUBJECT_NOUNS[e].search(sentence))
         if "email" in entities and _EMAILS_BARE.search(sentence):
             found.add("email")
     return sorted(found)
@@ -354,10 +361,12 @@ def redact_record(record: dict[str, Any], entities: Iterable[str]) -> tuple[dict
     """
     entities = list(entities)
     instruction = _first_user_turn(record) if record["kind"] == "conversation" else record["instruction"]
-    subjects = set(subject_entities(instruction, entities))
     texts: list[tuple[Any, Any]] = [(record, f) for f in ("instruction", "input", "output", "text") if record[f]]
     texts += [(m, "content") for m in record["messages"] if m["content"]]
     spans = {i: find_pii(obj[key], entities) for i, (obj, key) in enumerate(texts)}
+    if not any(spans.values()):
+        return {}, []
+    subjects = set(subject_entities(instruction, entities))
     kept = sorted({name for found in spans.values() for _, _, name in found if name in subjects})
     redacted = {(obj[key][s:e], name) for i, (obj, key) in enumerate(texts) for s, e, name in spans[i]}
     redacted = {(value, name) for value, name in redacted if name not in subjects}
@@ -365,7 +374,8 @@ def redact_record(record: dict[str, Any], entities: Iterable[str]) -> tuple[dict
     for i, (obj, key) in enumerate(texts):
         text = obj[key]
         mine = [sp for sp in spans[i] if sp[2] not in subjects]
-        for value, name in redacted:  # the same value elsewhere in the record, on token boundaries
+        # the same value elsewhere in the record, on token boundaries; longest first, in a fixed order
+        for value, name in sorted(redacted, key=lambda v: (-len(v[0]), v)):
             for m in re.finditer(rf"(?<![\w.@+-]){re.escape(value)}(?![\w@]|[.-]\w)", text):
                 if all(m.end() <= s or m.start() >= e for s, e, _ in (*spans[i], *mine)):
                     mine.append((m.start(), m.end(), name))

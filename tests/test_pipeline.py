@@ -205,6 +205,8 @@ def _check(outcome: str, actual: str, meta: dict) -> bool:
         return actual == "kept" and outcome.removeprefix("redacted_pii_") in meta["moderate"]["redacted"]
     if outcome == "flag_cleanlab_label_issue":
         return actual == "kept" and meta["moderate"]["cleanlab"].get("is_label_issue") is True
+    if actual == "kept" and outcome in meta.get("moderate", {}).get("flags", {}):
+        return True  # a rule that flags by default catches its planted record without dropping it
     return actual == outcome
 
 

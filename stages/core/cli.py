@@ -156,7 +156,7 @@ def setup_logging() -> None:
     """Plain, timestamp-free log lines on stderr (they end up in DVC's output)."""
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s", stream=sys.stderr, force=True)
     # Libraries that chat at INFO on import or first use.
-    for noisy in ("presidio-analyzer", "sentence_transformers", "datasets", "httpx", "urllib3", "filelock"):
+    for noisy in ("sentence_transformers", "datasets", "httpx", "urllib3", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     # bitsandbytes (imported by transformers) warns on import that its optional 4-bit CPU kernel
     # package is missing; steep never runs 4-bit kernels on CPU.

@@ -8,26 +8,37 @@ stage, reason and detail (``data/rejected/moderate.parquet``), ``--metrics`` cou
 Run: ``dvc repro moderate``.
 
 The rules are small pure functions ``(record, cfg) -> (keep, reason, detail)``, datatrove style, applied
-in this order; the first one that fails drops the record under its reason code:
+in this order. Each acts as ``moderate.actions`` says: ``drop`` (the first dropping rule rejects the record
+under its reason code), ``flag`` (the record stays; ``meta.moderate.flags`` holds the reason and detail and
+``metrics`` count ``flagged_<reason>``) or ``off``. A rule drops by default only where its precision on real
+data nobody here wrote is at least 0.9 (``benchmarks/moderation_precision.py``; README's moderation table):
 
 ==================== ======================== ======================================================================
-rule / reason        applies to               drops when
+rule / reason        applies to               catches
 ==================== ======================== ======================================================================
-control_characters   every text               a C0/C1 control character other than tab, newline, CR
-empty_output         output, assistant turns  the text is one of ``empty_output_values`` ("", "N/A", ...);
-                                              a conversation without an assistant turn
+control_characters   every text               a C0/C1 control character other than tab, newline, CR (mojibake)
+empty_output         output, assistant turns  the text is one of ``empty_output_values`` ("", "N/A", ...), or holds
+                                              a ``placeholder_output_patterns`` tag ("<No Output>" anywhere); a
+                                              conversation without an assistant turn
 too_short            instruction, document    instruction < ``min_instruction_chars``, text < ``min_document_chars``
 too_long             output, document         output > ``max_output_chars``, text > ``max_document_chars``
-unseen_reference     instruction, input       a ``unseen_reference_patterns`` match (URL, "this image", ...)
-merged_instructions  instruction/input/output a ``merged_instruction_patterns`` match ("### Instruction:")
+unseen_reference     request, input, output   a ``unseen_reference_patterns`` match in the request (short
+                                              paragraphs; not in carried material, not in quotes, a URL not when
+                                              the task is about the URL); an input or output that is only a link
+merged_instructions  instruction/input/output a second "Instruction:" block with its "Output:"/"Response:", or an
+                                              "Instruction:" header inside the output
 canned_response      output, assistant turns  a ``canned_patterns`` match ("As an AI language model", ...)
-truncated_output     output, assistant turns  >= ``min_words_truncation_check`` words and no closing
-                                              punctuation, an open code fence, or a dangling last word
-repetitive           output, document         Gopher ratios: duplicate-line chars, top 3-gram chars
-wrong_language       the whole record         py3langid's top language not in ``language.allowed`` with
-                                              probability >= ``min_confidence`` (code blocks left out)
-toxic                each text (paragraph)    alt-profanity-check probability >  ``toxicity.max_probability``
-pii_<entity>         every text               only with ``pii.action: drop``; otherwise spans are redacted
+truncated_output     output, assistant turns  >= ``min_words_truncation_check`` words ending inside an open code
+                                              fence, on a comma/colon/dash/open bracket, or on "the"/"and"/...
+repetitive           output, document         Gopher's repetition rules and thresholds (``repetition``), on texts of
+                                              >= ``repetition.min_words`` words, fenced code and tables left out
+wrong_language       the request              py3langid's top language for the instruction (user turns; document)
+                                              not in ``language.allowed`` with probability >= ``min_confidence``
+toxic                output, assistant turns, alt-profanity-check probability > ``toxicity.max_probability``, unless
+                     document paragraphs     the instruction asks to handle offensive text (``task_patterns``)
+pii_<entity>         every text               ``pii.action: drop`` drops, ``flag`` flags; ``redact`` rewrites spans
+pii_subject          every text               a flag: the task is about the entity ("format this phone number"), so
+                                              the record is left as it is
 cleanlab_outlier     the record's embedding   only with ``cleanlab.enable_drop_outliers``
 cleanlab_label_issue the record's embedding   only with ``cleanlab.enable_drop_label_issues``
 ==================== ======================== ======================================================================
@@ -36,16 +47,10 @@ cleanlab_label_issue the record's embedding   only with ``cleanlab.enable_drop_l
 the rules on their turns; documents get control characters, length, repetition, language, toxicity, PII.
 
 Normalizations keep the record and are written into its meta: a placeholder input (``<noinput>``, "N/A",
-per ``noinput_placeholders``) is blanked (``normalized_noinput``); with ``pii.action: redact`` each PII span
-is replaced by ``<EMAIL>``, ``<PHONE>``, ``<CREDIT_CARD>``, ``<IP_ADDRESS>`` or ``<API_KEY>``
-(``redacted_pii_<entity>``, counted per record).
-
-PII detection (:mod:`stages.curate.pii`) uses presidio-analyzer's pattern recognizers directly (email,
-phone via python-phonenumbers, credit card with Luhn check, IP) plus an API-key recognizer of its own, without
-``AnalyzerEngine`` (which would load a spaCy model). Presidio's email recognizer validates domains with
-``tldextract``, whose default extractor downloads the public-suffix list on first use; here it runs on
-tldextract's bundled snapshot, so nothing reaches for the network. Loopback, unspecified, link-local and
-multicast IPs (``127.0.0.1``, ``0.0.0.0``, ``::``) name no one and are left alone.
+per ``noinput_placeholders``) is blanked (``normalized_noinput``); with ``pii.action: redact`` each span that
+is plausibly a real person's data is replaced by ``<EMAIL>``, ``<PHONE>``, ``<CREDIT_CARD>``, ``<IP_ADDRESS>``
+or ``<API_KEY>`` (``redacted_pii_<entity>``, counted per record); :mod:`stages.curate.pii` says what is left
+alone (years, measurements, example domains, documentation IPs, fictitious numbers, ...).
 
 Cleanlab: the kept records are embedded (``common.embedding``, through the shared cache) and each source
 is checked on its own, since a source is one distribution and a small source mixed into a large one would
@@ -56,7 +61,8 @@ a record is dropped on them only when ``enable_drop_*`` says so. Cleanlab gets t
 :mod:`stages.curate.embed` (the same bytes on every CPU) in float64, so its distances differ between BLAS kernels
 by ~1e-16 only and the 6-decimal scores, ~1e6 times coarser, are the same on every CPU.
 
-Every kept record gets ``meta["moderate"] = {"passed": [rules it was checked by], "normalized": [...],
+Every kept record gets ``meta["moderate"] = {"passed": [rules it passed], "flags": {reason: detail},
+"normalized": [...],
 "redacted": {entity: spans}, "cleanlab": {...}}``. Output rows are sorted by id; the same inputs and params
 give the same bytes.
 """
@@ -173,9 +179,7 @@ def cleanlab_scores(
 
 def reason_codes(cfg: Moderate) -> list[str]:
     """Every reason code this configuration can drop a record for (each gets a metric, zero or not)."""
-    codes = [name for name, _, _ in RULES if name != "pii"]
-    if not cfg.toxicity.enable:
-        codes.remove("toxic")
+    codes = [name for name, _, _ in RULES if cfg.actions[name] == "drop"]
     if cfg.pii.action == "drop":
         codes += [f"pii_{e}" for e in cfg.pii.entities]
     if cfg.cleanlab.enable and cfg.cleanlab.enable_drop_outliers:
@@ -183,6 +187,14 @@ def reason_codes(cfg: Moderate) -> list[str]:
     if cfg.cleanlab.enable and cfg.cleanlab.enable_drop_label_issues:
         codes.append("cleanlab_label_issue")
     return codes
+
+
+def flag_codes(cfg: Moderate) -> list[str]:
+    """Every reason code this configuration can flag a record for (kept, with the reason in meta)."""
+    codes = [name for name, _, _ in RULES if cfg.actions[name] == "flag"]
+    if cfg.pii.action == "flag":
+        codes += [f"pii_{e}" for e in cfg.pii.entities]
+    return [*codes, "pii_subject"]
 
 
 def moderate_records(
@@ -205,7 +217,7 @@ def moderate_records(
     Returns:
         ``(kept, rejects, metrics)``: kept records (moderated copies, in input order), rejects as
         ``(record, "moderate", reason, detail)``, and flat metrics (total, kept, dropped_<reason>,
-        normalized_noinput, redacted_pii_<entity>, flagged_cleanlab_*, embedding cache counts).
+        normalized_noinput, redacted_pii_<entity>, flagged_<reason>, flagged_cleanlab_*).
     """
     records = sorted(records, key=order_key)
     dropped = dict.fromkeys(reason_codes(cfg), 0)
@@ -232,6 +244,8 @@ def moderate_records(
             rejects.append((rec, NAME, hit[0], f"cleanlab {hit[2]} {scores[hit[2]]}"))
         else:
             survivors.append(rec)
+    for code in flag_codes(cfg):
+        extra[f"flagged_{code}"] = sum(code in r["meta"]["moderate"]["flags"] for r in survivors)
     extra["normalized_noinput"] = sum("noinput" in r["meta"]["moderate"]["normalized"] for r in survivors)
     if cfg.pii.action == "redact":
         for e in cfg.pii.entities:

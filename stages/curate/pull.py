@@ -110,7 +110,15 @@ def _string(source: Source, obj: Any, canonical: str, where: str, *, what: str =
             f"({snippet(value)}), expected a string. Fix: repair the row, or map `{canonical}` to the right "
             f"column with `fields:` for source {source.name!r}"
         )
-    return value
+    return _strip(source, value)
+
+
+def _strip(source: Source, text: str) -> str:
+    """`text` without the source's ``strip_suffixes`` at its end."""
+    for suffix in source.strip_suffixes:
+        if suffix and text.endswith(suffix):
+            text = text[: -len(suffix)]
+    return text
 
 
 def _turns(source: Source, obj: dict[str, Any], where: str) -> list[dict[str, str]]:
@@ -154,7 +162,7 @@ def _to_record(source: Source, index: int, row: Row) -> Record:
                 f"source {source.name!r}: label_field applies to rows of a data file, and {where} is a "
                 "whole document. Fix: remove `label_field` from the source"
             )
-        return make_record(source=source.name, kind="document", meta=meta, text=row.document)
+        return make_record(source=source.name, kind="document", meta=meta, text=_strip(source, row.document))
     if not isinstance(obj, dict):
         raise StageError(
             f"{where}: expected an object with the fields of format {fmt!r}, got {snippet(obj)}. "

@@ -11,16 +11,16 @@ from __future__ import annotations
 import copy
 import logging
 import re
-from collections import Counter
 from collections.abc import Callable, Iterable
 from functools import cache
-from typing import Any
 
 import numpy as np
 
-from stages.core.params.moderate import Language, Moderate, Repetition
+from stages.core.params.moderate import Moderate
 from stages.core.records import Record
-from stages.curate.pii import find_pii, redact
+from stages.curate import signals
+from stages.curate.pii import redact_record
+from stages.curate.signals import clip
 
 log = logging.getLogger("steep.moderate")
 
@@ -33,17 +33,13 @@ ALL_KINDS = ("instruction", "qa", "conversation", "document")
 
 # C0 and C1 control characters and DEL; tab, newline and carriage return are text.
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
-# Last characters that close a sentence, a quote, a bracket, a code span, a table row or an HTML tag.
-_CLOSERS = frozenset(".!?\"'”’»)]}`*|>;…")
-# A last line that is a list item, a heading or a table row need not end in punctuation.
-_LIST_LINE = re.compile(r"^\s*(?:[-*+•]|\d+[.)]|[a-zA-Z][.)]|#+|\|)\s*")
-# Words a finished answer does not end on.
-_DANGLING = (
-    "a an the and or but nor of to in on at by for with from as that which who whose because if so than "
-    "then this these those their its his her my your our is are was were be been such"
-)
-_DANGLING_WORDS = frozenset(_DANGLING.split())
-_CODE_BLOCK = re.compile(r"```.*?(?:```|\Z)|`[^`\n]*`", re.S)
+# An output that is nothing but a link or an image: a URL, a markdown link or image, an <img> tag.
+_LINK_ONLY = re.compile(r"^\s*(?:!?\[[^\]]*\]\(\s*\S+?\s*\)|<img\b[^>]*>|(?:https?://|www\.)\S+)\s*$", re.I)
+_IMAGE = re.compile(r"^\s*(?:!\[|<img\b)|\.(?:png|jpe?g|gif|svg|webp|bmp)\b|imgur\.com", re.I)
+# A quoted string: what a request quotes (a question to compare, a title) is data, not a pointer.
+_QUOTED = re.compile(r'"[^"\n]{1,300}"|“[^”\n]{1,300}”')
+# An instruction that asks for a link (then a bare link is the right answer, unless it is an image).
+_ASKS_FOR_LINK = re.compile(r"(?i)\b(?:url|link|website|web ?site|web page|webpage|address|domain|href|site)\b")
 
 
 # --- text selectors -------------------------------------------------------------------------------
@@ -63,17 +59,32 @@ def _answers(record: Record) -> list[tuple[str, str]]:
     return [("output", record["output"])]
 
 
+def _requests(record: Record, max_words: int) -> list[tuple[str, str]]:
+    """The text of the instruction and input that reads as the request, by paragraph.
+
+    A record of at most `max_words` words is all request. A longer one carries material (an article, a
+    review, a passage to answer from, a table of facts): what that material mentions is part of it, not a
+    pointer to something the model cannot see, so only its first and last paragraphs are read, where a
+    request sits, and only when they are short.
+    """
+    paras = [
+        (f"{field} paragraph {i + 1}", para)
+        for field in ("instruction", "input")
+        for i, para in enumerate(p for p in re.split(r"\n\s*\n", record[field]) if p.strip())
+    ]
+    if sum(len(p.split()) for _, p in paras) <= max_words:
+        return paras
+    ends = paras[:1] + paras[-1:] if len(paras) > 1 else []
+    return [(w, p) for w, p in ends if len(p.split()) <= max_words // 2]
+
+
 def _first_match(patterns: list[str], texts: Iterable[tuple[str, str]]) -> str | None:
     for where, text in texts:
         for i, pattern in enumerate(patterns):
             m = re.search(pattern, text)
             if m:
-                return f"{where}: pattern {i} matched {_clip(m.group())!r}"
+                return f"{where}: pattern {i} matched {clip(m.group())!r}"
     return None
-
-
-def _clip(s: str, n: int = 60) -> str:
-    return s if len(s) <= n else s[: n - 1] + "…"
 
 
 def _norm_value(s: str) -> str:
@@ -94,7 +105,7 @@ def control_characters(record: Record, cfg: Moderate) -> Verdict:
 
 
 def empty_output(record: Record, cfg: Moderate) -> Verdict:
-    """Drop an output (or assistant turn) that says nothing: "", "N/A", "none", ..."""
+    """Drop an output (or assistant turn) that says nothing: "", "N/A", a "<No Output>" placeholder anywhere."""
     answers = _answers(record)
     if not answers:
         return False, "empty_output", "conversation has no assistant turn"
@@ -102,7 +113,8 @@ def empty_output(record: Record, cfg: Moderate) -> Verdict:
     for where, text in answers:
         if _norm_value(text) in empty:
             return False, "empty_output", f"{where} is {text!r}"
-    return KEEP
+    detail = _first_match(cfg.placeholder_output_patterns, answers)
+    return (False, "empty_output", f"placeholder: {detail}") if detail else KEEP
 
 
 def too_short(record: Record, cfg: Moderate) -> Verdict:
@@ -128,16 +140,49 @@ def too_long(record: Record, cfg: Moderate) -> Verdict:
 
 
 def unseen_reference(record: Record, cfg: Moderate) -> Verdict:
-    """Drop an instruction or input that points at a URL, image or attachment the model cannot see."""
-    texts = [(f, record[f]) for f in ("instruction", "input") if record[f]]
-    detail = _first_match(cfg.unseen_reference_patterns, texts)
-    return (False, "unseen_reference", detail) if detail else KEEP
+    """Drop a request that points at a URL, image or attachment the model cannot see, or a link-only output.
+
+    Only the request paragraphs are read (see :func:`_requests`), quoted strings left out. A URL counts where
+    the request asks to use what it points at, unless the record carries material of its own (more than
+    ``request_max_words`` words) or the instruction is about the URL itself (``url_task_patterns``). An input
+    that is only a link is material the model cannot read. An output that is only a link or an image
+    reference is caught too, unless the instruction asks for a link (an image link is never an answer).
+    """
+    requests = _requests(record, cfg.request_max_words)
+    # a URL inside carried material (a news story's "Read more: http://...") or in a task about the URL
+    # itself (cite it, extract its domain) points at nothing the model needs
+    carries_material = sum(len(record[f].split()) for f in ("instruction", "input")) > cfg.request_max_words
+    url_task = any(re.search(p, record["instruction"]) for p in cfg.url_task_patterns)
+    patterns = [p for p in cfg.unseen_reference_patterns if not ((carries_material or url_task) and _matches_url(p))]
+    requests = [(w, _QUOTED.sub('""', t)) for w, t in requests]
+    detail = _first_match(patterns, requests)
+    if detail:
+        return False, "unseen_reference", detail
+    if record["input"] and _LINK_ONLY.match(record["input"]) and not url_task:
+        return False, "unseen_reference", f"input is only a link: {clip(record['input'].strip())!r}"
+    output = record["output"]
+    link_only = bool(output) and _LINK_ONLY.match(output) is not None
+    if link_only and (_IMAGE.search(output) or not _ASKS_FOR_LINK.search(record["instruction"])):
+        return False, "unseen_reference", f"output is only a link: {clip(output.strip())!r}"
+    return KEEP
+
+
+@cache
+def _matches_url(pattern: str) -> bool:
+    """Whether a reference pattern is a URL pattern (it matches a bare URL)."""
+    return bool(re.search(pattern, "read https://example.com/page"))
 
 
 def merged_instructions(record: Record, cfg: Moderate) -> Verdict:
-    """Drop a record into which several instructions were merged ("### Instruction:" leaking into a field)."""
+    """Drop a record into which another instruction/response block was merged.
+
+    A second block is an "Instruction:" header followed later by an "Output:"/"Response:" header (in any
+    field), or an "Instruction:" header inside the output; a lone "Output: 8" is a printed result, not a merge.
+    """
     texts = [(f, record[f]) for f in ("instruction", "input", "output") if record[f]]
     detail = _first_match(cfg.merged_instruction_patterns, texts)
+    if not detail and record["output"]:
+        detail = _first_match(cfg.merged_output_patterns, [("output", record["output"])])
     return (False, "merged_instructions", detail) if detail else KEEP
 
 
@@ -147,135 +192,66 @@ def canned_response(record: Record, cfg: Moderate) -> Verdict:
     return (False, "canned_response", detail) if detail else KEEP
 
 
-def truncation(text: str, min_words: int) -> str | None:
-    """Why `text` looks cut off, or None.
-
-    Only texts of at least `min_words` words are judged. Cut off: an open code fence, or a last character
-    that leaves the sentence open (a comma, a colon, a dash, an opening bracket), or a last word that no
-    finished sentence ends on ("the", "and", "to"), or no closing punctuation at the end of a prose line.
-    Not cut off: closing punctuation, quotes, brackets and code fences; a number; a last line that is a list
-    item, heading or table row; a short last line of a multi-line text (verse, a signature, an address).
-    """
-    words = text.split()
-    if len(words) < min_words:
-        return None
-    if text.count("```") % 2:
-        return "ends inside an open code fence"
-    body = text.rstrip()
-    last = body[-1]
-    last_line = body.splitlines()[-1].strip()
-    last_word = re.sub(r"^\W+|\W+$", "", words[-1]).lower()
-    if last in ",:-–—([{/\\&+=":
-        return f"ends on {last!r}: {_clip(last_line[-40:])!r}"
-    if last.isalpha() and last_word in _DANGLING_WORDS:
-        return f"ends on the word {last_word!r}: {_clip(last_line[-40:])!r}"
-    if last in _CLOSERS or last.isdigit() or not last.isalnum():
-        return None
-    if _LIST_LINE.match(last_line):
-        return None
-    if "\n" in body and len(last_line.split()) < min_words:
-        return None
-    return f"no closing punctuation: {_clip(last_line[-40:])!r}"
-
-
 def truncated_output(record: Record, cfg: Moderate) -> Verdict:
     """Drop an output (or assistant turn) that stops mid-sentence."""
     for where, text in _answers(record):
-        why = truncation(text, cfg.min_words_truncation_check) if text else None
+        why = signals.truncation(text, cfg.min_words_truncation_check) if text else None
         if why:
             return False, "truncated_output", f"{where}: {why}"
     return KEEP
 
 
-def repetition(text: str, cfg: Repetition) -> str | None:
-    """Why `text` is repetitive by Gopher's measures (Rae et al. 2021), or None.
-
-    Duplicate-line ratio: characters in repeated non-empty lines (every occurrence after the first) over
-    the characters of all lines. Top 3-gram ratio: characters of the most frequent word 3-gram times its
-    count over the characters of all words (only when that 3-gram occurs more than once).
-    """
-    words = text.split()
-    if len(words) < cfg.min_words:
-        return None
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    seen: set[str] = set()
-    dup_chars = 0
-    for line in lines:
-        if line in seen:
-            dup_chars += len(line)
-        seen.add(line)
-    ratio = dup_chars / max(1, sum(len(line) for line in lines))
-    if ratio > cfg.max_duplicate_line_ratio:
-        return f"duplicate lines hold {ratio:.2f} of chars (max {cfg.max_duplicate_line_ratio})"
-    norm = [w.lower() for w in words]
-    grams = Counter(zip(norm, norm[1:], norm[2:], strict=False))
-    if grams:
-        (gram, count), *_ = sorted(grams.items(), key=lambda kv: (-kv[1], kv[0]))
-        if count > 1:
-            ratio = count * sum(len(w) for w in gram) / max(1, sum(len(w) for w in norm))
-            if ratio > cfg.max_top_ngram_ratio:
-                return f"3-gram {' '.join(gram)!r} x{count} holds {ratio:.2f} of chars (max {cfg.max_top_ngram_ratio})"
-    return None
-
-
 def repetitive(record: Record, cfg: Moderate) -> Verdict:
     """Drop an output or document that repeats its lines or phrases (degenerate generation, boilerplate)."""
     where = "text" if record["kind"] == "document" else "output"
-    why = repetition(record[where], cfg.repetition)
+    why = signals.repetition(record[where], cfg.repetition)
     return (False, "repetitive", f"{where}: {why}") if why else KEEP
 
 
-@cache
-def _language_identifier() -> Any:
-    """py3langid's identifier with probabilities normalized; its model ships inside the package."""
-    from py3langid.langid import MODEL_FILE, LanguageIdentifier
-
-    return LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=True)
-
-
-def language(text: str, cfg: Language) -> tuple[str, float] | None:
-    """(language, probability) of `text` without its code blocks, or None when too short to judge."""
-    prose = " ".join(_CODE_BLOCK.sub(" ", text).split())
-    if len(prose) < cfg.min_chars:
-        return None
-    lang, prob = _language_identifier().classify(prose)
-    return str(lang), float(prob)
+def _request_text(record: Record) -> str:
+    """What a record asks, in the language its data is in: the instruction, the user turns, a document."""
+    if record["kind"] == "document":
+        return record["text"]
+    if record["kind"] == "conversation":
+        return "\n\n".join(m["content"] for m in record["messages"] if m["role"] == "user")
+    return record["instruction"]
 
 
 def wrong_language(record: Record, cfg: Moderate) -> Verdict:
-    """Drop a record whose language (all its text, code blocks left out) is confidently not an allowed one.
+    """Drop a record whose request (code blocks left out) is confidently not in an allowed language.
 
-    The record is judged as a whole, so a translation task (English instruction, French output) is kept.
+    The request is judged, not the answer: a task that asks for French output, a list of Latin species or
+    a lorem-ipsum input is English data when its instruction is English.
     """
-    found = language("\n\n".join(t for _, t in _all_texts(record)), cfg.language)
+    found = signals.language(_request_text(record), cfg.language)
     if found is None:
         return KEEP
     lang, prob = found
     if lang not in cfg.language.allowed and prob >= cfg.language.min_confidence:
-        return False, "wrong_language", f"{lang} with probability {prob:.3f} (allowed {cfg.language.allowed})"
+        return (
+            False,
+            "wrong_language",
+            f"request in {lang} with probability {prob:.3f} (allowed {cfg.language.allowed})",
+        )
     return KEEP
 
 
-def toxicity(texts: list[str]) -> list[float]:
-    """alt-profanity-check's probability that each text is offensive (its model ships with the package)."""
-    if not texts:
-        return []
-    from profanity_check import predict_prob
-
-    return [float(p) for p in predict_prob(texts)]
-
-
 def toxic(record: Record, cfg: Moderate) -> Verdict:
-    """Drop a record with an offensive text (each field, turn, or document paragraph scored on its own)."""
+    """Drop a record that teaches offensive text: an output, assistant turn or document paragraph scored so.
+
+    The request is not scored (a review to classify may be rude; the label is not), and a task that asks to
+    handle offensive text (``toxicity.task_patterns``: "censor the profanity") is not toxic data.
+    """
+    if any(re.search(p, _request_text(record)) for p in cfg.toxicity.task_patterns) and record["kind"] != "document":
+        return KEEP
     parts: list[tuple[str, str]] = []
-    for where, text in _all_texts(record):
-        if record["kind"] == "document":
-            # a long document dilutes a bag-of-words score: score its paragraphs
-            paras = [p for p in re.split(r"\n\s*\n", text) if p.strip()]
-            parts += [(f"{where} paragraph {i + 1}", p) for i, p in enumerate(paras)]
-        else:
-            parts.append((where, text))
-    probs = toxicity([t for _, t in parts])
+    if record["kind"] == "document":
+        # a long document dilutes a bag-of-words score: score its paragraphs
+        paras = [p for p in re.split(r"\n\s*\n", record["text"]) if p.strip()]
+        parts = [(f"text paragraph {i + 1}", p) for i, p in enumerate(paras)]
+    else:
+        parts = [(w, t) for w, t in _answers(record) if t]
+    probs = signals.toxicity([t for _, t in parts])
     if probs:
         i = int(np.argmax(probs))
         if probs[i] > cfg.toxicity.max_probability:
@@ -286,36 +262,28 @@ def toxic(record: Record, cfg: Moderate) -> Verdict:
 # --- PII ------------------------------------------------------------------------------------------
 
 
-def pii(record: Record, cfg: Moderate) -> Verdict:
-    """With pii.action drop: drop a record holding PII, reason pii_<entity> (first entity in params order)."""
-    if cfg.pii.action != "drop":
-        return KEEP
-    hits: Counter[str] = Counter()
-    wheres: dict[str, str] = {}
-    for where, text in _all_texts(record):
-        for _, _, name in find_pii(text, cfg.pii.entities):
-            hits[name] += 1
-            wheres.setdefault(name, where)
-    for name in cfg.pii.entities:
-        if hits[name]:
-            # the detail names where, not what: the PII itself stays out of the logs and metrics
-            return False, f"pii_{name}", f"{wheres[name]}: {hits[name]} {name} span(s)"
-    return KEEP
+def pii_verdict(rec: Record, cfg: Moderate) -> tuple[Verdict, dict[str, int], dict[str, str]]:
+    """PII in `rec` by ``pii.action``: (verdict, spans redacted per entity, flags); redacts `rec` in place.
 
-
-def redact_record(record: Record, cfg: Moderate) -> dict[str, int]:
-    """Redact PII in every text of `record` in place; return spans per entity."""
-    counts: Counter[str] = Counter()
-    for field in ("instruction", "input", "output", "text"):
-        if record[field]:
-            spans = find_pii(record[field], cfg.pii.entities)
-            counts.update(name for _, _, name in spans)
-            record[field] = redact(record[field], spans)
-    for m in record["messages"]:
-        spans = find_pii(m["content"], cfg.pii.entities)
-        counts.update(name for _, _, name in spans)
-        m["content"] = redact(m["content"], spans)
-    return dict(sorted(counts.items()))
+    redact: plausible personal data is replaced by its tag (:mod:`stages.curate.pii`); drop: a record holding
+    some is dropped as ``pii_<entity>``; flag: the record stays as it is, flagged ``pii_<entity>``. Where the
+    entity is the task's subject ("format this phone number") the record is never rewritten nor dropped: it
+    stays as it is, flagged ``pii_subject``. The details name where and how many, never the PII itself.
+    """
+    action, entities = cfg.pii.action, cfg.pii.entities
+    target = rec if action == "redact" else copy.deepcopy(rec)
+    counts, subject = redact_record(target, entities)
+    flags = {"pii_subject": f"the task is about {', '.join(subject)}: left as it is"} if subject else {}
+    if action == "redact":
+        return KEEP, counts, flags
+    hit = next((e for e in entities if counts.get(e)), None)
+    if hit is None:
+        return KEEP, {}, flags
+    where = next(w for (w, a), (_, b) in zip(_all_texts(rec), _all_texts(target), strict=True) if a != b)
+    if action == "drop":
+        return (False, f"pii_{hit}", f"{where}: {counts[hit]} {hit} span(s)"), {}, flags
+    flags.update({f"pii_{e}": f"{where}: {counts[e]} {e} span(s)" for e in entities if counts.get(e)})
+    return KEEP, {}, flags
 
 
 # --- one record -----------------------------------------------------------------------------------
@@ -333,7 +301,6 @@ RULES: list[tuple[str, tuple[str, ...], Filter]] = [
     ("repetitive", (*INSTRUCTION_KINDS, "document"), repetitive),
     ("wrong_language", ALL_KINDS, wrong_language),
     ("toxic", ALL_KINDS, toxic),
-    ("pii", ALL_KINDS, pii),
 ]
 
 
@@ -349,20 +316,36 @@ def normalize_noinput(record: Record, cfg: Moderate) -> list[str]:
 def check_record(record: Record, cfg: Moderate) -> tuple[Record, str | None, str]:
     """Moderate one record by the rules (not cleanlab, which needs the whole set).
 
-    Returns ``(moderated copy, None, "")`` when kept: placeholder input blanked, PII redacted (with
-    ``pii.action: redact``) and ``meta["moderate"]`` filled in; or ``(record as given, reason, detail)``
-    when the first failing rule drops it. The input record is never modified.
+    Each rule acts as ``actions`` says: ``drop`` rejects the record under the rule's reason code, ``flag``
+    keeps it with the reason and detail in ``meta.moderate.flags``, ``off`` skips the rule. Returns
+    ``(moderated copy, None, "")`` when kept: placeholder input blanked, PII handled per ``pii.action`` and
+    ``meta["moderate"]`` filled in; or ``(record as given, reason, detail)`` when the first dropping rule
+    drops it. The input record is never modified.
     """
     rec = {**record, "messages": [dict(m) for m in record["messages"]], "meta": copy.deepcopy(record["meta"])}
     normalized = normalize_noinput(rec, cfg) if rec["kind"] in INSTRUCTION_KINDS else []
     passed: list[str] = []
+    flags: dict[str, str] = {}
     for name, kinds, rule in RULES:
-        if rec["kind"] not in kinds or (name == "toxic" and not cfg.toxicity.enable):
+        action = cfg.actions[name]
+        if rec["kind"] not in kinds or action == "off":
             continue
         keep, reason, detail = rule(rec, cfg)
-        if not keep:
+        if keep:
+            passed.append(name)
+        elif action == "drop":
             return record, reason, detail
-        passed.append(name)
-    redacted = redact_record(rec, cfg) if cfg.pii.action == "redact" else {}
-    rec["meta"]["moderate"] = {"passed": passed, "normalized": normalized, "redacted": redacted, "cleanlab": {}}
+        else:
+            flags[name] = detail
+    (keep, reason, detail), redacted, pii_flags = pii_verdict(rec, cfg)
+    if not keep:
+        return record, reason, detail
+    passed.append("pii")
+    rec["meta"]["moderate"] = {
+        "passed": passed,
+        "flags": flags | pii_flags,
+        "normalized": normalized,
+        "redacted": redacted,
+        "cleanlab": {},
+    }
     return rec, None, ""

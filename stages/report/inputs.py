@@ -1,4 +1,4 @@
-"""Reading the report's inputs: metrics JSON, rejects and synthetic Parquet, dvclive loss curves, the probe's results.
+"""Reading the report's inputs: metrics JSON, rejected, flagged and synthetic records, loss curves, probe results.
 
 Every input is optional: :class:`Inputs` remembers each path asked for and whether it was there (the report lists
 them, and names a missing one where its section would be). A file that is there but malformed stops the stage with a
@@ -212,6 +212,7 @@ class Run:
     variants: list[str]
     stages: dict[str, dict[str, Any] | None]  # "pull", ..., "template@base", "tokenize@chat"
     rejects: dict[str, list[dict] | None]
+    flagged: list[dict] | None  # moderate's kept records that carry a flag
     synthetic: list[dict] | None
     train: dict[str, dict[str, Any] | None]
     curves: dict[str, dict[str, list[tuple[int, float]] | None]]  # variant -> train|eval -> points
@@ -236,7 +237,7 @@ def read_run(variants: list[str], inputs: dict[str, Path], reader: Inputs) -> Ru
 
     Args:
         variants: the variants whose per-variant inputs are read.
-        inputs: ``metrics_dir``, ``rejects_dir``, ``synthetic``, ``live_dir``, ``probe_dir``.
+        inputs: ``metrics_dir``, ``rejects_dir``, ``moderated``, ``synthetic``, ``live_dir``, ``probe_dir``.
         reader: records every path asked for (the report's input list).
 
     Raises:
@@ -262,6 +263,8 @@ def read_run(variants: list[str], inputs: dict[str, Path], reader: Inputs) -> Ru
         )
         for s in REJECT_STAGES
     }
+    moderated = reader.table(at("moderated", inputs["moderated"]), "moderated records", tuple(SCHEMA.names), ("meta",))
+    flagged = None if moderated is None else [r for r in moderated if r["meta"].get("moderate", {}).get("flags")]
     synthetic = reader.table(at("synthetic", inputs["synthetic"]), "synthetic pairs", tuple(SCHEMA.names), ("meta",))
     train, curves, baseline, probe, items = {}, {}, {}, {}, {}
     for v in variants:
@@ -279,7 +282,7 @@ def read_run(variants: list[str], inputs: dict[str, Path], reader: Inputs) -> Ru
         path = at(f"probe@{v}", per[v][f"probe@{v}"])
         data = reader.json(path, f"probe@{v} metrics")
         probe[v] = None if data is None else parse_probe(data, path)
-    return Run(variants, stages, rejects, synthetic, train, curves, baseline, probe, items, paths)
+    return Run(variants, stages, rejects, flagged, synthetic, train, curves, baseline, probe, items, paths)
 
 
 def not_found(run: Run, key: str) -> str:

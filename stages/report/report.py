@@ -70,6 +70,7 @@ STAGE = cli.Stage(
     inputs={
         "metrics_dir": "the stages' metrics JSON files",
         "rejects_dir": "rejected records, <stage>.parquet",
+        "moderated": "moderate's kept records (Parquet): the flagged ones are shown per flag",
         "synthetic": "the synthesize stage's kept pairs (Parquet)",
         "live_dir": "dvclive directories train_<variant>",
         "probe_dir": "per-item probe results, <variant>.parquet",
@@ -86,7 +87,8 @@ def run(params: Any, *, inputs: dict[str, Path], outputs: dict[str, Path]) -> di
 
     Args:
         params: scoped params holding ``report`` and ``variants`` (the variants reported on: its keys, in order).
-        inputs: ``metrics_dir``, ``rejects_dir``, ``synthetic``, ``live_dir``, ``probe_dir`` (see the module doc).
+        inputs: ``metrics_dir``, ``rejects_dir``, ``moderated``, ``synthetic``, ``live_dir``, ``probe_dir``
+            (see the module doc).
         outputs: ``md`` and ``html``, the report files.
 
     Returns:

@@ -8,7 +8,13 @@ from __future__ import annotations
 from stages.core.params.report import Report
 from stages.report.document import Code, Doc
 from stages.report.inputs import DATA_STAGES, Inputs, Run, drops_of, not_found
-from stages.report.sections_data import section_decontamination, section_funnel, section_rejects, section_synthetic
+from stages.report.sections_data import (
+    section_decontamination,
+    section_flags,
+    section_funnel,
+    section_rejects,
+    section_synthetic,
+)
 from stages.report.sections_model import section_probe, section_training
 from stages.report.text import fmt_count, fmt_num, fmt_pct
 
@@ -85,6 +91,7 @@ def build(run: Run, reader: Inputs, cfg: Report, html_name: str) -> Doc:
     section_summary(doc, run)
     section_funnel(doc, run)
     section_rejects(doc, run, cfg.max_examples_per_reason)
+    section_flags(doc, run, cfg.max_examples_per_reason)
     section_decontamination(doc, run)
     section_synthetic(doc, run, cfg.max_examples_per_task)
     section_training(doc, run)

@@ -186,6 +186,45 @@ def section_rejects(doc: Doc, run: Run, per_reason: int) -> None:
         doc.table(["reason", "record", "prompt", "response", "detail"], table)
 
 
+def section_flags(doc: Doc, run: Run, per_reason: int) -> None:
+    """Add moderate's flags on kept records: count per flag, and up to `per_reason` flagged records each."""
+    doc.h(2, "Flagged, kept records")
+    metrics = run.stages.get("moderate") or {}
+    counts = {k.removeprefix("flagged_"): v for k, v in sorted(metrics.items()) if k.startswith("flagged_") and v}
+    if run.flagged is None:
+        doc.p(f"No moderated records file ({not_found(run, 'moderated')}).")
+        return
+    if not counts and not run.flagged:
+        doc.p("No kept record carries a flag.")
+        return
+    doc.p(
+        "A rule whose measured precision on real data is below 0.9 flags instead of dropping (`moderate.actions`): "
+        "the record stays in the training data with the reason in `meta.moderate.flags`. Set the rule's action to "
+        f"`drop` to drop them. Up to {per_reason} flagged record{'s' if per_reason != 1 else ''} per flag, in id order."
+    )
+    doc.table(["flag", "kept records"], [[Code(k), fmt_count(v)] for k, v in counts.items()])
+    by_flag: dict[str, list[dict]] = defaultdict(list)
+    for row in run.flagged:
+        for flag in row["meta"]["moderate"]["flags"]:
+            by_flag[flag].append(row)
+    table = []
+    for flag, group in sorted(by_flag.items(), key=lambda kv: (-len(kv[1]), kv[0])):
+        for row in sorted(group, key=lambda r: r["id"])[:per_reason]:
+            prompt, response = _prompt_response(row)
+            detail = row["meta"]["moderate"]["flags"][flag]
+            table.append(
+                [
+                    Code(flag),
+                    Code(_where(row)),
+                    clip(prompt, CLIP_PROMPT),
+                    clip(response, CLIP_SHORT),
+                    clip(detail, CLIP_SHORT),
+                ]
+            )
+    if per_reason and table:
+        doc.table(["flag", "record", "prompt", "response", "detail"], table)
+
+
 def section_decontamination(doc: Doc, run: Run) -> None:
     """Add what dedup dropped for overlapping the held-out references, per reference file and method."""
     doc.h(2, "Decontamination")

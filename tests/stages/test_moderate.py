@@ -35,6 +35,13 @@ def cfg() -> Moderate:
     return load_params().moderate
 
 
+@pytest.fixture(scope="module")
+def strict() -> Moderate:
+    """Every rule set to drop (the defaults flag the rules whose precision on real data is below 0.9)."""
+    cfg = load_params().moderate
+    return cfg.model_copy(update={"actions": dict.fromkeys(cfg.actions, "drop")})
+
+
 def rec(
     kind: str = "instruction", *, source: str = "demo", row: int = 1, label: str | None = None, **content
 ) -> Record:
@@ -81,11 +88,26 @@ CASES = {
 
 
 @pytest.mark.parametrize("reason", list(CASES))
-def test_each_rule_drops_with_its_reason_code(cfg, reason):
+def test_each_rule_drops_with_its_reason_code(strict, reason):
     record = CASES[reason]
-    _, got, detail = rules.check_record(record, cfg)
+    _, got, detail = rules.check_record(record, strict)
     assert got == reason, detail
     assert detail
+
+
+@pytest.mark.parametrize("reason", list(CASES))
+def test_each_rule_acts_as_params_say(cfg, reason):
+    """A flagging rule keeps the record with its reason and detail in meta; a dropping one drops it."""
+    out, got, _ = rules.check_record(CASES[reason], cfg)
+    if cfg.actions[reason] == "drop":
+        assert got == reason
+    else:
+        assert got is None
+        assert reason in out["meta"]["moderate"]["flags"]
+        assert reason not in out["meta"]["moderate"]["passed"]
+    off = cfg.model_copy(update={"actions": {**cfg.actions, reason: "off"}})
+    out, got, _ = rules.check_record(CASES[reason], off)
+    assert got is None and reason not in out["meta"]["moderate"]["flags"]
 
 
 def test_clean_record_passes_every_rule_and_is_not_modified(cfg):
@@ -95,7 +117,8 @@ def test_clean_record_passes_every_rule_and_is_not_modified(cfg):
     assert reason is None
     assert json.dumps(record, sort_keys=True) == before  # the input record is never modified
     assert out["meta"]["moderate"] == {
-        "passed": [name for name, _, _ in rules.RULES],
+        "passed": [name for name, _, _ in rules.RULES] + ["pii"],
+        "flags": {},
         "normalized": [],
         "redacted": {},
         "cleanlab": {},
@@ -114,7 +137,12 @@ def test_first_failing_rule_wins(cfg):
         (conv("Why is the sky blue?", "  "), "empty_output"),
         (conv("Why is the sky blue?"), "empty_output"),  # no assistant turn
         (
-            conv("Why is the sky blue?", ANSWER, "And at sunset?", ANSWER + " At sunset the light travels through"),
+            conv(
+                "Why is the sky blue?",
+                ANSWER,
+                "And at sunset?",
+                ANSWER + " At sunset the light travels through more of the",
+            ),
             "truncated_output",
         ),
         (
@@ -139,8 +167,8 @@ def test_first_failing_rule_wins(cfg):
         "qa-unseen",
     ],
 )
-def test_rules_per_kind(cfg, record, reason):
-    assert rules.check_record(record, cfg)[1] == reason
+def test_rules_per_kind(strict, record, reason):
+    assert rules.check_record(record, strict)[1] == reason
 
 
 def test_conversations_and_documents_skip_rules_that_do_not_apply(cfg):
@@ -183,12 +211,12 @@ def test_finished_outputs_without_a_period_are_not_truncated(cfg, output):
     [
         "Here is a function that reverses a string in Python using slicing:\n```python\ndef reverse(s):\n    return",
         "To make the sauce you will need the following ingredients, all of which are easy to find:",
-        "Dear Hiring Manager, I am excited to apply for the position, and with three years of experience I can",
+        "Dear Hiring Manager, I am excited to apply for the position, and with three years of experience in the",
     ],
     ids=["open-code-fence", "colon", "mid-sentence"],
 )
-def test_cut_off_outputs_are_truncated(cfg, output):
-    assert rules.check_record(rec(output=output), cfg)[1] == "truncated_output"
+def test_cut_off_outputs_are_truncated(strict, output):
+    assert rules.check_record(rec(output=output), strict)[1] == "truncated_output"
 
 
 def test_translation_task_is_not_wrong_language(cfg):
@@ -214,10 +242,10 @@ def test_noinput_placeholder_is_blanked_not_dropped(cfg, placeholder):
 
 
 PII = {
-    "email": ("Write to jane.doe@example.com for details.", "Write to <EMAIL> for details."),
-    "phone": ("Call our office at +1 (415) 555-0132 today.", "Call our office at <PHONE> today."),
-    "credit_card": ("The card 4111 1111 1111 1111 was charged.", "The card <CREDIT_CARD> was charged."),
-    "ip_address": ("The server at 203.0.113.45 is down.", "The server at <IP_ADDRESS> is down."),
+    "email": ("Reach me at maria.gonzalez1987@gmail.com for details.", "Reach me at <EMAIL> for details."),
+    "phone": ("Call me at +1 (415) 872-3391 today.", "Call me at <PHONE> today."),
+    "credit_card": ("The card 4532 0151 1283 0366 was charged.", "The card <CREDIT_CARD> was charged."),
+    "ip_address": ("The server at 81.2.69.160 is down.", "The server at <IP_ADDRESS> is down."),
     "api_key": ("Set OPENAI_API_KEY=sk-proj-a1B2c3D4e5F6g7H8i9J0k1L2 first.", "Set OPENAI_API_KEY=<API_KEY> first."),
 }
 
@@ -295,10 +323,10 @@ def no_network(monkeypatch, tmp_path):
 def test_pii_language_and_toxicity_never_reach_for_the_network(cfg, no_network, caplog):
     # load the detectors under the block: presidio's stock email recognizer would fetch the public-suffix list
     pii._recognizers.cache_clear()
-    rules._language_identifier.cache_clear()
+    rules.signals._language_identifier.cache_clear()
     caplog.set_level(logging.WARNING)
     record = rec(
-        input="Contact jane.doe@example.co.uk or bob@mail.example.org, phone +44 20 7946 0958.",
+        input="Contact maria.gonzalez1987@gmail.com or d.okafor@posteo.de, phone +44 20 7183 8750.",
         output=PII["ip_address"][0] + " " + PII["api_key"][0] + " " + PII["credit_card"][0],
     )
     out, reason, _ = rules.check_record(record, cfg)
@@ -310,7 +338,8 @@ def test_pii_language_and_toxicity_never_reach_for_the_network(cfg, no_network, 
         "ip_address": 1,
         "phone": 1,
     }
-    assert rules.check_record(CASES["wrong_language"], cfg)[1] == "wrong_language"
+    out, _, _ = rules.check_record(CASES["wrong_language"], cfg)
+    assert "wrong_language" in out["meta"]["moderate"]["flags"]
     assert no_network == []
     assert [r.getMessage() for r in caplog.records] == []
 
@@ -350,7 +379,7 @@ def stage_records() -> list[Record]:
     records += [
         rec(output="N/A", label="math", row=41),
         rec(output="As an AI language model, I cannot see the sky.", label="math", row=42),
-        rec(input="<noinput>", output=ANSWER + " Ask me at jane.doe@example.com.", label="geography", row=43),
+        rec(input="<noinput>", output=ANSWER + " Ask me at maria.gonzalez1987@gmail.com.", label="geography", row=43),
         rec("document", source="docs", text=DOC, row=1),
         rec("document", source="docs", text="Tiny.", row=2),
         conv("Hi", "Hello! How can I help you today?"),

@@ -51,6 +51,7 @@ PROBE_SCHEMA = PROBE_SCHEMA
 INPUT_FLAGS = {
     "metrics_dir": "metrics",
     "rejects_dir": "data/rejected",
+    "moderated": "data/moderated.parquet",
     "synthetic": "data/synthetic.parquet",
     "live_dir": "dvclive",
     "probe_dir": "data/probe",
@@ -187,6 +188,7 @@ def build_fixture(root: Path, *, synthesize: bool = True, probe_variants: tuple[
             "dropped_control_characters": 3,
             "dropped_toxic": 4,
             "flagged_cleanlab_label_issue": 29,
+            "flagged_toxic": 1,
             "kept": 377,
             "normalized_noinput": 4,
             "redacted_pii_email": 3,
@@ -300,6 +302,11 @@ def build_fixture(root: Path, *, synthesize: bool = True, probe_variants: tuple[
         path = root / "data" / "probe" / f"{v}.parquet"
         path.parent.mkdir(parents=True, exist_ok=True)
         _io.write_table(path, pa.Table.from_pylist(rows, schema=PROBE_SCHEMA))
+    flagged = _rec("Summarize the dialogue.", "Noah quit because his boss was a jerk.", 77)
+    flagged["meta"]["moderate"] = {"flags": {"toxic": "output: probability 0.912 (max 0.8)"}}
+    clean = _rec("Why is the sky blue?", "Rayleigh scattering.", 78)
+    clean["meta"]["moderate"] = {"flags": {}}
+    write_records(root / "data" / "moderated.parquet", [flagged, clean])
     rej = root / "data" / "rejected"
     rej.mkdir(parents=True)
     write_rejects(
@@ -400,11 +407,20 @@ def run_report(scoped: _params.Scoped | None = None, **overrides: Any) -> tuple[
     return OUTPUTS["md"].read_text(encoding="utf-8"), OUTPUTS["html"].read_text(encoding="utf-8")
 
 
+def test_flagged_records_are_shown_per_flag(fixture_dir: Path) -> None:
+    md, _ = run_report(max_examples_per_reason=2)
+    section = md.split("## Flagged, kept records")[1].split("\n## ")[0]
+    assert "| `toxic` | 1 |" in section
+    assert "Noah quit because his boss was a jerk." in section
+    assert "probability 0.912" in section
+    assert "Rayleigh" not in section  # a record without a flag is not listed
+
+
 def test_funnel_lists_every_stage_and_drop_reason(fixture_dir: Path) -> None:
     md, _ = run_report(max_examples_per_reason=2)
     for row in (
         "| pull | 390 | 390 | 0 | 100.0% | demo_alpaca: 342; demo_sharegpt: 40; steep_docs: 8 |",
-        "| moderate | 390 | 377 | 13 | 96.7% | normalized: 4; PII redacted: 3; flagged: 29 |",
+        "| moderate | 390 | 377 | 13 | 96.7% | normalized: 4; PII redacted: 3; flagged: 30 |",
         "| dedup | 377 | 370 | 7 | 98.1% | checked against 30 held-out reference texts |",
         "| synthesize | 8 | 5 | 3 | 62.5% | 6 prompts; 8 pairs parsed; acceptance 0.625 |",
         "| template@base | 375 | 375 | 0 | 100.0% | instruction: 375 |",
@@ -428,7 +444,7 @@ def test_funnel_lists_every_stage_and_drop_reason(fixture_dir: Path) -> None:
 
 def test_rejected_examples_per_reason_clipped_and_visible(fixture_dir: Path) -> None:
     md, _ = run_report(max_examples_per_reason=2)
-    section = md.split("## Rejected examples")[1].split("## Decontamination")[0]
+    section = md.split("## Rejected examples")[1].split("## Flagged, kept records")[0]
     # 3 canned responses in the rejects, 2 shown (in id order); the pipe in a prompt does not break the table
     assert section.count("| `canned_response` |") == 2
     assert "\\x07" in section  # the control character is written out
@@ -439,7 +455,7 @@ def test_rejected_examples_per_reason_clipped_and_visible(fixture_dir: Path) -> 
             assert len(re.split(r"(?<!\\)\|", line)) == 7, line  # 5 cells: no pipe in a text broke its row
     assert "| `blacklisted` |" in section  # synthesize's rejects
     md1, _ = run_report(max_examples_per_reason=1)
-    assert md1.split("## Rejected examples")[1].split("## Decontamination")[0].count("| `canned_response` |") == 1
+    assert md1.split("## Rejected examples")[1].split("## Flagged")[0].count("| `canned_response` |") == 1
 
 
 def test_decontamination_states_the_overlap(fixture_dir: Path) -> None:
@@ -708,7 +724,8 @@ def test_command_line(fixture_dir: Path) -> None:
         fixture_dir / "params.yaml", report={"max_examples_per_reason": 1, "max_examples_per_task": 2}
     )
     cmd = [sys.executable, "-m", "stages.report.report", "--params", "params.yaml"]
-    cmd += ["--metrics-dir", "metrics", "--rejects-dir", "data/rejected", "--synthetic", "data/synthetic.parquet"]
+    cmd += ["--metrics-dir", "metrics", "--rejects-dir", "data/rejected", "--moderated", "data/moderated.parquet"]
+    cmd += ["--synthetic", "data/synthetic.parquet"]
     cmd += ["--live-dir", "dvclive", "--probe-dir", "data/probe", "--md", "out/report.md", "--html", "out/report.html"]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     done = subprocess.run(cmd, cwd=fixture_dir, env=env, capture_output=True, text=True, check=False)

@@ -10,35 +10,21 @@ from pydantic import Field, field_validator
 from stages.core.params.base import Section
 
 PII_ENTITIES = ("email", "phone", "credit_card", "ip_address", "api_key")
-
-
-class Language(Section):
-    allowed: list[str] = Field(min_length=1)
-    min_chars: int = Field(ge=0)
-    min_confidence: float = Field(ge=0, le=1)
-
-
-class Repetition(Section):
-    max_duplicate_line_ratio: float = Field(ge=0, le=1)
-    max_top_ngram_ratio: float = Field(ge=0, le=1)
-    min_words: int = Field(ge=0)
-
-
-class Toxicity(Section):
-    enable: bool
-    max_probability: float = Field(ge=0, le=1)
-
-
-class Pii(Section):
-    action: Literal["redact", "drop"]
-    entities: list[Literal[PII_ENTITIES]]  # type: ignore[valid-type]
-
-
-class Cleanlab(Section):
-    enable: bool
-    enable_drop_outliers: bool
-    enable_drop_label_issues: bool
-    min_records: int = Field(gt=0)
+# The moderation rules, in the order they run; each is a reason code.
+RULE_NAMES = (
+    "control_characters",
+    "empty_output",
+    "too_short",
+    "too_long",
+    "unseen_reference",
+    "merged_instructions",
+    "canned_response",
+    "truncated_output",
+    "repetitive",
+    "wrong_language",
+    "toxic",
+)
+Action = Literal["drop", "flag", "off"]
 
 
 def _check_regexes(patterns: list[str]) -> list[str]:
@@ -50,11 +36,61 @@ def _check_regexes(patterns: list[str]) -> list[str]:
     return patterns
 
 
+class Language(Section):
+    allowed: list[str] = Field(min_length=1)
+    min_chars: int = Field(ge=0)
+    min_confidence: float = Field(ge=0, le=1)
+
+
+class Repetition(Section):
+    max_duplicate_line_ratio: float = Field(ge=0, le=1)
+    max_duplicate_line_char_ratio: float = Field(ge=0, le=1)
+    max_top_ngram_ratio: dict[int, float]
+    max_duplicate_ngram_ratio: dict[int, float]
+    min_words: int = Field(ge=0)
+
+    @field_validator("max_top_ngram_ratio", "max_duplicate_ngram_ratio")
+    @classmethod
+    def _ngrams(cls, ratios: dict[int, float]) -> dict[int, float]:
+        bad = {n: r for n, r in ratios.items() if not (1 <= n <= 20 and 0 <= r <= 1)}
+        if bad:
+            raise ValueError(f"n-gram sizes must be 1..20 and ratios 0..1, got {bad}")
+        return dict(sorted(ratios.items()))
+
+
+class Toxicity(Section):
+    max_probability: float = Field(ge=0, le=1)
+    # An instruction that asks to handle offensive text ("censor the profanity") is not toxic data.
+    task_patterns: list[str]
+
+    @field_validator("task_patterns")
+    @classmethod
+    def _regexes(cls, patterns: list[str]) -> list[str]:
+        return _check_regexes(patterns)
+
+
+class Pii(Section):
+    action: Literal["redact", "drop", "flag"]
+    entities: list[Literal[PII_ENTITIES]]  # type: ignore[valid-type]
+
+
+class Cleanlab(Section):
+    enable: bool
+    enable_drop_outliers: bool
+    enable_drop_label_issues: bool
+    min_records: int = Field(gt=0)
+
+
 class Moderate(Section):
+    actions: dict[Literal[RULE_NAMES], Action]  # type: ignore[valid-type]
     noinput_placeholders: list[str]
     empty_output_values: list[str]
+    placeholder_output_patterns: list[str]
     unseen_reference_patterns: list[str]
+    url_task_patterns: list[str]
+    request_max_words: int = Field(gt=0)
     merged_instruction_patterns: list[str]
+    merged_output_patterns: list[str]
     canned_patterns: list[str]
     min_words_truncation_check: int = Field(gt=0)
     min_instruction_chars: int = Field(ge=0)
@@ -67,10 +103,25 @@ class Moderate(Section):
     pii: Pii
     cleanlab: Cleanlab
 
-    @field_validator("unseen_reference_patterns", "merged_instruction_patterns", "canned_patterns")
+    @field_validator(
+        "placeholder_output_patterns",
+        "unseen_reference_patterns",
+        "url_task_patterns",
+        "merged_instruction_patterns",
+        "merged_output_patterns",
+        "canned_patterns",
+    )
     @classmethod
     def _regexes(cls, patterns: list[str]) -> list[str]:
         return _check_regexes(patterns)
+
+    @field_validator("actions")
+    @classmethod
+    def _every_rule(cls, actions: dict[str, str]) -> dict[str, str]:
+        missing = [r for r in RULE_NAMES if r not in actions]
+        if missing:
+            raise ValueError(f"every rule needs an action (drop, flag or off); missing {missing}")
+        return {r: actions[r] for r in RULE_NAMES}
 
 
 # The type of the top-level key; what load() validates it against.

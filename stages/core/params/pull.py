@@ -28,6 +28,9 @@ class Source(Section):
     # for hf:// locations the pinned revision and split.
     fields: dict[str, str] = Field(default_factory=dict)
     label_field: str | None = None
+    # Markers the file appends to its texts (an end-of-text token such as
+    # "<|endoftext|>"), removed from the end of every text of the source.
+    strip_suffixes: list[str] = Field(default_factory=list)
     revision: str | None = None
     split: str | None = None
 

@@ -1,0 +1,362 @@
+"""Moderation precision on real data, and precision/recall on the demo set, from labels a person wrote.
+
+For each reason moderate can give (a drop, a flag, a PII redaction), the records it catches on a corpus are
+counted, a seeded sample of them is drawn, and the sample is scored against labels a person wrote by reading
+those records: ``right`` (the record really has the defect; the redacted span really is a person's data) or
+``wrong``. Precision = right / labeled, with a Wilson 95% interval and its sample size.
+
+- **Real corpus** (``--corpus``, default ``../shared/data/t0_train_50k.jsonl``: 55,185 prompt/completion
+  records of the public T0 training mixture, which nobody here wrote). It is pulled the way a user would,
+  through a ``pull.sources`` entry (``format: alpaca``, ``fields: {instruction: prompt, output: completion}``,
+  ``label_field: template``, ``strip_suffixes: [<|endoftext|>]``), then every record goes through moderate's
+  rules (:func:`stages.curate.rules.check_record`) with the ``moderate`` params of ``params.yaml``. Rules that
+  flag by default are evaluated as if they dropped, so each reason is measured on everything it catches.
+- **Demo set** (``data/sources/*_demo*``): the records this project planted, scored against
+  ``data/sources/answer_key.json``: recall (planted records caught with their reason, by a drop or a flag)
+  and precision (caught records that the key plants with that reason).
+
+Labels live in ``benchmarks/labels/*.csv`` (``id,reason,verdict,note``: record ids and a short note in the
+labeler's words, never the third-party text). ``--review sheet.csv`` writes the sampled records that have no
+label yet (with their text, for a person to mark in the ``verdict`` column); ``--marks sheet.csv`` reads a
+marked sheet back into ``benchmarks/labels/<corpus>_moderation.csv``.
+
+Run (from the project root)::
+
+    .venv/bin/python benchmarks/moderation_precision.py [--corpus PATH] [--sample 40] [--workers 2]
+
+Writes ``benchmarks/results/moderation_precision.json`` and prints the tables (Markdown).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import multiprocessing
+import random
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import yaml  # noqa: E402
+
+from stages.core.params.moderate import RULE_NAMES, Moderate  # noqa: E402
+from stages.core.params.pull import Source, Web  # noqa: E402
+from stages.curate import rules  # noqa: E402
+from stages.curate.pull import pull_source  # noqa: E402
+
+DEFAULT_CORPUS = ROOT.parent / "shared" / "data" / "t0_train_50k.jsonl"
+LABELS = ROOT / "benchmarks" / "labels"
+RESULTS = ROOT / "benchmarks" / "results" / "moderation_precision.json"
+VERDICTS = ("right", "wrong")
+
+
+def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The Wilson score interval of k successes in n trials."""
+    if n == 0:
+        return (0.0, 1.0)
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+# --- running the rules --------------------------------------------------------------------------------------------
+
+
+def _config(params: dict[str, Any]) -> tuple[Moderate, dict[str, str]]:
+    """The moderate params with every non-off rule dropping (to see all it catches), and the real actions."""
+    cfg = Moderate.model_validate(params["moderate"])
+    actions = dict(cfg.actions)
+    strict = {k: ("drop" if v != "off" else "off") for k, v in actions.items()}
+    return cfg.model_copy(update={"actions": strict}), actions
+
+
+def _judge(args: tuple[list[dict[str, Any]], dict[str, Any]]) -> list[tuple[str, str, str]]:
+    """(id, reason, detail) for each catch in `records`: drops and flags of the rules, PII redactions."""
+    records, params = args
+    cfg, _ = _config(params)
+    out = []
+    for r in records:
+        rec, reason, detail = rules.check_record(r, cfg)
+        if reason is not None:
+            out.append((r["id"], reason, detail))
+            continue
+        for flag, why in rec["meta"]["moderate"]["flags"].items():
+            out.append((r["id"], flag, why))
+        for entity, n in rec["meta"]["moderate"]["redacted"].items():
+            out.append((r["id"], f"redact_{entity}", f"{n} span(s)"))
+    return out
+
+
+def catches(records: list[dict[str, Any]], params: dict[str, Any], workers: int) -> list[tuple[str, str, str]]:
+    """Every (id, reason, detail) moderate gives `records`, in record order, over `workers` processes."""
+    chunks = [records[i : i + 2000] for i in range(0, len(records), 2000)]
+    if workers <= 1:
+        parts = [_judge((c, params)) for c in chunks]
+    else:
+        with multiprocessing.get_context("spawn").Pool(workers) as pool:
+            parts = []
+            for i, part in enumerate(pool.imap(_judge, [(c, params) for c in chunks])):
+                parts.append(part)
+                print(f"  rules: {min((i + 1) * 2000, len(records))}/{len(records)} records", flush=True)
+    return [c for part in parts for c in part]
+
+
+# --- labels -------------------------------------------------------------------------------------------------------
+
+
+def read_labels(folder: Path) -> dict[tuple[str, str], dict[str, str]]:
+    """{(id, reason): {verdict, note}} from every CSV in `folder`."""
+    labels: dict[tuple[str, str], dict[str, str]] = {}
+    for path in sorted(folder.glob("*.csv")):
+        labels.update(read_labels_file(path))
+    return labels
+
+
+def read_labels_file(path: Path) -> dict[tuple[str, str], dict[str, str]]:
+    """The marked rows of one labels CSV or review sheet; a bad verdict stops with the file and line."""
+    out = {}
+    with path.open(encoding="utf-8", newline="") as f:
+        for line, row in enumerate(csv.DictReader(f), start=2):
+            verdict = (row.get("verdict") or "").strip().lower()
+            if not verdict:
+                continue
+            if verdict not in VERDICTS:
+                raise SystemExit(f"{path}:{line}: verdict {verdict!r}; write one of {VERDICTS} (or leave it empty)")
+            out[(row["id"], row["reason"])] = {"verdict": verdict, "note": (row.get("note") or "").strip()}
+    return out
+
+
+def sample(ids: list[str], n: int, seed: int, reason: str) -> list[str]:
+    """A seeded sample of `n` ids (all when fewer), the same for the same ids, seed and reason."""
+    ids = sorted(set(ids))
+    return ids if len(ids) <= n else sorted(random.Random(f"{seed}:{reason}").sample(ids, n))
+
+
+def score(
+    found: list[tuple[str, str, str]], labels: dict, n: int, seed: int, actions: dict[str, str], total: int
+) -> list[dict[str, Any]]:
+    """Per reason: records caught, the default action, the sample, labeled, right, precision and interval."""
+    by_reason: dict[str, list[str]] = defaultdict(list)
+    for rid, reason, _ in found:
+        by_reason[reason].append(rid)
+    rows = []
+    for reason in sorted(by_reason, key=lambda r: (-len(set(by_reason[r])), r)):
+        picked = sample(by_reason[reason], n, seed, reason)
+        marks = [labels[(i, reason)]["verdict"] for i in picked if (i, reason) in labels]
+        right = marks.count("right")
+        lo, hi = wilson(right, len(marks))
+        rows.append(
+            {
+                "reason": reason,
+                "action": actions.get(reason, "redact" if reason.startswith("redact_") else "flag"),
+                "caught": len(set(by_reason[reason])),
+                "share": round(len(set(by_reason[reason])) / total, 5),
+                "sample": len(picked),
+                "labeled": len(marks),
+                "right": right,
+                "precision": round(right / len(marks), 3) if marks else None,
+                "ci95": [round(lo, 3), round(hi, 3)] if marks else None,
+            }
+        )
+    return rows
+
+
+# --- the review sheet ---------------------------------------------------------------------------------------------
+
+
+def write_review(path: Path, found, records_by_id, labels, n: int, seed: int) -> int:
+    """A CSV of the sampled records without a label, for a person to mark; returns its row count."""
+    by_reason: dict[str, list[str]] = defaultdict(list)
+    detail = {}
+    for rid, reason, why in found:
+        by_reason[reason].append(rid)
+        detail[(rid, reason)] = why
+    rows = 0
+    with path.open("w", encoding="utf-8", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["id", "reason", "verdict", "note", "detail", "instruction", "input", "output"])
+        for reason in sorted(by_reason):
+            for rid in sample(by_reason[reason], n, seed, reason):
+                if (rid, reason) in labels:
+                    continue
+                r = records_by_id[rid]
+                w.writerow(
+                    [
+                        rid,
+                        reason,
+                        "",
+                        "",
+                        detail[(rid, reason)],
+                        r["instruction"][-1500:],
+                        r["input"],
+                        r["output"][:1500],
+                    ]
+                )
+                rows += 1
+    return rows
+
+
+def read_marks(sheet: Path, out: Path) -> int:
+    """Merge the marked rows of a review sheet (id, reason, verdict, note) into the labels file `out`."""
+    marked = read_labels_file(sheet)
+    existing = read_labels_file(out) if out.exists() else {}
+    existing.update(marked)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("w", encoding="utf-8", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["id", "reason", "verdict", "note"])
+        for (rid, reason), v in sorted(existing.items()):
+            w.writerow([rid, reason, v["verdict"], v["note"]])
+    return len(marked)
+
+
+# --- the demo set -------------------------------------------------------------------------------------------------
+
+
+def demo(params: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per moderate reason of the answer key: planted, caught (drop or flag), recall, precision."""
+    key = json.loads((ROOT / "data/sources/answer_key.json").read_text(encoding="utf-8"))
+    cfg, _ = _config(params)
+    web = Web.model_validate(params["pull"]["web"])
+    want: dict[str, set[str]] = defaultdict(set)
+    got: dict[str, set[str]] = defaultdict(set)
+    for index, raw in enumerate(params["pull"]["sources"]):
+        source = Source.model_validate(raw)
+        if not (ROOT / source.location).exists():
+            continue
+        source = source.model_copy(update={"location": str(ROOT / source.location)})
+        planted = key.get(source.name, {})
+        for r in pull_source(source, index, web):
+            row = str(r["meta"]["row"])
+            if row in planted:
+                want[planted[row].removeprefix("redacted_pii_").replace("normalized_noinput", "noinput")].add(r["id"])
+            for rid, reason, _ in _judge(([r], params)):
+                got[reason.removeprefix("redact_")].add(rid)
+            if rules.check_record(r, cfg)[0]["meta"].get("moderate", {}).get("normalized"):
+                got["noinput"].add(r["id"])
+    reasons = [*RULE_NAMES, *[e for e in cfg.pii.entities], "noinput"]
+    rows = []
+    for reason in reasons:
+        if not want[reason] and not got[reason]:
+            continue
+        hit = want[reason] & got[reason]
+        name = reason if reason in RULE_NAMES else ("normalized_noinput" if reason == "noinput" else f"redact_{reason}")
+        rows.append(
+            {
+                "reason": name,
+                "planted": len(want[reason]),
+                "caught": len(got[reason]),
+                "recall": round(len(hit) / len(want[reason]), 3) if want[reason] else None,
+                "precision": round(len(hit) / len(got[reason]), 3) if got[reason] else None,
+                "missed": len(want[reason] - got[reason]),
+                "false": len(got[reason] - want[reason]),
+            }
+        )
+    return rows
+
+
+# --- main ---------------------------------------------------------------------------------------------------------
+
+
+def _table(rows: list[dict[str, Any]], cols: list[str]) -> str:
+    def cell(v: Any) -> str:
+        if isinstance(v, list):
+            return f"{v[0]:.2f}–{v[1]:.2f}"
+        return "–" if v is None else str(v)
+
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(cell(r.get(c)) for c in cols) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS, help="prompt/completion JSONL (default: T0)")
+    ap.add_argument("--fields", default="instruction=prompt,output=completion", help="canonical=column, ...")
+    ap.add_argument("--label-field", default="template", help="the label column (meta.label), or ''")
+    ap.add_argument("--strip-suffix", default="<|endoftext|>", help="marker removed from the end of texts")
+    ap.add_argument("--sample", type=int, default=40, help="records drawn per reason")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--labels", type=Path, default=LABELS)
+    ap.add_argument("--review", type=Path, help="write the unlabeled sampled records to this CSV")
+    ap.add_argument("--marks", type=Path, help="read a marked review sheet into the labels")
+    ap.add_argument("--out", type=Path, default=RESULTS)
+    args = ap.parse_args(argv)
+    name = args.corpus.stem
+    if args.marks:
+        n = read_marks(args.marks, args.labels / f"{name}_moderation.csv")
+        print(f"{n} marked rows from {args.marks} merged into {args.labels / f'{name}_moderation.csv'}")
+    params = yaml.safe_load((ROOT / "params.yaml").read_text(encoding="utf-8"))
+    _, actions = _config(params)
+    result: dict[str, Any] = {"params": "params.yaml", "sample": args.sample, "seed": args.seed}
+    if not args.corpus.exists():
+        print(f"corpus not found: {args.corpus} (the T0 file is ../shared/data/t0_train_50k.jsonl); demo set only")
+    else:
+        fields = dict(kv.split("=", 1) for kv in args.fields.split(",") if kv)
+        source = Source(
+            name=name,
+            format="alpaca",
+            location=str(args.corpus),
+            fields=fields,
+            label_field=args.label_field or None,
+            strip_suffixes=[args.strip_suffix] if args.strip_suffix else [],
+        )
+        start = time.perf_counter()
+        records = pull_source(source, 0, Web.model_validate(params["pull"]["web"]))
+        print(f"{args.corpus}: {len(records)} records pulled in {time.perf_counter() - start:.1f} s")
+        start = time.perf_counter()
+        found = catches(records, params, args.workers)
+        seconds = time.perf_counter() - start
+        labels = read_labels(args.labels)
+        rows = score(found, labels, args.sample, args.seed, actions, len(records))
+        dropped = {rid for rid, reason, _ in found if actions.get(reason) == "drop"}
+        flagged = {rid for rid, reason, _ in found if rid not in dropped and not reason.startswith("redact_")}
+        redacted = {rid for rid, reason, _ in found if rid not in dropped and reason.startswith("redact_")}
+        kept_clean = len(records) - len(dropped) - len(flagged | redacted)
+        totals = {
+            "records": len(records),
+            "dropped": len(dropped),
+            "kept_flagged": len(flagged),
+            "kept_redacted": len(redacted),
+            "kept_flagged_and_redacted": len(flagged & redacted),
+            "kept_untouched": kept_clean,
+            "rules_seconds": round(seconds, 1),
+        }
+        by_id = {r["id"]: r for r in records}
+        examples = {}
+        for row in rows:
+            picked = sample([rid for rid, reason, _ in found if reason == row["reason"]], 3, args.seed, row["reason"])
+            examples[row["reason"]] = [
+                {
+                    "id": rid,
+                    **({"note": labels[(rid, row["reason"])]["note"]} if (rid, row["reason"]) in labels else {}),
+                }
+                for rid in picked
+            ]
+        result["corpus"] = {"path": str(args.corpus), "totals": totals, "reasons": rows, "examples": examples}
+        print(f"\n## {name}: {len(records)} records; rules in {seconds:.0f} s\n")
+        print(json.dumps(totals))
+        cols = ["reason", "action", "caught", "share", "sample", "labeled", "right", "precision", "ci95"]
+        print(_table(rows, cols))
+        if args.review:
+            n = write_review(args.review, found, by_id, labels, args.sample, args.seed)
+            print(f"\nreview sheet: {args.review} ({n} unlabeled sampled records; mark `verdict` right/wrong)")
+    result["demo"] = demo(params)
+    print("\n## demo set (answer key)\n")
+    print(_table(result["demo"], ["reason", "planted", "caught", "recall", "precision", "missed", "false"]))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    print(f"\nwrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

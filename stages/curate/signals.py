@@ -1,0 +1,196 @@
+"""Text signals the moderation rules judge by: truncation, Gopher repetition, language, offensiveness.
+
+A shared module, not a stage: pure functions of a text and a params subsection, each returning why the text
+has the defect (a short detail) or None. :mod:`stages.curate.rules` turns them into verdicts.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from functools import cache
+from typing import Any
+
+from stages.core.params.moderate import Language, Repetition
+
+# Words a finished sentence does not end on.
+_DANGLING = frozenset(
+    [
+        "a",
+        "an",
+        "the",
+        "and",
+        "or",
+        "but",
+        "nor",
+        "of",
+        "to",
+        "in",
+        "on",
+        "at",
+        "by",
+        "for",
+        "with",
+        "from",
+        "as",
+        "that",
+        "which",
+        "whose",
+        "because",
+        "if",
+        "than",
+        "these",
+        "those",
+        "their",
+        "its",
+        "his",
+        "her",
+        "my",
+        "your",
+        "our",
+        "is",
+        "are",
+        "was",
+        "were",
+        "been",
+        "such",
+    ]
+)
+_CODE_BLOCK = re.compile(r"```.*?(?:```|\Z)|`[^`\n]*`", re.S)
+_FENCED = re.compile(r"```.*?(?:```|\Z)", re.S)
+_TABLE_ROW = re.compile(r"^\s*\|.*$", re.M)
+
+
+def clip(s: str, n: int = 60) -> str:
+    """`s`, cut to `n` characters with an ellipsis."""
+    return s if len(s) <= n else s[: n - 1] + "…"
+
+
+# --- truncation -------------------------------------------------------------------------------------------------------
+
+
+def truncation(text: str, min_words: int) -> str | None:
+    """Why the last sentence of `text` is cut off, or None.
+
+    Only texts of at least `min_words` words are judged, and only on evidence that a sentence was left open:
+    an open code fence, a last character that continues a sentence (a comma, a colon, a dash, an opening
+    bracket, an ampersand) or a last word that no finished sentence ends on ("the", "and", "of"). A missing
+    period alone is no evidence: extractive answers, titles, hashtags, list items, verse and code end
+    without one.
+    """
+    words = text.split()
+    if len(words) < min_words:
+        return None
+    if text.count("```") % 2:
+        return "ends inside an open code fence"
+    body = text.rstrip()
+    last = body[-1]
+    last_line = body.splitlines()[-1].strip()
+    if last in ",:;-–—([{&":
+        if last == "-" and last_line.startswith(("-", "*")):
+            return None  # a markdown rule or an empty list item
+        return f"ends on {last!r}: {clip(last_line[-40:])!r}"
+    last_word = re.sub(r"^\W+|\W+$", "", words[-1]).lower()
+    if last.isalpha() and last_word in _DANGLING and len(last_line.split()) >= 3:
+        return f"ends on the word {last_word!r}: {clip(last_line[-40:])!r}"
+    return None
+
+
+# --- repetition (Gopher) ----------------------------------------------------------------------------------------------
+
+
+def _duplicates(items: list[str]) -> tuple[int, int]:
+    """(elements that repeat an earlier one, their characters)."""
+    seen: set[str] = set()
+    n = chars = 0
+    for x in items:
+        if x in seen:
+            n += 1
+            chars += len(x)
+        seen.add(x)
+    return n, chars
+
+
+def _top_ngram_chars(words: list[str], n: int) -> int:
+    grams = Counter(" ".join(words[i : i + n]) for i in range(len(words) - n + 1))
+    if not grams:
+        return 0
+    gram, count = min(grams.items(), key=lambda kv: (-kv[1], kv[0]))
+    return len(gram) * count
+
+
+def _duplicate_ngram_chars(words: list[str], n: int) -> int:
+    """Characters of the n-grams that repeat an earlier one, overlaps counted once (datatrove's walk)."""
+    seen: set[str] = set()
+    chars = i = 0
+    while i < len(words) - n + 1:
+        gram = "".join(words[i : i + n])
+        if gram in seen:
+            chars += len(gram)
+            i += n
+        else:
+            seen.add(gram)
+            i += 1
+    return chars
+
+
+def repetition(text: str, cfg: Repetition) -> str | None:
+    """Why `text` is repetitive by Gopher's rules (Rae et al. 2021, Table A1), or None.
+
+    The text is judged without fenced code and table rows, and only when at least ``min_words`` words are
+    left. Duplicate lines: share of lines that repeat an earlier line, share of characters in them. Top
+    n-gram: characters of the most frequent n-gram times its count, over the characters of the text. Duplicate
+    n-grams: characters in n-grams that repeat an earlier one, over the characters of the text.
+    """
+    prose = _TABLE_ROW.sub("", _FENCED.sub("", text)).strip()
+    words = prose.split()
+    if len(words) < cfg.min_words:
+        return None
+    lines = [line.strip() for line in prose.splitlines() if line.strip()]
+    n_dup, dup_chars = _duplicates(lines)
+    if n_dup / len(lines) > cfg.max_duplicate_line_ratio:
+        return f"{n_dup} of {len(lines)} lines repeat an earlier one (max ratio {cfg.max_duplicate_line_ratio})"
+    total = len(prose)
+    if dup_chars / total > cfg.max_duplicate_line_char_ratio:
+        return f"repeated lines hold {dup_chars / total:.2f} of chars (max {cfg.max_duplicate_line_char_ratio})"
+    for n, limit in cfg.max_top_ngram_ratio.items():
+        ratio = _top_ngram_chars(words, n) / total
+        if ratio > limit:
+            return f"the top {n}-gram holds {ratio:.2f} of chars (max {limit})"
+    for n, limit in cfg.max_duplicate_ngram_ratio.items():
+        ratio = _duplicate_ngram_chars(words, n) / total
+        if ratio > limit:
+            return f"repeated {n}-grams hold {ratio:.2f} of chars (max {limit})"
+    return None
+
+
+# --- language ---------------------------------------------------------------------------------------------------------
+
+
+@cache
+def _language_identifier() -> Any:
+    """py3langid's identifier with probabilities normalized; its model ships inside the package."""
+    from py3langid.langid import MODEL_FILE, LanguageIdentifier
+
+    return LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=True)
+
+
+def language(text: str, cfg: Language) -> tuple[str, float] | None:
+    """(language, probability) of `text` without its code blocks, or None when too short to judge."""
+    prose = " ".join(_CODE_BLOCK.sub(" ", text).split())
+    if len(prose) < cfg.min_chars:
+        return None
+    lang, prob = _language_identifier().classify(prose)
+    return str(lang), float(prob)
+
+
+# --- offensiveness ----------------------------------------------------------------------------------------------------
+
+
+def toxicity(texts: list[str]) -> list[float]:
+    """alt-profanity-check's probability that each text is offensive (its model ships with the package)."""
+    if not texts:
+        return []
+    from profanity_check import predict_prob
+
+    return [float(p) for p in predict_prob(texts)]

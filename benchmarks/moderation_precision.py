@@ -18,7 +18,9 @@ those records: ``right`` (the record really has the defect; the redacted span re
 Labels live in ``benchmarks/labels/*.csv`` (``id,reason,verdict,note``: record ids and a short note in the
 labeler's words, never the third-party text). ``--review sheet.csv`` writes the sampled records that have no
 label yet (with their text, for a person to mark in the ``verdict`` column); ``--marks sheet.csv`` reads a
-marked sheet back into ``benchmarks/labels/<corpus>_moderation.csv``.
+marked sheet back into ``benchmarks/labels/<corpus>_moderation.csv``. ``--run .`` scores your own last
+``dvc repro moderate`` instead (its rejects, flags and redactions), with the rules' real actions, so a team
+can review what the pipeline did to its data without code: write the sheet, mark it, read it back.
 
 Run (from the project root)::
 
@@ -79,19 +81,28 @@ def _config(params: dict[str, Any]) -> tuple[Moderate, dict[str, str]]:
 
 
 def _judge(args: tuple[list[dict[str, Any]], dict[str, Any]]) -> list[tuple[str, str, str]]:
-    """(id, reason, detail) for each catch in `records`: drops and flags of the rules, PII redactions."""
+    """(id, reason, detail) for each catch in `records`: every rule on its own, then PII redaction.
+
+    Each rule sees every record it applies to (not only the survivors of the rules before it), so a reason
+    is measured on everything it catches, whatever its place in the order and its action.
+    """
     records, params = args
     cfg, _ = _config(params)
     out = []
     for r in records:
-        rec, reason, detail = rules.check_record(r, cfg)
-        if reason is not None:
-            out.append((r["id"], reason, detail))
-            continue
-        for flag, why in rec["meta"]["moderate"]["flags"].items():
-            out.append((r["id"], flag, why))
-        for entity, n in rec["meta"]["moderate"]["redacted"].items():
-            out.append((r["id"], f"redact_{entity}", f"{n} span(s)"))
+        rec = {**r, "messages": [dict(m) for m in r["messages"]], "meta": {}}
+        if rules.normalize_encoding(rec, cfg):
+            out.append((r["id"], "normalized_encoding", "mojibake repaired by ftfy"))
+        if rec["kind"] in rules.INSTRUCTION_KINDS:
+            rules.normalize_noinput(rec, cfg)
+        for name, kinds, rule in rules.RULES:
+            if rec["kind"] in kinds and cfg.actions[name] != "off":
+                keep, reason, detail = rule(rec, cfg)
+                if not keep:
+                    out.append((r["id"], reason, detail))
+        _, redacted, flags = rules.pii_verdict(rec, cfg)
+        out += [(r["id"], f"redact_{e}", f"{n} span(s)") for e, n in redacted.items()]
+        out += [(r["id"], flag, why) for flag, why in flags.items()]
     return out
 
 
@@ -107,6 +118,20 @@ def catches(records: list[dict[str, Any]], params: dict[str, Any], workers: int)
                 parts.append(part)
                 print(f"  rules: {min((i + 1) * 2000, len(records))}/{len(records)} records", flush=True)
     return [c for part in parts for c in part]
+
+
+def catches_of_run(root: Path) -> tuple[list[dict[str, Any]], list[tuple[str, str, str]]]:
+    """The records and catches of a pipeline run: moderate's rejects, and its kept records' flags and redactions."""
+    from stages.core.records import REJECT_SCHEMA, read_records
+
+    rejects = read_records(root / "data/rejected/moderate.parquet", REJECT_SCHEMA)
+    kept = read_records(root / "data/moderated.parquet")
+    found = [(r["id"], r["reason"], r["detail"]) for r in rejects]
+    for r in kept:
+        m = r["meta"].get("moderate", {})
+        found += [(r["id"], flag, why) for flag, why in m.get("flags", {}).items()]
+        found += [(r["id"], f"redact_{e}", f"{n} span(s)") for e, n in m.get("redacted", {}).items()]
+    return [*rejects, *kept], found
 
 
 # --- labels -------------------------------------------------------------------------------------------------------
@@ -156,7 +181,14 @@ def score(
         rows.append(
             {
                 "reason": reason,
-                "action": actions.get(reason, "redact" if reason.startswith("redact_") else "flag"),
+                "action": actions.get(
+                    reason,
+                    "redact"
+                    if reason.startswith("redact_")
+                    else "repair"
+                    if reason.startswith("normalized_")
+                    else "flag",
+                ),
                 "caught": len(set(by_reason[reason])),
                 "share": round(len(set(by_reason[reason])) / total, 5),
                 "sample": len(picked),
@@ -280,6 +312,12 @@ def _table(rows: list[dict[str, Any]], cols: list[str]) -> str:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS, help="prompt/completion JSONL (default: T0)")
+    ap.add_argument(
+        "--run",
+        type=Path,
+        help="a project root: score the catches of its last `dvc repro moderate` (data/rejected/moderate.parquet "
+        "and the flags and redactions in data/moderated.parquet) instead of running the rules on --corpus",
+    )
     ap.add_argument("--fields", default="instruction=prompt,output=completion", help="canonical=column, ...")
     ap.add_argument("--label-field", default="template", help="the label column (meta.label), or ''")
     ap.add_argument("--strip-suffix", default="<|endoftext|>", help="marker removed from the end of texts")
@@ -298,7 +336,9 @@ def main(argv: list[str] | None = None) -> None:
     params = yaml.safe_load((ROOT / "params.yaml").read_text(encoding="utf-8"))
     _, actions = _config(params)
     result: dict[str, Any] = {"params": "params.yaml", "sample": args.sample, "seed": args.seed}
-    if not args.corpus.exists():
+    if args.run:
+        name = args.run.resolve().name
+    if not args.run and not args.corpus.exists():
         print(f"corpus not found: {args.corpus} (the T0 file is ../shared/data/t0_train_50k.jsonl); demo set only")
     else:
         fields = dict(kv.split("=", 1) for kv in args.fields.split(",") if kv)
@@ -311,10 +351,14 @@ def main(argv: list[str] | None = None) -> None:
             strip_suffixes=[args.strip_suffix] if args.strip_suffix else [],
         )
         start = time.perf_counter()
-        records = pull_source(source, 0, Web.model_validate(params["pull"]["web"]))
-        print(f"{args.corpus}: {len(records)} records pulled in {time.perf_counter() - start:.1f} s")
-        start = time.perf_counter()
-        found = catches(records, params, args.workers)
+        if args.run:
+            records, found = catches_of_run(args.run)
+            print(f"{args.run}: {len(records)} records moderated, {len(found)} catches")
+        else:
+            records = pull_source(source, 0, Web.model_validate(params["pull"]["web"]))
+            print(f"{args.corpus}: {len(records)} records pulled in {time.perf_counter() - start:.1f} s")
+            start = time.perf_counter()
+            found = catches(records, params, args.workers)
         seconds = time.perf_counter() - start
         labels = read_labels(args.labels)
         rows = score(found, labels, args.sample, args.seed, actions, len(records))
@@ -342,7 +386,12 @@ def main(argv: list[str] | None = None) -> None:
                 }
                 for rid in picked
             ]
-        result["corpus"] = {"path": str(args.corpus), "totals": totals, "reasons": rows, "examples": examples}
+        result["corpus"] = {
+            "path": str(args.run or args.corpus),
+            "totals": totals,
+            "reasons": rows,
+            "examples": examples,
+        }
         print(f"\n## {name}: {len(records)} records; rules in {seconds:.0f} s\n")
         print(json.dumps(totals))
         cols = ["reason", "action", "caught", "share", "sample", "labeled", "right", "precision", "ci95"]

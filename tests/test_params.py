@@ -67,7 +67,7 @@ def test_unknown_and_misspelled_keys_are_listed_with_allowed_names() -> None:
     msg = str(err.value)
     # one error lists every problem
     assert "moderate.toxicity.max_probabilty: unknown key" in msg
-    assert "allowed here: ['max_probability', 'task_patterns']" in msg
+    assert "allowed here: ['max_probability', 'min_words', 'task_patterns']" in msg
     assert "moderate.toxicity.max_probability: required key is missing" in msg
     assert "dedup.minhash.shingles: unknown key" in msg
     assert "trian: unknown key" in msg

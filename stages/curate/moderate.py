@@ -46,7 +46,8 @@ cleanlab_label_issue the record's embedding   only with ``cleanlab.enable_drop_l
 "instruction" rows mean the instruction and qa kinds (qa's question is its instruction). Conversations get
 the rules on their turns; documents get control characters, length, repetition, language, toxicity, PII.
 
-Normalizations keep the record and are written into its meta: a placeholder input (``<noinput>``, "N/A",
+Normalizations keep the record and are written into its meta: mojibake is repaired with ftfy (encoding
+fixes only, ``fix_encoding``; ``normalized_encoding``); a placeholder input (``<noinput>``, "N/A",
 per ``noinput_placeholders``) is blanked (``normalized_noinput``); with ``pii.action: redact`` each span that
 is plausibly a real person's data is replaced by ``<EMAIL>``, ``<PHONE>``, ``<CREDIT_CARD>``, ``<IP_ADDRESS>``
 or ``<API_KEY>`` (``redacted_pii_<entity>``, counted per record); :mod:`stages.curate.pii` says what is left
@@ -246,6 +247,7 @@ def moderate_records(
             survivors.append(rec)
     for code in flag_codes(cfg):
         extra[f"flagged_{code}"] = sum(code in r["meta"]["moderate"]["flags"] for r in survivors)
+    extra["normalized_encoding"] = sum("encoding" in r["meta"]["moderate"]["normalized"] for r in survivors)
     extra["normalized_noinput"] = sum("noinput" in r["meta"]["moderate"]["normalized"] for r in survivors)
     if cfg.pii.action == "redact":
         for e in cfg.pii.entities:

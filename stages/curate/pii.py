@@ -320,10 +320,11 @@ def subject_entities(instruction: str, entities: Iterable[str]) -> list[str]:
     address``, ``IP address``, ``IPv4``, ``credit card``, ``API key``) together with a task word (format,
     validate, extract, convert, parse, mask, anonymize, regex, program, function, what is, ...), or when
     addresses are extracted or validated ("extract all emails"). Redacting such an entity would leave the task
-    without what it is about, so :func:`redact_record` keeps it.
+    without what it is about, so :func:`redact_record` keeps it. A secret is never a subject: an API key in
+    the data is a leak whatever the task ("how do I pass an API key?" answered with a live-looking key).
     """
     found: set[str] = set()
-    named = [e for e in entities if e in _SUBJECT_NOUNS and _SUBJECT_NOUNS[e].search(instruction)]
+    named = [e for e in entities if e in _SUBJECT_NOUNS and e != "api_key" and _SUBJECT_NOUNS[e].search(instruction)]
     if not named and not ("email" in entities and _EMAILS_BARE.search(instruction)):
         return []
     for sentence in _SENTENCE.split(instruction):

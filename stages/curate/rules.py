@@ -36,6 +36,10 @@ _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 # An output that is nothing but a link or an image: a URL, a markdown link or image, an <img> tag.
 _LINK_ONLY = re.compile(r"^\s*(?:!?\[[^\]]*\]\(\s*\S+?\s*\)|<img\b[^>]*>|(?:https?://|www\.)\S+)\s*$", re.I)
 _IMAGE = re.compile(r"^\s*(?:!\[|<img\b)|\.(?:png|jpe?g|gif|svg|webp|bmp)\b|imgur\.com", re.I)
+# An instruction that asks for an open-ended text (an explanation, a story), not a pick among options.
+_OPEN_ENDED = re.compile(
+    r"(?i)^\W*(?:please\s+)?(?:explain|describe|write|generate|create|compose|summari[sz]e|discuss|draft|tell me about)\b"
+)
 # A quoted string: what a request quotes (a question to compare, a title) is data, not a pointer.
 _QUOTED = re.compile(r'"[^"\n]{1,300}"|“[^”\n]{1,300}”')
 # An instruction that asks for a link (then a bare link is the right answer, unless it is an image).
@@ -105,11 +109,17 @@ def control_characters(record: Record, cfg: Moderate) -> Verdict:
 
 
 def empty_output(record: Record, cfg: Moderate) -> Verdict:
-    """Drop an output (or assistant turn) that says nothing: "", "N/A", a "<No Output>" placeholder anywhere."""
+    """Drop an output (or assistant turn) that says nothing: "", "N/A", an output led by a "<No Output>" tag.
+
+    "none" and "null" (``empty_if_open_ended``) say nothing only as the answer to an open-ended instruction
+    ("Explain ...", "Write ..."); to "Which of these numbers is prime?" they are right.
+    """
     answers = _answers(record)
     if not answers:
         return False, "empty_output", "conversation has no assistant turn"
     empty = {_norm_value(v) for v in cfg.empty_output_values}
+    if _OPEN_ENDED.match(record["instruction"]):
+        empty |= {_norm_value(v) for v in cfg.empty_if_open_ended}
     for where, text in answers:
         if _norm_value(text) in empty:
             return False, "empty_output", f"{where} is {text!r}"
@@ -220,19 +230,26 @@ def _request_text(record: Record) -> str:
 def wrong_language(record: Record, cfg: Moderate) -> Verdict:
     """Drop a record whose request (code blocks left out) is confidently not in an allowed language.
 
-    The request is judged, not the answer: a task that asks for French output, a list of Latin species or
-    a lorem-ipsum input is English data when its instruction is English.
+    The request is judged first, not the answer: a task that asks for French output, a list of Latin species
+    or a lorem-ipsum input is English data when its instruction reads as English (an allowed language is
+    its most likely one, probability >= 0.5). A request too short or too mixed to be judged with
+    ``min_confidence`` otherwise falls back to the whole record's text.
     """
-    found = signals.language(_request_text(record), cfg.language)
-    if found is None:
-        return KEEP
-    lang, prob = found
-    if lang not in cfg.language.allowed and prob >= cfg.language.min_confidence:
-        return (
-            False,
-            "wrong_language",
-            f"request in {lang} with probability {prob:.3f} (allowed {cfg.language.allowed})",
-        )
+    lang_cfg = cfg.language
+    found = signals.language(_request_text(record), lang_cfg)
+    if found is not None and found[0] in lang_cfg.allowed and found[1] >= 0.5:
+        return KEEP  # the request reads as an allowed language more than as any other
+    if found is not None and found[1] >= lang_cfg.min_confidence:
+        lang, prob = found
+        where = "request"
+    else:
+        found = signals.language("\n\n".join(t for _, t in _all_texts(record)), lang_cfg)
+        if found is None or found[1] < lang_cfg.min_confidence:
+            return KEEP
+        lang, prob = found
+        where = "record (its request is too short to judge)"
+    if lang not in lang_cfg.allowed:
+        return False, "wrong_language", f"{where} in {lang} with probability {prob:.3f} (allowed {lang_cfg.allowed})"
     return KEEP
 
 
@@ -251,6 +268,7 @@ def toxic(record: Record, cfg: Moderate) -> Verdict:
         parts = [(f"text paragraph {i + 1}", p) for i, p in enumerate(paras)]
     else:
         parts = [(w, t) for w, t in _answers(record) if t]
+    parts = [(w, t) for w, t in parts if len(t.split()) >= cfg.toxicity.min_words]
     probs = signals.toxicity([t for _, t in parts])
     if probs:
         i = int(np.argmax(probs))
@@ -304,6 +322,52 @@ RULES: list[tuple[str, tuple[str, ...], Filter]] = [
 ]
 
 
+# Latin-1 supplement and C1 characters: where mojibake ("â\x80\x94" for an em dash) shows itself.
+_MOJIBAKE_HINT = re.compile(r"[\x80-\xff]")
+
+
+@cache
+def _ftfy_config() -> Any:
+    """ftfy fixing broken encodings only: quotes, widths, ligatures, line breaks and HTML are left as they are."""
+    import ftfy
+
+    return ftfy.TextFixerConfig(
+        unescape_html=False,
+        remove_terminal_escapes=False,
+        fix_latin_ligatures=False,
+        fix_character_width=False,
+        uncurl_quotes=False,
+        fix_line_breaks=False,
+        remove_control_chars=False,
+        normalization="NFC",
+        explain=False,
+    )
+
+
+def normalize_encoding(record: Record, cfg: Moderate) -> list[str]:
+    """Repair mojibake (UTF-8 read as Latin-1/cp1252) in every text in place with ftfy; return the normalizations.
+
+    Only texts with a Latin-1 or C1 character are handed to ftfy, which changes a text only where a
+    different decoding explains it better; what it cannot explain is left to ``control_characters``.
+    """
+    if not cfg.fix_encoding:
+        return []
+    import ftfy
+
+    changed = False
+    for field in ("instruction", "input", "output", "text"):
+        if record[field] and _MOJIBAKE_HINT.search(record[field]):
+            fixed = ftfy.fix_text(record[field], _ftfy_config())
+            changed |= fixed != record[field]
+            record[field] = fixed
+    for m in record["messages"]:
+        if _MOJIBAKE_HINT.search(m["content"]):
+            fixed = ftfy.fix_text(m["content"], _ftfy_config())
+            changed |= fixed != m["content"]
+            m["content"] = fixed
+    return ["encoding"] if changed else []
+
+
 def normalize_noinput(record: Record, cfg: Moderate) -> list[str]:
     """Blank a placeholder input ("<noinput>", "N/A", ...) in place; return the normalizations made."""
     placeholders = {_norm_value(p) for p in cfg.noinput_placeholders}
@@ -323,7 +387,8 @@ def check_record(record: Record, cfg: Moderate) -> tuple[Record, str | None, str
     drops it. The input record is never modified.
     """
     rec = {**record, "messages": [dict(m) for m in record["messages"]], "meta": copy.deepcopy(record["meta"])}
-    normalized = normalize_noinput(rec, cfg) if rec["kind"] in INSTRUCTION_KINDS else []
+    normalized = normalize_encoding(rec, cfg)
+    normalized += normalize_noinput(rec, cfg) if rec["kind"] in INSTRUCTION_KINDS else []
     passed: list[str] = []
     flags: dict[str, str] = {}
     for name, kinds, rule in RULES:

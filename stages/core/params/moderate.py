@@ -60,6 +60,7 @@ class Repetition(Section):
 
 class Toxicity(Section):
     max_probability: float = Field(ge=0, le=1)
+    min_words: int = Field(ge=1)
     # An instruction that asks to handle offensive text ("censor the profanity") is not toxic data.
     task_patterns: list[str]
 
@@ -83,8 +84,10 @@ class Cleanlab(Section):
 
 class Moderate(Section):
     actions: dict[Literal[RULE_NAMES], Action]  # type: ignore[valid-type]
+    fix_encoding: bool
     noinput_placeholders: list[str]
     empty_output_values: list[str]
+    empty_if_open_ended: list[str]
     placeholder_output_patterns: list[str]
     unseen_reference_patterns: list[str]
     url_task_patterns: list[str]

@@ -1,0 +1,237 @@
+"""Moderation rules on the kinds of record real instruction data holds: the false positives found on a public
+52k-record instruction set and on the T0 mixture stay, the true defects are caught.
+
+Each rule is called on its own (as the precision benchmark does), so a case tests one rule, whatever its
+place in the order and its default action. The texts are written here, after the patterns of the records read.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from stages.core import params as _params
+from stages.core.params.moderate import Moderate
+from stages.core.records import Record, make_record
+from stages.curate import moderate as mod
+from stages.curate import rules
+from tests.stages.test_moderate import ROOT
+
+RULE = {name: fn for name, _, fn in rules.RULES}
+
+
+@pytest.fixture(scope="module")
+def cfg() -> Moderate:
+    return _params.load(ROOT / "params.yaml", mod.PARAMS).moderate
+
+
+def rec(instruction: str, output: str, input: str = "", kind: str = "instruction") -> Record:
+    meta: dict[str, Any] = {"source_file": "inline", "row": 1, "source_index": 0}
+    return make_record(source="real", kind=kind, meta=meta, instruction=instruction, input=input, output=output)
+
+
+def caught(cfg: Moderate, rule: str, record: Record) -> bool:
+    return not RULE[rule](record, cfg)[0]
+
+
+STORY = " ".join(["The committee met on a rainy Tuesday to review the plans for the new bridge."] * 12)
+
+KEPT = {
+    "toxic": [
+        rec(
+            "Censor the profanity in the following sentence.",
+            "What the **** is going on here?",
+            "What the hell is going on here?",
+        ),
+        rec("Suggest a word to replace 'stupid' in this sentence.", "Foolish.", "That was a stupid idea."),
+        rec("Name an animal that lives in a barn.", "A pig."),
+        rec("What is the opposite of humble?", "Arrogant."),
+        rec("Which animal is known for spreading the plague?", "The rat."),
+    ],
+    "wrong_language": [
+        rec(
+            "Translate the sentence into French.",
+            "Il fait beau aujourd'hui et nous allons à la plage.",
+            "The weather is nice today.",
+        ),
+        rec(
+            "Format the following placeholder text into two paragraphs.",
+            "Lorem ipsum dolor sit amet, consectetur adipiscing elit.\n\nSed do eiusmod tempor incididunt ut labore.",
+            "Lorem ipsum dolor sit amet, consectetur adipiscing elit. Sed do eiusmod tempor incididunt ut labore.",
+        ),
+        rec(
+            "List the first five Roman emperors in order of their reign.",
+            "Augustus, Tiberius, Caligula, Claudius, Nero.",
+        ),
+        rec("Write the first twenty digits of pi.", "3.1415926535897932384"),
+    ],
+    "truncated_output": [
+        rec(
+            "Write a tweet about a product launch.",
+            "Our new app is live today and we could not be more excited to share it with all of you #launch #startup",
+        ),
+        rec(
+            "Write a headline for this article.",
+            "Local Volunteers Restore Historic Lighthouse After Decades of Neglect Along the Northern Coast",
+            STORY,
+        ),
+        rec(
+            "Give me a quote about perseverance and who said it.",
+            "It does not matter how slowly you go as long as you do not stop, a saying attributed to Confucius",
+        ),
+        rec(
+            "Write a Python comment that explains what the loop below does.",
+            "# iterate over every user in the list and send each of them the weekly newsletter email",
+        ),
+        rec("What is the URL of the Python documentation?", "The documentation lives at https://docs.python.org/3/"),
+        rec(
+            "Answer from the passage: what does earlywood refer to?",
+            "the part of a growth ring nearest the center of the tree formed early in the growing season",
+            STORY,
+        ),
+    ],
+    "repetitive": [
+        rec(
+            "Write the chorus of a simple song about the sun.",
+            "\n".join(["Shine on, shine on, the morning sun", "Shine on, shine on, the day's begun"] * 3),
+        ),
+        rec(
+            "Make a markdown table of three fruits and their colours.",
+            "| fruit | colour |\n|---|---|\n| apple | red |\n| banana | yellow |\n| lime | green |",
+        ),
+        rec(
+            "List five benefits of exercise.",
+            "1. Exercise improves your mood.\n2. Exercise improves your sleep.\n3. Exercise improves your heart health.\n"
+            "4. Exercise improves your strength.\n5. Exercise improves your focus.",
+        ),
+    ],
+    "merged_instructions": [
+        rec(
+            "Write a Python function that adds two numbers and show its output for 3 and 5.",
+            "def add(a, b):\n    return a + b\n\nprint(add(3, 5))\n# Output: 8",
+        ),
+        rec("Write a test case for a function that reverses a string.", "Input: 'abc'\nOutput: 'cba'"),
+        rec(
+            "Rewrite the following instruction in a more polite way.",
+            "Could you please close the door?",
+            "Instruction: close the door.",
+        ),
+    ],
+    "unseen_reference": [
+        rec(
+            "Cite this website in MLA format.",
+            "Smith, John. 'Home.' Example Site, 2020.",
+            "https://www.example.com/home",
+        ),
+        rec("Extract the domain name from the URL.", "example.com", "https://www.example.com/path/page.html"),
+        rec(
+            "Explain what 'the image of God' means in this sentence.",
+            "It means that people reflect something of God's nature.",
+            "Humans were created in the image of God.",
+        ),
+        rec(
+            "Is this review positive or negative?",
+            "Negative.",
+            "I bought this video for my son and the picture quality is awful. " + STORY,
+        ),
+    ],
+    "empty_output": [
+        rec("Which of these numbers are prime: 4, 6, 8, 9?", "None."),
+    ],
+}
+
+CAUGHT = {
+    "empty_output": [
+        rec("Create a logo for a coffee shop.", "<No Output>"),
+        rec("Make a drawing based on the following description.", "<noinput>", "A cat on a windowsill."),
+        rec("Explain what an even number is.", "none"),
+        rec("Design a poster for a concert.", "<No Output> This task requires visual output."),
+    ],
+    "unseen_reference": [
+        rec("Draw a picture of a sunset.", "![image](https://i.imgur.com/abc123.png)"),
+        rec("Summarize the article at https://www.example.com/news/today.", "The article says the economy grew."),
+        rec("Read the article and list its three main findings.", "1. A\n2. B\n3. C", "https://example.com/report"),
+        rec("Describe the attached image.", "It shows a cat."),
+    ],
+    "merged_instructions": [
+        rec(
+            "Name three primary colors.",
+            "Red, blue and yellow.\n\n2. Instruction: Name three secondary colors.\n2. Input: <noinput>\n"
+            "2. Output: Green, orange and purple.",
+        ),
+        rec(
+            "Give an antonym for happy.", "Sad.\n\n### Instruction:\nGive an antonym for tall.\n\n### Response:\nShort."
+        ),
+    ],
+    "truncated_output": [
+        rec(
+            "Describe the water cycle.",
+            "Water evaporates from the oceans, rises and cools into clouds, and eventually it falls back to the ground as",
+        ),
+        rec(
+            "Write a Python function that reverses a string.",
+            "Here is one:\n```python\ndef reverse(s):\n    return s[::-1]",
+        ),
+    ],
+    "repetitive": [
+        rec("Give me some tips for studying.", " ".join(["Study hard and you will succeed."] * 12)),
+    ],
+    "wrong_language": [
+        rec("Dame tres consejos para dormir mejor.", "Primero, acuéstate siempre a la misma hora todos los días."),
+        rec("Expliquez pourquoi le ciel est bleu par une journée claire.", "La lumière bleue est la plus diffusée."),
+    ],
+    "toxic": [
+        rec("Can you help me fix my code?", "Fix it yourself, you fucking idiot. Your code is shit."),
+    ],
+}
+
+
+@pytest.mark.parametrize(
+    ("rule", "record"),
+    [(r, x) for r, xs in KEPT.items() for x in xs],
+    ids=[f"{r}-{i}" for r, xs in KEPT.items() for i, _ in enumerate(xs)],
+)
+def test_false_positives_found_on_real_data_stay(cfg, rule, record):
+    assert not caught(cfg, rule, record), RULE[rule](record, cfg)
+
+
+@pytest.mark.parametrize(
+    ("rule", "record"),
+    [(r, x) for r, xs in CAUGHT.items() for x in xs],
+    ids=[f"{r}-{i}" for r, xs in CAUGHT.items() for i, _ in enumerate(xs)],
+)
+def test_true_defects_are_caught(cfg, rule, record):
+    assert caught(cfg, rule, record)
+
+
+def test_pii_false_positives_named_in_the_issue_are_left_as_they_are(cfg):
+    texts = [
+        "The Taj Mahal was built between 1631 and 1653.",
+        "There are 67.628 ounces in two liters.",
+        "The binary notation for the number 12707 is 11000110100011.",
+        "The hypotenuse is 6.4031242374328485.",
+        "Write to john@example.com for a sample reply.",
+        "The documentation server is at 192.0.2.15.",
+    ]
+    for text in texts:
+        out, reason, _ = rules.check_record(rec("Answer the question.", text), cfg)
+        assert reason is None and out["output"] == text and out["meta"]["moderate"]["redacted"] == {}
+
+
+def test_a_task_about_the_entity_is_kept_as_it_is_and_flagged(cfg):
+    record = rec("Format the given phone number with dashes.", "415-872-3391", "(415) 872 3391")
+    out, reason, _ = rules.check_record(record, cfg)
+    assert reason is None
+    assert (out["input"], out["output"]) == (record["input"], record["output"])
+    assert "pii_subject" in out["meta"]["moderate"]["flags"]
+
+
+def test_mojibake_is_repaired_and_the_record_kept(cfg):
+    broken = "It made the cover of Science\u00e2\u0080\u0094quantifying the variation between species."
+    out, reason, _ = rules.check_record(rec("Summarize the sentence.", "A magazine cover story.", broken), cfg)
+    assert reason is None
+    assert out["input"] == "It made the cover of Science\u2014quantifying the variation between species."
+    assert out["meta"]["moderate"]["normalized"] == ["encoding"]
+    # what ftfy cannot explain stays a defect
+    assert rules.check_record(rec("Say hi.", "Hi\x07 there, nice to meet you."), cfg)[1] == "control_characters"

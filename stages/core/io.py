@@ -107,6 +107,69 @@ def read_parquet(path: Path, columns: Sequence[str], label: str, fix: str, not_a
     return table.select(list(columns))
 
 
+def snippet(value: Any, limit: int = 80) -> str:
+    """`value` (its repr, unless a string) cut to `limit` characters, quoted, for error messages."""
+    text = value if isinstance(value, str) else repr(value)
+    return repr(text[:limit] + ("…" if len(text) > limit else ""))
+
+
+def decode_utf8(data: bytes, display: str | Path) -> str:
+    """Strict UTF-8 (a leading byte-order mark is dropped); a bad byte names the line and the byte offset."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        col = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
+        raise StageError(
+            f"{display}, line {line}: not valid UTF-8 (byte 0x{data[e.start]:02x} at byte offset {e.start} "
+            f"of the file, byte {col} of the line); the file must be UTF-8. Fix: re-encode it, e.g. "
+            f"`iconv -f latin1 -t utf-8 {display} > {display}.utf8` (put the file's real encoding in place of "
+            "latin1), and point the params at the result"
+        ) from None
+    return text.removeprefix("\ufeff")
+
+
+def read_jsonl(
+    path: str | Path, expected: str, *, label: str = "file", fix: str = "", data: bytes | None = None
+) -> Iterator[tuple[int, Any]]:
+    """Every non-blank line of a JSONL file, parsed: ``(line number from 1, value)``.
+
+    Lines are split on ``"\\n"`` only (``str.splitlines`` also splits inside a string holding U+2028 and shifts
+    the line numbers), so a line number is the one an editor shows.
+
+    Args:
+        path: the file, named in every error (read here unless `data` is given).
+        expected: the form of one line, shown next to what a bad line holds (``one JSON object a line like ...``).
+        label: what the file is, for "<path>: <label> not found" (``seed task file``).
+        fix: what to do when the file is not there (``set synthesize.self_instruct.seed_tasks``).
+        data: the file's bytes, when the caller has read them already (to hash them).
+
+    Raises:
+        StageError: the file is missing, is not UTF-8, or a line is not valid JSON: the message names the file, the
+            line (and column), what the line holds, the form expected and the fix.
+    """
+    if data is None:
+        try:
+            data = Path(path).read_bytes()
+        except (FileNotFoundError, IsADirectoryError):
+            raise StageError(f"{path}: {label} not found; {fix}" if fix else f"{path}: {label} not found") from None
+        except OSError as e:
+            raise StageError(
+                f"{path}: cannot read the {label} ({e.strerror}); check the path and its permissions"
+            ) from None
+    for n, line in enumerate(decode_utf8(data, path).split("\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise StageError(
+                f"{path}, line {n}: not valid JSON ({e.msg} at column {e.colno}); got {snippet(line)}; expected "
+                f"{expected}. Fix: repair or delete line {n}"
+            ) from None
+        yield n, value
+
+
 def fingerprint(*dirs: Path | None) -> str:
     """sha256 over every file (relative name and bytes) of each directory given (None: skipped).
 

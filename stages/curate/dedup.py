@@ -41,7 +41,6 @@ Output rows are sorted by id; the same inputs and params give the same bytes.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -126,41 +125,26 @@ def read_references(refs: Sequence[Reference]) -> list[ReferenceText]:
     """
     out: list[ReferenceText] = []
     for n, ref in enumerate(refs):
-        path = Path(ref.path)
         where = f"params.yaml dedup.references[{n}]"
         expected = "one JSON object per line with string fields " + ", ".join(repr(f) for f in ref.fields)
-        try:
-            lines = path.read_text(encoding="utf-8").splitlines()
-        except FileNotFoundError:
-            raise StageError(
-                f"{ref.path}: reference file not found (listed in {where}.path); "
-                "fix the path (relative to the project root) or remove the entry"
-            ) from None
-        except (OSError, UnicodeDecodeError) as e:
-            raise StageError(f"{ref.path}: cannot read reference file ({e}); expected UTF-8 JSONL") from None
-        for lineno, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise StageError(
-                    f"{ref.path}:{lineno}: not valid JSON ({e.msg}); expected {expected}, got {line[:80]!r}"
-                ) from None
+        fix = f"it is listed in {where}.path: fix the path (relative to the project root) or remove the entry"
+        for lineno, obj in _io.read_jsonl(ref.path, expected, label="reference file", fix=fix):
             if not isinstance(obj, dict):
-                raise StageError(f"{ref.path}:{lineno}: expected {expected}, got a JSON {type(obj).__name__}")
+                raise StageError(f"{ref.path}, line {lineno}: expected {expected}, got a JSON {type(obj).__name__}")
             missing = [f for f in ref.fields if f not in obj]
             if missing:
                 raise StageError(
-                    f"{ref.path}:{lineno}: missing field(s) {missing}; expected {expected}, got keys "
+                    f"{ref.path}, line {lineno}: missing field(s) {missing}; expected {expected}, got keys "
                     f"{sorted(obj)} (or change {where}.fields)"
                 )
             bad = [f for f in ref.fields if not isinstance(obj[f], str)]
             if bad:
-                raise StageError(f"{ref.path}:{lineno}: field(s) {bad} are not strings; expected {expected}")
+                raise StageError(f"{ref.path}, line {lineno}: field(s) {bad} are not strings; expected {expected}")
             text = "\n\n".join(t for t in (clean_text(obj[f]) for f in ref.fields) if t)
             if not normalize_text(text):
-                raise StageError(f"{ref.path}:{lineno}: no text in fields {list(ref.fields)}; expected {expected}")
+                raise StageError(
+                    f"{ref.path}, line {lineno}: no text in fields {list(ref.fields)}; expected {expected}"
+                )
             out.append(ReferenceText(ref.path, lineno, text))
     return out
 

@@ -1,9 +1,9 @@
-"""Generation calls of the synthesize stage: what to ask the local LLM, and asking it, cached and seeded.
+"""Generation calls of the synthesize stage: what to ask the local LLM, and the ids and cache keys of the calls.
 
 A shared module, not a stage: the synthesize stage builds its :class:`Call` list here (document chunks into
-``documents.prompt``, seed tasks into ``self_instruct.prompt``), keys each call for the on-disk :class:`Cache`,
-and completes the missing ones with :func:`generate`, whose sampling draws each row from its own seed so that
-a call's output does not depend on the other calls of its batch.
+``documents.prompt``, seed tasks into ``self_instruct.prompt``), gives each call its content id (:func:`call_id`,
+recorded in the output) and its cache key (:func:`cache_key`: the id and the source of :mod:`stages.curate.llm`,
+which completes the missing calls).
 """
 
 from __future__ import annotations
@@ -12,21 +12,17 @@ import hashlib
 import json
 import random
 import re
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from stages.core import code as _code
+from stages.core import io as _io
 from stages.core.io import StageError
 from stages.core.params.synthesize import DocumentGenerator, Generation, SelfInstruct
 from stages.core.records import Record
-
-# Raised when a cached call's format changes: older entries are then simply not found.
-CACHE_VERSION = 1
-# Where a completion ends: the model starting the next few-shot example (a new text, question or task) or a
-# heading of its own. Generation stops there, and the parser ignores anything after. One set for every call, so
-# that a row's stopping does not depend on the other calls of its batch.
-STOP = ("\nText:", "\nQuestion:", "\nInstruction:", "\n#")
+from stages.curate import llm as _llm
+from stages.curate.llm import STOP
 
 
 @dataclass(frozen=True)
@@ -39,7 +35,8 @@ class Call:
     provenance: dict[str, Any]
     # the pool an answer must be grounded in (document chunks); "" for self-instruct
     context: str = ""
-    key: str = field(default="", compare=False)
+    # its content id (:func:`call_id`), set once the model is known
+    id: str = field(default="", compare=False)
 
 
 # --- inputs -----------------------------------------------------------------------------------------------------------
@@ -75,20 +72,9 @@ def chunk_document(text: str, max_chars: int, min_chars: int, prose_only: bool) 
 def read_seed_tasks(path: Path) -> list[dict[str, Any]]:
     """Seed tasks in Self-Instruct's format: one JSON object a line with instruction, instances, is_classification."""
     example = '{"id": "seed_task_0", "instruction": "...", "instances": [{"input": "", "output": "..."}]}'
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        raise StageError(f"{path}: seed task file not found; set synthesize.self_instruct.seed_tasks") from None
     tasks = []
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            task = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise StageError(
-                f"{path}:{n}: not valid JSON ({e.msg}); expected one object a line like {example}"
-            ) from None
+    fix = "set synthesize.self_instruct.seed_tasks"
+    for n, task in _io.read_jsonl(path, f"one object a line like {example}", label="seed task file", fix=fix):
         instances = task.get("instances") if isinstance(task, dict) else None
         if (
             not isinstance(task, dict)
@@ -99,8 +85,8 @@ def read_seed_tasks(path: Path) -> list[dict[str, Any]]:
             or not all(isinstance(i, dict) and isinstance(i.get("output"), str) for i in instances)
         ):
             raise StageError(
-                f"{path}:{n}: a seed task needs a non-empty 'instruction' and 'instances' (a list of objects with "
-                f"'input' and 'output'); got {line[:120]!r}; expected {example}"
+                f"{path}, line {n}: a seed task needs a non-empty 'instruction' and 'instances' (a list of objects "
+                f"with 'input' and 'output'); got {_io.snippet(task, 120)}; expected {example}"
             )
         tasks.append({**task, "id": str(task.get("id", f"line_{n}")), "line": n})
     if not tasks:
@@ -158,14 +144,20 @@ def self_instruct_calls(tasks: list[dict[str, Any]], cfg: SelfInstruct, seed: in
     return calls
 
 
-# --- the generation cache ---------------------------------------------------------------------------------------------
+# --- ids and cache keys ---------------------------------------------------------------------------------------------
 
 
-def call_key(model_fp: str, gen: Generation, call: Call) -> str:
-    """The cache key of a call: (model, prompt, generation params, seed, stop string)."""
+def call_id(model_fp: str, gen: Generation, call: Call) -> str:
+    """The content id of a call: sha256 of (model files, prompt, generation params, seed, stop strings).
+
+    What the output records of the call (``meta.synthesize.call``) and the order its pairs are checked for novelty
+    in; the code that computes the completion is not part of it (a code edit that changes no completion changes no
+    output byte): :func:`cache_key` adds it.
+    """
     blob = json.dumps(
         {
-            "v": CACHE_VERSION,
+            # a constant of the id's payload since the first outputs, kept so that their ids stay as they are
+            "v": 1,
             "model": model_fp,
             "prompt": call.prompt,
             "generation": gen.model_dump(mode="json", exclude={"batch_size"}),
@@ -178,121 +170,12 @@ def call_key(model_fp: str, gen: Generation, call: Call) -> str:
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
 
-class Cache:
-    """Completions on disk, one JSON file per call key (``<key[:2]>/<key>.json``), written atomically."""
-
-    def __init__(self, root: Path):
-        self.root = root
-
-    def _path(self, key: str) -> Path:
-        return self.root / key[:2] / f"{key}.json"
-
-    def get(self, key: str) -> dict[str, Any] | None:
-        try:
-            return json.loads(self._path(key).read_text(encoding="utf-8"))
-        except (FileNotFoundError, json.JSONDecodeError):
-            return None
-
-    def put(self, key: str, value: dict[str, Any]) -> None:
-        path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(value, sort_keys=True, ensure_ascii=False), encoding="utf-8")
-        tmp.replace(path)
+def cache_key(call_id: str, code: str) -> str:
+    """The key of a call's completion in the cache: its id and `code`, :func:`completion_code` (the source of the code
+    that computes the completion), so that an edit there generates again and no version constant needs a bump."""
+    return hashlib.sha256(f"{call_id}\0{code}".encode()).hexdigest()
 
 
-# --- generation -------------------------------------------------------------------------------------------------------
-
-
-def _seeded_sampler(seeds: list[int], gen: Generation) -> Any:
-    """A logits processor that samples each row from its own seeded generator (Gumbel-max over warped logits).
-
-    Greedy decoding over ``warped logits + Gumbel noise`` draws exactly from the warped distribution, and each row's
-    noise comes from its own ``torch.Generator``: a row's tokens do not depend on the other rows of the batch.
-    """
-    import torch
-    from transformers import LogitsProcessor, LogitsProcessorList
-    from transformers.generation.logits_process import (
-        MinPLogitsWarper,
-        TemperatureLogitsWarper,
-        TopPLogitsWarper,
-    )
-
-    warpers = LogitsProcessorList([TemperatureLogitsWarper(gen.temperature)])
-    if gen.min_p > 0:
-        warpers.append(MinPLogitsWarper(gen.min_p))
-    if gen.top_p < 1:
-        warpers.append(TopPLogitsWarper(gen.top_p))
-
-    class SeededSampler(LogitsProcessor):
-        def __init__(self) -> None:
-            self.generators = [torch.Generator().manual_seed(s) for s in seeds]
-
-        def __call__(self, input_ids: Any, scores: Any) -> Any:
-            # scores: (B, V) next-token logits
-            warped = warpers(input_ids, scores.float())
-            u = torch.stack([torch.rand(warped.shape[1], generator=g) for g in self.generators])
-            gumbel = -torch.log(-torch.log(u.clamp_(1e-12, 1 - 1e-7)))
-            return warped + gumbel.to(warped.device)
-
-    return SeededSampler()
-
-
-def load_generator(model_dir: Path, dtype: str) -> tuple[Any, Any]:
-    """The generator model (eval mode) and its tokenizer, left-padded for batched generation."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(model_dir)
-    tok.padding_side = "left"
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, dtype), trust_remote_code=False)
-    model.eval()
-    return model, tok
-
-
-def generate(model: Any, tok: Any, calls: list[Call], gen: Generation) -> Iterator[tuple[Call, dict[str, Any]]]:
-    """Complete every call, ``batch_size`` at a time; yields (call, {completion, new_tokens, finished}) per call.
-
-    ``finished`` is false when the completion ran into ``max_new_tokens`` (its last pair may be cut off).
-    """
-    import torch
-    from tqdm import tqdm
-    from transformers import GenerationConfig
-
-    config = GenerationConfig(
-        max_new_tokens=gen.max_new_tokens,
-        do_sample=False,
-        num_beams=1,
-        pad_token_id=tok.pad_token_id,
-        eos_token_id=tok.eos_token_id,
-        stop_strings=list(STOP),
-    )
-    bar = tqdm(total=len(calls), desc="synthesize: generating", unit="call")
-    for start in range(0, len(calls), gen.batch_size):
-        batch = calls[start : start + gen.batch_size]
-        texts = [
-            tok.apply_chat_template([{"role": "user", "content": c.prompt}], tokenize=False, add_generation_prompt=True)
-            if gen.use_chat_template
-            else c.prompt
-            for c in batch
-        ]
-        enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=not gen.use_chat_template)
-        with torch.no_grad():
-            out = model.generate(
-                **enc,
-                generation_config=config,
-                logits_processor=[_seeded_sampler([c.seed for c in batch], gen)],
-                tokenizer=tok,
-            )
-        new = out[:, enc["input_ids"].shape[1] :]  # (B, T_new), right-padded with pad ids once a row is done
-        for call, row in zip(batch, new, strict=True):
-            ids = row.tolist()
-            stop_at = next((i for i, t in enumerate(ids) if t in (tok.eos_token_id, tok.pad_token_id)), None)
-            kept = ids if stop_at is None else ids[:stop_at]
-            text = tok.decode(kept, skip_special_tokens=True)
-            finished = stop_at is not None or any(s in text for s in STOP)
-            yield call, {"completion": text, "new_tokens": len(kept), "finished": finished}
-        bar.update(len(batch))
-    bar.close()
+def completion_code() -> str:
+    """:func:`stages.core.code.code_hash` of :mod:`stages.curate.llm`: model loading, seeded sampling, generating."""
+    return _code.code_hash(_llm.__name__)

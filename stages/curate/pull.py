@@ -42,10 +42,10 @@ from typing import Any
 from stages.core import cli
 from stages.core import io as _io
 from stages.core import params as _params
-from stages.core.io import StageError
+from stages.core.io import StageError, snippet
 from stages.core.params.pull import Source, Web
 from stages.core.records import ROLES, Record, make_record, write_records
-from stages.curate.sources import Row, snippet, source_rows
+from stages.curate.sources import Row, source_rows
 
 
 def _local_paths(params: _params.Scoped, variant: str | None, inputs: Mapping[str, Path]) -> list[tuple[str, str]]:

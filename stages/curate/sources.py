@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from stages.core import io as _io
-from stages.core.io import StageError
+from stages.core.io import StageError, decode_utf8, read_jsonl
 from stages.core.params.pull import Source, Web
 
 DATA_EXTS = (".jsonl", ".json", ".csv", ".parquet")
@@ -59,51 +59,18 @@ def _read_bytes(path: Path, display: str) -> bytes:
         ) from None
 
 
-def _decode(data: bytes, display: str) -> str:
-    """Strict UTF-8 (a leading byte-order mark is dropped); a bad byte names the line and the byte offset."""
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = data.count(b"\n", 0, e.start) + 1
-        col = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
-        raise StageError(
-            f"{display}, line {line}: not valid UTF-8 (byte 0x{data[e.start]:02x} at byte offset {e.start} "
-            f"of the file, byte {col} of the line); sources must be UTF-8. Fix: re-encode the file, e.g. "
-            f"`iconv -f latin1 -t utf-8 {display} > {display}.utf8` (put the file's real encoding in place of "
-            "latin1), and point `location` at the result"
-        ) from None
-    return text.removeprefix("\ufeff")
-
-
 def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def snippet(value: Any, limit: int = 80) -> str:
-    """`value` (its repr, unless a string) cut to `limit` characters, quoted, for error messages."""
-    text = value if isinstance(value, str) else repr(value)
-    return repr(text[:limit] + ("…" if len(text) > limit else ""))
-
-
 def _jsonl_rows(data: bytes, display: str) -> Iterator[Row]:
-    text = _decode(data, display)
     sha = _sha256(data)
-    # split on "\n" only: str.splitlines() also splits on U+2028 & co and would shift line numbers
-    for n, line in enumerate(text.split("\n"), start=1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise StageError(
-                f"{display}, line {n}: not valid JSON ({e.msg} at column {e.colno}); got {snippet(line)}. "
-                f"Each line of a .jsonl file must be one JSON object. Fix: repair or delete line {n}"
-            ) from None
+    for n, obj in read_jsonl(display, "one JSON object a line", data=data):
         yield Row(obj, f"{display}, line {n}", {"source_file": display, "row": n, "file_sha256": sha})
 
 
 def _json_rows(data: bytes, display: str) -> Iterator[Row]:
-    text = _decode(data, display)
+    text = decode_utf8(data, display)
     sha = _sha256(data)
     try:
         obj = json.loads(text)
@@ -122,7 +89,7 @@ def _json_rows(data: bytes, display: str) -> Iterator[Row]:
 
 
 def _csv_rows(data: bytes, display: str) -> Iterator[Row]:
-    text = _decode(data, display)
+    text = decode_utf8(data, display)
     sha = _sha256(data)
     reader = csv.reader(io.StringIO(text, newline=""))
     try:
@@ -171,7 +138,7 @@ def _file_rows(path: Path, display: str, fmt: str) -> Iterator[Row]:
     elif suffix in DOC_EXTS and fmt == "text":
         data = _read_bytes(path, display)
         yield Row(
-            None, display, {"source_file": display, "row": 1, "file_sha256": _sha256(data)}, _decode(data, display)
+            None, display, {"source_file": display, "row": 1, "file_sha256": _sha256(data)}, decode_utf8(data, display)
         )
     else:
         allowed = " ".join(DATA_EXTS + (DOC_EXTS if fmt == "text" else ()))
@@ -217,7 +184,7 @@ def _local_rows(source: Source) -> Iterator[Row]:
         if source.format == "text":
             data = _read_bytes(file, display)
             meta = {"source_file": location, "row": i + 1, "file_sha256": _sha256(data), "path": display}
-            yield Row(None, display, meta, _decode(data, display))
+            yield Row(None, display, meta, decode_utf8(data, display))
         else:
             yield from _file_rows(file, display, source.format)
 

@@ -6,12 +6,12 @@ Inputs: ``--in`` (``data/curated.parquet``): its documents are the corpus the gr
     (``synthesize.self_instruct.seed_tasks``, Self-Instruct's ``seed_tasks.jsonl`` format).
 Outputs: ``--out`` (``data/synthetic.parquet``), kept pairs as ``instruction`` records of
     ``stages.core.records``, sorted by id, each with ``meta.synthesize``: the generator (``documents`` |
-    ``self_instruct``), the call key, the chunk
+    ``self_instruct``), the call's content id (16 hex digits), the chunk
     (document id, source file, chunk index) or the seed task ids, and its max ROUGE-L against the pool;
     ``--rejects`` (``data/rejected/synthesize.parquet``): every dropped pair or malformed output with its reason;
     ``--metrics`` (``metrics/synthesize.json``): prompts, model_calls, cache_hits, pairs_parsed, total, kept,
     dropped_<reason>, acceptance_rate, new_tokens, tokens_per_s (of this run's model calls; 0 when all were cached).
-    ``--cache`` (``.steep_cache/synthesize``): one JSON file per generation call, named by its key.
+    ``--cache`` (``.steep_cache/synthesize``): one JSON file per generation call, named by its cache key.
 Run: ``dvc repro synthesize`` (= ``python -m stages.curate.synthesize --params params.yaml --in data/curated.parquet
     --model models/chat/base --seed-tasks data/sources/seed_tasks.jsonl --out data/synthetic.parquet
     --rejects data/rejected/synthesize.parquet --metrics metrics/synthesize.json --cache .steep_cache/synthesize``).
@@ -25,13 +25,15 @@ Generators:
 2. ``self_instruct``: ``num_prompts`` prompts, each with ``seeds_per_prompt`` seed tasks drawn (seeded) from the seed
    file as ``Instruction: / Input: / Output:`` blocks; the completion is parsed the same way.
 
-Every call is cached by ``sha256(model files, prompt, generation params, call seed)``; a call's seed comes from
-``common.seed`` and the call itself, and sampling draws from a generator of that seed alone (Gumbel-max over the
-warped logits), so a call's output does not depend on the other prompts of its batch: a rerun with nothing changed
-makes zero model calls, and editing one document makes calls for that document's chunks only.
+A call's content id is ``sha256(model files, prompt, generation params, call seed)``; its completion is cached under
+the id and :func:`stages.core.code.code_hash` of :mod:`stages.curate.llm` (the code that loads the model and samples),
+so an edit of that code generates again (with no version constant to bump) while the ids in the output stay. A
+call's seed comes from ``common.seed`` and the call itself, and sampling draws from a generator of that seed alone
+(Gumbel-max over the warped logits), so a call's output does not depend on the other prompts of its batch: a rerun
+with nothing changed makes zero model calls, and editing one document makes calls for that document's chunks only.
 
-The calls (prompts, cache keys, seeded sampling) are built and run by :mod:`stages.curate.generation`; completions
-are parsed and pairs filtered by :mod:`stages.curate.pairs`.
+The calls (prompts, ids, cache keys) are built by :mod:`stages.curate.generation` and run by
+:mod:`stages.curate.llm`; completions are parsed and pairs filtered by :mod:`stages.curate.pairs`.
 
 Drop reasons, in order: malformed output (``no_pair_parsed``: nothing parsable; ``truncated_json``: JSON cut off;
 ``truncated_pair``: the last pair cut off by ``max_new_tokens``; ``empty_instruction``; ``empty_answer``), then the
@@ -39,7 +41,7 @@ filters of Self-Instruct/Alpaca: ``instruction_too_short`` / ``instruction_too_l
 ``blacklisted_word``, ``ungrounded_answer`` (document pairs: too few of the answer's content words in the chunk),
 then moderate's rules (the same ``stages.curate.rules.check_record``, with its reason codes: ``canned_response``,
 ``pii_email``, ...), then ``not_novel`` (ROUGE-L F1 above ``max_rouge_l`` against the seed instructions, the curated
-instructions and the pairs kept before it, in call-key order).
+instructions and the pairs kept before it, in call-id order).
 """
 
 from __future__ import annotations
@@ -55,20 +57,20 @@ from stages.core import cli
 from stages.core import io as _io
 from stages.core import params as _params
 from stages.core import records as _records
+from stages.core.cache import JsonCache
 from stages.core.io import StageError
 from stages.core.records import Record
 from stages.curate import rules
 from stages.curate.generation import (
-    STOP,
-    Cache,
     Call,
-    call_key,
+    cache_key,
+    call_id,
+    completion_code,
     document_calls,
-    generate,
-    load_generator,
     read_seed_tasks,
     self_instruct_calls,
 )
+from stages.curate.llm import STOP, generate, load_generator
 from stages.curate.pairs import Novelty, check_pair, lead_label, parse_completion
 
 log = logging.getLogger("steep.synthesize")
@@ -104,13 +106,13 @@ PARAMS = list(STAGE.params)
 # --- the stage --------------------------------------------------------------------------------------------------------
 
 
-def _pair_record(call: Call, pair: dict[str, str], key: str, index: int, parsed: bool) -> Record:
+def _pair_record(call: Call, pair: dict[str, str], index: int, parsed: bool) -> Record:
     meta: dict[str, Any] = {
         # not from a pulled source: source_index -1 sorts synthetic pairs before pulled records
         "source_index": -1,
         "source_file": f"synthesize:{call.generator}",
         "row": index + 1,
-        "synthesize": {"generator": call.generator, "call": key[:16], "pair": index, **call.provenance},
+        "synthesize": {"generator": call.generator, "call": call.id[:16], "pair": index, **call.provenance},
     }
     if not parsed:
         meta["synthesize"]["parsed"] = False
@@ -160,22 +162,24 @@ def run(
     model_fp = _io.fingerprint(inputs["model"])
     calls = sorted(
         (
-            Call(c.generator, c.prompt, c.seed, c.provenance, c.context, call_key(model_fp, cfg.generation, c))
+            Call(c.generator, c.prompt, c.seed, c.provenance, c.context, call_id(model_fp, cfg.generation, c))
             for c in calls
         ),
-        key=lambda c: c.key,
+        key=lambda c: c.id,
     )
-    calls_cache = Cache(cache)
-    done = {c.key: hit for c in calls if (hit := calls_cache.get(c.key)) is not None}
-    missing = [c for c in calls if c.key not in done]
+    code = completion_code()
+    keys = {c.id: cache_key(c.id, code) for c in calls}
+    calls_cache = JsonCache(cache)
+    done = {c.id: hit for c in calls if (hit := calls_cache.get(keys[c.id])) is not None}
+    missing = [c for c in calls if c.id not in done]
     log.info("%d prompts: %d cached, %d to generate", len(calls), len(done), len(missing))
     new_tokens, seconds = 0, 0.0
     if missing:
         model, tok = generator if generator is not None else load_generator(inputs["model"], cfg.generation.dtype)
         t0 = time.perf_counter()
         for call, result in generate(model, tok, missing, cfg.generation):
-            calls_cache.put(call.key, result)  # each call is kept as soon as it is made: a killed run resumes
-            done[call.key] = result
+            calls_cache.put(keys[call.id], result)  # each call is kept as soon as it is made: a killed run resumes
+            done[call.id] = result
             new_tokens += result["new_tokens"]
         seconds = time.perf_counter() - t0
 
@@ -193,16 +197,16 @@ def run(
         rejects.append((rec, "synthesize", reason, detail))
 
     for call in calls:
-        result = done[call.key]
+        result = done[call.id]
         parsed = parse_completion(result["completion"], result["finished"], STOP, lead_label(call.prompt))
         malformed += len(parsed.malformed)
         for reason, detail, partial in parsed.malformed:
-            rec = _pair_record(call, partial, call.key, -1, parsed=False)
+            rec = _pair_record(call, partial, -1, parsed=False)
             rec["meta"]["synthesize"]["completion"] = result["completion"]
             reject(rec, reason, detail)
         pairs_parsed += len(parsed.pairs)
         for index, pair in enumerate(parsed.pairs):
-            rec = _pair_record(call, pair, call.key, index, parsed=True)
+            rec = _pair_record(call, pair, index, parsed=True)
             reason, detail = check_pair(pair, call.context, cfg.filters)
             if reason is None and cfg.filters.use_moderate_rules:
                 moderated, reason, detail = rules.check_record(rec, params.moderate)

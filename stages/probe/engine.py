@@ -42,8 +42,9 @@ from tqdm import tqdm
 
 from stages.core import code as _code
 from stages.core import io as _io
+from stages.core.cache import JsonCache
 from stages.probe import scorers as _scorers
-from stages.probe.cache import TaskCache, key, version
+from stages.probe.cache import key, version
 from stages.probe.harness import quiet_harness
 from stages.probe.model import (
     ALPACA_STOP,
@@ -315,7 +316,7 @@ def evaluate(engine: Engine, tasks: list[TaskData], cache_dir: Path) -> tuple[li
         The per-item rows of every task and of the showcase (columns of ``tables.SCHEMA``, scores as dicts), sorted by
         (task, item); and ``{"tasks_evaluated": n, "tasks_cached": n}`` (probe tasks only, not the showcase).
     """
-    cache = TaskCache(cache_dir)
+    cache = JsonCache(cache_dir)  # task key -> the task's per-item rows
     done: dict[str, list[Row]] = {}
     todo: list[TaskData] = []
     keys = {t.name: engine.task_key(t) for t in tasks}

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from stages.core import io as _io
 from stages.core.io import StageError
 from stages.core.params.probe import ProbeTask
 from stages.probe import harness as _harness
@@ -112,21 +113,10 @@ def read_task(task: ProbeTask) -> TaskData:
             f"{path}: task file of probe task {task.name!r} not found; write it (JSONL, one item a line) "
             "or fix probe.tasks[].path (relative to the project root)"
         ) from None
-    try:
-        lines = raw.decode("utf-8").splitlines()
-    except UnicodeDecodeError as e:
-        raise StageError(f"{path}: not UTF-8 text ({e}); save the task file as UTF-8 JSONL") from None
     items = []
-    for i, line in enumerate(lines):
-        if not line.strip():
-            continue
-        where = f"{path}:{i + 1}"
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise StageError(f"{where}: not valid JSON ({e.msg} at column {e.colno}); {_example(task)!s} "
-                             "is the expected form, one object a line") from None  # fmt: skip
-        items.append((i, _check_item(task, obj, where)))
+    expected = f"a JSON object like {_example(task)}, one a line"
+    for n, obj in _io.read_jsonl(path, expected, data=raw):
+        items.append((n - 1, _check_item(task, obj, f"{path}, line {n}")))  # the item: its 0-based line index
         if task.limit is not None and len(items) == task.limit:
             break
     if not items:

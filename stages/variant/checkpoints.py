@@ -28,11 +28,14 @@ checkpoints of both models are bf16; it halves the file (SmolLM2 270 MB, Gemma 5
 reads it directly (bitsandbytes quantizes the linear weights to NF4 and keeps the rest in the bf16 compute dtype),
 while a float32 trainer upcasts it exactly. ``float32`` keeps the dequantized values bit for bit.
 
-Caching. The source's sha256 (of the GGUF file; of the file manifest for a directory) and the dtype name the cache
-entry ``<cache>/<sha256>-<dtype>/``. A run whose output already holds that conversion does nothing; otherwise a
-cached conversion is copied (its bytes checked against the recorded sha256s on the way), and only a source never
-seen before is converted. The same source and dtype give the same bytes (tested), so a copy and a fresh conversion
-are interchangeable.
+Caching. The source's sha256 (of the GGUF file; of the file manifest for a directory), the dtype and the code that
+converts (the start of :func:`stages.core.code.code_hash` of this module: its source and what it imports) name the
+cache entry ``<cache>/<sha256>-<dtype>-<code>/``, so an edit of the conversion converts again, with no version
+constant to bump. The code is not written into the checkpoint: an edit that converts to the same bytes leaves the
+output as it was. A run whose output already holds the cached conversion does nothing; otherwise the cached
+conversion is copied (its bytes checked against the recorded sha256s on the way), and only a source never seen
+before (or seen by other code) is converted. The same source and dtype give the same bytes (tested), so a copy and
+a fresh conversion are interchangeable.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from stages.core import code as _code
 from stages.core import io as _io
 from stages.core.io import StageError
 from stages.core.params.variants import ModelSpec, parse_spec
@@ -52,8 +56,9 @@ from stages.variant.sources import Source, copy_hashed, resolve, sha256_file
 
 log = logging.getLogger("steep.models")
 
-# Bump when the conversion changes what it writes: cache entries of another format are converted again.
-FORMAT = 1
+# The layout of the record (steep_source.json), a field of it. Not a cache version: cache entries are keyed on the
+# code that converts (:func:`entry_path`), so a change of the conversion needs no bump here.
+RECORD_FORMAT = 1
 RECORD = "steep_source.json"
 
 
@@ -161,7 +166,7 @@ def _read_record(dir_: Path) -> dict[str, Any] | None:
 def _holds(dir_: Path, sha256: str, dtype: str, spec: str | None = None) -> dict[str, Any] | None:
     """The record of `dir_` if it holds the conversion of (sha256, dtype[, spec]) with every file in place."""
     rec = _read_record(dir_)
-    if not rec or rec.get("format") != FORMAT or rec.get("dtype") != dtype:
+    if not rec or rec.get("format") != RECORD_FORMAT or rec.get("dtype") != dtype:
         return None
     if rec.get("source", {}).get("sha256") != sha256 or (spec is not None and rec.get("spec") != spec):
         return None
@@ -171,9 +176,16 @@ def _holds(dir_: Path, sha256: str, dtype: str, spec: str | None = None) -> dict
     return rec
 
 
+def entry_path(cache_dir: Path, sha256: str, dtype: str) -> Path:
+    """The cache entry of the source with `sha256` converted to `dtype` by this code: ``<sha256>-<dtype>-<code>``,
+    where <code> is the start of :func:`stages.core.code.code_hash` of this module (the conversion's source and what
+    it imports), so an edit of the conversion converts again."""
+    return cache_dir / f"{sha256}-{dtype}-{_code.code_hash(__name__)[:16]}"
+
+
 def cached_conversion(source: Source, dtype: str, cache_dir: Path) -> tuple[Path, dict[str, Any]]:
     """The cache entry holding `source` converted to `dtype`, converting it first if there is none."""
-    entry = cache_dir / f"{source.sha256}-{dtype}"
+    entry = entry_path(cache_dir, source.sha256, dtype)
     rec = _holds(entry, source.sha256, dtype)
     if rec is not None:
         log.info("conversion cache hit: %s", entry)
@@ -184,7 +196,7 @@ def cached_conversion(source: Source, dtype: str, cache_dir: Path) -> tuple[Path
         info = convert(source, tmp, dtype)
         _io.scrub_load_state(tmp, source.path if source.kind == "checkpoint" else source.path.parent)
         rec = {
-            "format": FORMAT,
+            "format": RECORD_FORMAT,
             "dtype": dtype,
             "source": {"kind": source.kind, "sha256": source.sha256},
             "model": {k: v for k, v in info.items() if k != "versions"},
@@ -205,16 +217,15 @@ def materialize(spec: ModelSpec, out: Path, cache_dir: Path) -> dict[str, Any]:
     parsed = parse_spec(spec.source)
     source = resolve(parsed, cache_dir)
     log.info("model source %s: %s %s, sha256 %s", spec.source, source.kind, source.path, source.sha256)
-    current = _holds(out, source.sha256, spec.dtype, spec.source)
-    if current is not None:
-        log.info("%s already holds this conversion; nothing to do", out)
-        return current
     # A cache entry whose bytes no longer match its record (edited, or damaged on disk) is removed and converted
     # again, once; a fresh conversion that does not match its own record is a bug.
     for attempt in (1, 2):
         entry, rec = cached_conversion(source, spec.dtype, cache_dir)
         # The output's record adds what depends on the spec (the cache entry depends only on the source's bytes).
         rec = {**rec, "spec": spec.source, "source": {**rec["source"], **source.provenance}}
+        if _read_record(out) == rec and _holds(out, source.sha256, spec.dtype, spec.source) is not None:
+            log.info("%s already holds this conversion; nothing to do", out)
+            return rec
         try:
             with _io.atomic_outputs(out) as (tmp,):
                 tmp.mkdir(parents=True)

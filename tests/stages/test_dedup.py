@@ -278,12 +278,12 @@ def test_two_runs_identical_bytes(tmp_path: Path, cache_dir: Path) -> None:
 @pytest.mark.parametrize(
     ("content", "match"),
     [
-        (None, r"ref\.jsonl: reference file not found \(listed in params\.yaml dedup\.references\[0\]\.path\)"),
-        ('{"question": "q", "answer": "a"}\n{"question": "q2", "answer": \n', r"ref\.jsonl:2: not valid JSON"),
-        ('\n{"question": "q"}\n', r"ref\.jsonl:2: missing field\(s\) \['answer'\]; expected one JSON object"),
-        ('["q", "a"]\n', r"ref\.jsonl:1: expected one JSON object per line .* got a JSON list"),
-        ('{"question": "q", "answer": 3}\n', r"ref\.jsonl:1: field\(s\) \['answer'\] are not strings"),
-        ('{"question": "", "answer": " ?"}\n', r"ref\.jsonl:1: no text in fields"),
+        (None, r"ref\.jsonl: reference file not found; it is listed in params\.yaml dedup\.references\[0\]\.path"),
+        ('{"question": "q", "answer": "a"}\n{"question": "q2", "answer": \n', r"ref\.jsonl, line 2: not valid JSON"),
+        ('\n{"question": "q"}\n', r"ref\.jsonl, line 2: missing field\(s\) \['answer'\]; expected one JSON object"),
+        ('["q", "a"]\n', r"ref\.jsonl, line 1: expected one JSON object per line .* got a JSON list"),
+        ('{"question": "q", "answer": 3}\n', r"ref\.jsonl, line 1: field\(s\) \['answer'\] are not strings"),
+        ('{"question": "", "answer": " ?"}\n', r"ref\.jsonl, line 1: no text in fields"),
     ],
 )
 def test_bad_reference_file(tmp_path: Path, cache_dir: Path, content: str | None, match: str) -> None:

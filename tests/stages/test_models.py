@@ -23,6 +23,7 @@ from stages.core import params as _params
 from stages.core.io import StageError
 from stages.core.params.variants import ModelSpec, parse_spec
 from stages.variant import checkpoints, models, sources
+from tests.stages._code import printed_after_edits
 from tests.stages._tiny import write_params
 
 
@@ -463,9 +464,34 @@ def test_cache_converts_each_source_and_dtype_once(
     # Another dtype is another conversion.
     materialize(tiny["gguf"], out, cache, dtype="bfloat16")
     assert count_conversions == ["tiny-llama.F32.gguf"] * 2
+    sha = sources.sha256_file(tiny["gguf"])
     assert sorted(p.name for p in cache.iterdir()) == sorted(
-        f"{sources.sha256_file(tiny['gguf'])}-{d}" for d in ("bfloat16", "float32")
+        checkpoints.entry_path(cache, sha, d).name for d in ("bfloat16", "float32")
     )
+
+
+def test_cache_entries_are_keyed_on_the_conversion_code(tmp_path: Path) -> None:
+    """An entry is named by source, dtype and the code that converts: an edit of checkpoints.py or of what it imports
+    (sources.py) names another entry; an edit elsewhere (train.py) does not."""
+    snippet = "from pathlib import Path; from stages.variant import checkpoints as c; "
+    snippet += "print(c.entry_path(Path('cache'), 'ab12', 'bfloat16').name)"
+    edits = ["stages/variant/train.py", "stages/variant/sources.py", "stages/variant/checkpoints.py"]
+    names = printed_after_edits(tmp_path, snippet, edits)
+    assert names[0] == names[1] and len(set(names[1:])) == 3
+    assert all(n.startswith("ab12-bfloat16-") for n in names)
+
+
+def test_edited_conversion_code_converts_again_and_keeps_the_output(
+    tiny: dict[str, Any], tmp_path: Path, count_conversions: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another code hash misses the cache; the conversion gives the same bytes, so the output is not rewritten."""
+    cache, out = tmp_path / "cache", tmp_path / "out"
+    materialize(tiny["gguf"], out, cache)
+    before = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in out.iterdir()}
+    monkeypatch.setattr(checkpoints._code, "code_hash", lambda name: "e" * 64)
+    materialize(tiny["gguf"], out, cache)
+    assert len(count_conversions) == 2 and len(list(cache.iterdir())) == 2
+    assert {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in out.iterdir()} == before
 
 
 def test_modified_cache_entry_is_converted_again(

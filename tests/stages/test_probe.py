@@ -427,12 +427,12 @@ OK = '{"q": "a?", "options": ["x", "y"], "gold": 0}'
 @pytest.mark.parametrize(
     ("lines", "match"),
     [
-        ([OK, '{"q": "b?", "options": ["x", "y"]}'], r"bad\.jsonl:2: no field 'gold' \(the task's fields map answer"),
-        ([OK.replace("0}", "2}")], r"bad\.jsonl:1: answer index 2 is out of range for 2 choices"),
-        ([OK, "", OK[:-1]], r"bad\.jsonl:3: not valid JSON"),
-        (['{"q": "a?", "options": "x or y", "gold": 0}'], r"bad\.jsonl:1: field 'options' must be a list"),
-        ([OK.replace("0}", '"0"}')], r"bad\.jsonl:1: field 'gold' must be the 0-based index"),
-        (["[1, 2]"], r"bad\.jsonl:1: got a JSON list; expected a JSON object like"),
+        ([OK, '{"q": "b?", "options": ["x", "y"]}'], r"bad\.jsonl, line 2: no field 'gold' \(the task's fields map"),
+        ([OK.replace("0}", "2}")], r"bad\.jsonl, line 1: answer index 2 is out of range for 2 choices"),
+        ([OK, "", OK[:-1]], r"bad\.jsonl, line 3: not valid JSON"),
+        (['{"q": "a?", "options": "x or y", "gold": 0}'], r"bad\.jsonl, line 1: field 'options' must be a list"),
+        ([OK.replace("0}", '"0"}')], r"bad\.jsonl, line 1: field 'gold' must be the 0-based index"),
+        (["[1, 2]"], r"bad\.jsonl, line 1: got a JSON list; expected a JSON object like"),
         ([""], r"bad\.jsonl: task 'bad' has no items"),
     ],
 )

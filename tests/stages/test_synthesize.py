@@ -13,8 +13,10 @@ import pytest
 from stages.core import io as _io
 from stages.core import params as _params
 from stages.core import records as _records
+from stages.core.cache import JsonCache
 from stages.core.io import StageError
 from stages.curate import generation, pairs, synthesize
+from tests.stages._code import printed_after_edits
 from tests.stages._tiny import chat_tokenizer, tiny_llama
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -157,10 +159,10 @@ def test_seed_tasks_errors_name_file_and_line(tmp_path: Path) -> None:
     good = {"id": "seed_task_0", "instruction": "Say hi.", "instances": [{"input": "", "output": "Hi."}]}
     path = tmp_path / "seeds.jsonl"
     path.write_text(json.dumps(good) + "\n{broken\n")
-    with pytest.raises(StageError, match=r"seeds.jsonl:2: not valid JSON"):
+    with pytest.raises(StageError, match=r"seeds.jsonl, line 2: not valid JSON"):
         generation.read_seed_tasks(path)
     path.write_text(json.dumps(good) + "\n" + json.dumps({"instruction": "No instances."}) + "\n")
-    with pytest.raises(StageError, match=r"seeds.jsonl:2: a seed task needs .*'instances'"):
+    with pytest.raises(StageError, match=r"seeds.jsonl, line 2: a seed task needs .*'instances'"):
         generation.read_seed_tasks(path)
     with pytest.raises(StageError, match="seed task file not found"):
         generation.read_seed_tasks(tmp_path / "missing.jsonl")
@@ -284,7 +286,8 @@ def test_recorded_completions_go_through_every_filter(model_dir: Path, tmp_path:
     calls = generation.document_calls(_records.read_records(curated), params.synthesize.documents, params.common.seed)
     assert [c.provenance["chunk_index"] for c in calls] == [0, 0, 0, 1, 1, 1]
     fp = _io.fingerprint(model_dir)
-    keys = [generation.call_key(fp, params.synthesize.generation, c) for c in calls]
+    code = generation.completion_code()
+    keys = [generation.cache_key(generation.call_id(fp, params.synthesize.generation, c), code) for c in calls]
     completions = [
         # chunk 0 (the pull stage writes one Parquet file per source): an answer not in the chunk; the curated pair
         # asked again (not novel); a request a language model cannot act on
@@ -298,7 +301,7 @@ def test_recorded_completions_go_through_every_filter(model_dir: Path, tmp_path:
         " What does a malformed line do?\nAnswer: As an AI model, I cannot say, but a malformed line stops the stage "
         "with the file and the line number.",
     ]
-    cache = generation.Cache(tmp_path / "cache")
+    cache = JsonCache(tmp_path / "cache")
     for key, text in zip(keys, completions, strict=True):
         # the prompt ends in "Question:", which the completion continues
         cache.put(key, {"completion": text, "new_tokens": 40, "finished": True})
@@ -316,6 +319,23 @@ def test_recorded_completions_go_through_every_filter(model_dir: Path, tmp_path:
     assert meta["synthesize"]["generator"] == "documents" and meta["synthesize"]["source_file"] == "docs/0.md"
     assert meta["synthesize"]["chunk_index"] == 1 and meta["moderate"]["passed"]  # moderate's rules ran on it
     _counts_add_up(m, tmp_path / "out")
+
+
+def test_cache_keys_follow_the_code_that_generates(tmp_path: Path) -> None:
+    """A call's cache key changes with an edit of stages/curate/llm.py (model loading and sampling), not with one of
+    prompt building (generation.py) or parsing (pairs.py); its id, written into the output, changes with neither."""
+    snippet = """
+from stages.core.params.synthesize import Generation
+from stages.curate import generation as g
+gen = Generation(dtype="float32", temperature=0.7, top_p=0.9, min_p=0.0, max_new_tokens=8, batch_size=1,
+                 use_chat_template=False)
+i = g.call_id("model-fp", gen, g.Call("documents", "Text: a\\nQuestion:", 7, {}))
+print(i, g.cache_key(i, g.completion_code()))
+"""
+    edits = ["stages/curate/pairs.py", "stages/curate/generation.py", "stages/curate/llm.py"]
+    printed = [line.split() for line in printed_after_edits(tmp_path, snippet, edits)]
+    assert len({call_id for call_id, _ in printed}) == 1
+    assert [key for _, key in printed][:3] == [printed[0][1]] * 3 and printed[3][1] != printed[0][1]
 
 
 def test_lead_label_is_the_prompts_last_label() -> None:

@@ -19,6 +19,7 @@ import numpy as np
 from stages.core.params.moderate import Moderate
 from stages.core.records import Record
 from stages.curate import signals
+from stages.curate.normalize import norm_value, normalize_encoding, normalize_noinput
 from stages.curate.pii import redact_record
 from stages.curate.signals import clip
 
@@ -38,7 +39,8 @@ _LINK_ONLY = re.compile(r"^\s*(?:!?\[[^\]]*\]\(\s*\S+?\s*\)|<img\b[^>]*>|(?:http
 _IMAGE = re.compile(r"^\s*(?:!\[|<img\b)|\.(?:png|jpe?g|gif|svg|webp|bmp)\b|imgur\.com", re.I)
 # An instruction that asks for an open-ended text (an explanation, a story), not a pick among options.
 _OPEN_ENDED = re.compile(
-    r"(?i)^\W*(?:please\s+)?(?:explain|describe|write|generate|create|compose|summari[sz]e|discuss|draft|tell me about)\b"
+    r"(?i)^\W*(?:please\s+)?"
+    r"(?:explain|describe|write|generate|create|compose|summari[sz]e|discuss|draft|tell me about)\b"
 )
 # A quoted string: what a request quotes (a question to compare, a title) is data, not a pointer.
 _QUOTED = re.compile(r'"[^"\n]{1,300}"|“[^”\n]{1,300}”')
@@ -91,11 +93,6 @@ def _first_match(patterns: list[str], texts: Iterable[tuple[str, str]]) -> str |
     return None
 
 
-def _norm_value(s: str) -> str:
-    """Lowercase, whitespace collapsed, surrounding spaces and dots removed ("N/A." == "n/a")."""
-    return " ".join(s.lower().split()).strip(" .")
-
-
 # --- the rules ------------------------------------------------------------------------------------
 
 
@@ -117,11 +114,11 @@ def empty_output(record: Record, cfg: Moderate) -> Verdict:
     answers = _answers(record)
     if not answers:
         return False, "empty_output", "conversation has no assistant turn"
-    empty = {_norm_value(v) for v in cfg.empty_output_values}
+    empty = {norm_value(v) for v in cfg.empty_output_values}
     if _OPEN_ENDED.match(record["instruction"]):
-        empty |= {_norm_value(v) for v in cfg.empty_if_open_ended}
+        empty |= {norm_value(v) for v in cfg.empty_if_open_ended}
     for where, text in answers:
-        if _norm_value(text) in empty:
+        if norm_value(text) in empty:
             return False, "empty_output", f"{where} is {text!r}"
     detail = _first_match(cfg.placeholder_output_patterns, answers)
     return (False, "empty_output", f"placeholder: {detail}") if detail else KEEP
@@ -320,61 +317,6 @@ RULES: list[tuple[str, tuple[str, ...], Filter]] = [
     ("wrong_language", ALL_KINDS, wrong_language),
     ("toxic", ALL_KINDS, toxic),
 ]
-
-
-# Latin-1 supplement and C1 characters: where mojibake ("â\x80\x94" for an em dash) shows itself.
-_MOJIBAKE_HINT = re.compile(r"[\x80-\xff]")
-
-
-@cache
-def _ftfy_config() -> Any:
-    """ftfy fixing broken encodings only: quotes, widths, ligatures, line breaks and HTML are left as they are."""
-    import ftfy
-
-    return ftfy.TextFixerConfig(
-        unescape_html=False,
-        remove_terminal_escapes=False,
-        fix_latin_ligatures=False,
-        fix_character_width=False,
-        uncurl_quotes=False,
-        fix_line_breaks=False,
-        remove_control_chars=False,
-        normalization="NFC",
-        explain=False,
-    )
-
-
-def normalize_encoding(record: Record, cfg: Moderate) -> list[str]:
-    """Repair mojibake (UTF-8 read as Latin-1/cp1252) in every text in place with ftfy; return the normalizations.
-
-    Only texts with a Latin-1 or C1 character are handed to ftfy, which changes a text only where a
-    different decoding explains it better; what it cannot explain is left to ``control_characters``.
-    """
-    if not cfg.fix_encoding:
-        return []
-    import ftfy
-
-    changed = False
-    for field in ("instruction", "input", "output", "text"):
-        if record[field] and _MOJIBAKE_HINT.search(record[field]):
-            fixed = ftfy.fix_text(record[field], _ftfy_config())
-            changed |= fixed != record[field]
-            record[field] = fixed
-    for m in record["messages"]:
-        if _MOJIBAKE_HINT.search(m["content"]):
-            fixed = ftfy.fix_text(m["content"], _ftfy_config())
-            changed |= fixed != m["content"]
-            m["content"] = fixed
-    return ["encoding"] if changed else []
-
-
-def normalize_noinput(record: Record, cfg: Moderate) -> list[str]:
-    """Blank a placeholder input ("<noinput>", "N/A", ...) in place; return the normalizations made."""
-    placeholders = {_norm_value(p) for p in cfg.noinput_placeholders}
-    if record["input"] and _norm_value(record["input"]) in placeholders:
-        record["input"] = ""
-        return ["noinput"]
-    return []
 
 
 def check_record(record: Record, cfg: Moderate) -> tuple[Record, str | None, str]:

@@ -15,11 +15,56 @@ from stages.core.params.moderate import Language, Repetition
 
 # Words a finished sentence does not end on.
 _DANGLING = frozenset(
-    (
-        "a an the and or but nor of to in on at by for with from as that which whose because if than "
-        "these those their its his her my your our is are was were been such "
-        "can could would should will shall must may might i"
-    ).split()
+    [
+        "a",
+        "an",
+        "the",
+        "and",
+        "or",
+        "but",
+        "nor",
+        "of",
+        "to",
+        "in",
+        "on",
+        "at",
+        "by",
+        "for",
+        "with",
+        "from",
+        "as",
+        "that",
+        "which",
+        "whose",
+        "because",
+        "if",
+        "than",
+        "these",
+        "those",
+        "their",
+        "its",
+        "his",
+        "her",
+        "my",
+        "your",
+        "our",
+        "is",
+        "are",
+        "was",
+        "were",
+        "been",
+        "such",
+        "can",
+        "could",
+        "would",
+        "should",
+        "will",
+        "shall",
+        "must",
+        "may",
+        "might",
+        "i",
+    ]
 )
 _CODE_BLOCK = re.compile(r"```.*?(?:```|\Z)|`[^`\n]*`", re.S)
 _FENCED = re.compile(r"```.*?(?:```|\Z)", re.S)
@@ -38,10 +83,10 @@ def truncation(text: str, min_words: int) -> str | None:
     """Why the last sentence of `text` is cut off, or None.
 
     An open code fence is always a cut. Otherwise only texts of at least `min_words` words are judged, and
-    only on evidence that a sentence was left open: a last character that continues a sentence (a comma, a colon, a dash, an opening
-    bracket, an ampersand) or a last word that no finished sentence ends on ("the", "and", "of", "can"). A missing
-    period alone is no evidence: extractive answers, titles, hashtags, list items, verse and code end
-    without one.
+    only on evidence that a sentence was left open: a last character that continues a sentence (a comma, a
+    colon, a dash, an opening bracket, an ampersand) or a last word that no finished sentence ends on ("the",
+    "and", "of", "can"). A missing period alone is no evidence: extractive answers, titles, hashtags, list
+    items, verse and code end without one.
     """
     if text.count("```") % 2:
         return "ends inside an open code fence"

@@ -102,7 +102,8 @@ KEPT = {
         ),
         rec(
             "List five benefits of exercise.",
-            "1. Exercise improves your mood.\n2. Exercise improves your sleep.\n3. Exercise improves your heart health.\n"
+            "1. Exercise improves your mood.\n2. Exercise improves your sleep.\n"
+            "3. Exercise improves your heart health.\n"
             "4. Exercise improves your strength.\n5. Exercise improves your focus.",
         ),
     ],
@@ -167,7 +168,8 @@ CAUGHT = {
     "truncated_output": [
         rec(
             "Describe the water cycle.",
-            "Water evaporates from the oceans, rises and cools into clouds, and eventually it falls back to the ground as",
+            "Water evaporates from the oceans, rises and cools into clouds, and eventually it falls back to the "
+            "ground as",
         ),
         rec(
             "Write a Python function that reverses a string.",

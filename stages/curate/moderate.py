@@ -110,7 +110,8 @@ def _datalab_issues(
     lab = Datalab(data=data, label_name="label" if labels is not None else None, verbosity=0)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        lab.find_issues(features=features, issue_types=issue_types)
+        # a copy per call: Datalab writes the features into the dicts it is given
+        lab.find_issues(features=features, issue_types={k: dict(v) for k, v in issue_types.items()})
     for w in caught:
         # Deprecations are about cleanlab's own use of its libraries (pandas 3 deprecates
         # `rename(inplace=True)`, which cleanlab 2.9 calls), not about the data: left out of the log.

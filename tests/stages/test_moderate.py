@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from stages.core import params as _params
+from stages.core.io import StageError
 from stages.core.params.moderate import Moderate
 from stages.core.records import REJECT_SCHEMA, Record, make_record, read_records, write_records
 from stages.curate import moderate as mod
@@ -388,7 +389,7 @@ def stage_records() -> list[Record]:
 
 
 def run_stage(tmp: Path, pulled: Path, cache: Path, **overrides: Any) -> dict[str, Any]:
-    params = load_params(**{"moderate.cleanlab.min_records": 10, **overrides})
+    params = load_params(**{"moderate.cleanlab.min_records": 11, **overrides})
     outputs = {"out": tmp / "moderated.parquet", "rejects": tmp / "rejected" / "moderate.parquet"}
     return mod.run(params, inputs={"in": pulled}, outputs=outputs, cache=cache)
 
@@ -442,15 +443,21 @@ def test_stage_cleanlab_scores_in_meta(stage):
     kept = read_records(stage["runs"][0]["dir"] / "moderated.parquet")
     demo = [r["meta"]["moderate"]["cleanlab"] for r in kept if r["source"] == "demo" and r["kind"] == "instruction"]
     assert len(demo) == 30
+    keys = {"outlier_score", "is_outlier", "near_duplicate_score", "is_near_duplicate"}
+    keys |= {"label_score", "is_label_issue", "predicted_label"}
     for scores in demo:
-        assert set(scores) == {"outlier_score", "is_outlier", "label_score", "is_label_issue", "predicted_label"}
-        assert scores["outlier_score"] == round(scores["outlier_score"], 6)
+        assert set(scores) == keys | ({"near_duplicate_of"} if scores["is_near_duplicate"] else set())
+        for key in ("outlier_score", "near_duplicate_score", "label_score"):
+            assert scores[key] == round(scores[key], 6)
     mislabeled = next(r for r in kept if r["meta"]["row"] == 40)["meta"]["moderate"]["cleanlab"]
     assert mislabeled["is_label_issue"] and mislabeled["predicted_label"] == "geography"
     docs = [r["meta"]["moderate"]["cleanlab"] for r in kept if r["source"] == "docs"]
-    assert docs == [{"skipped": "source has 1 records (< cleanlab.min_records 10)"}]
+    assert docs == [{"skipped": "source has 1 records (< cleanlab.min_records 11)"}]
     m = stage["runs"][0]["metrics"]
     assert m["flagged_cleanlab_label_issue"] >= 1
+    scored = [r["meta"]["moderate"]["cleanlab"] for r in kept if r["source"] == "demo"]  # the conversation too
+    assert m["flagged_cleanlab_near_duplicate"] == sum(s["is_near_duplicate"] for s in scored)
+    assert m["flagged_cleanlab_outlier"] == sum(s["is_outlier"] for s in scored)
 
 
 def test_stage_is_deterministic(stage):
@@ -473,6 +480,46 @@ def test_cleanlab_drop_is_a_params_choice(stage, tmp_path):
     assert m["dropped_cleanlab_label_issue"] == m["flagged_cleanlab_label_issue"] >= 1
     rejects = read_records(tmp_path / "rejected" / "moderate.parquet", REJECT_SCHEMA)
     assert 40 in [r["meta"]["row"] for r in rejects if r["reason"] == "cleanlab_label_issue"]
+
+
+def test_cleanlab_near_duplicates_flagged(tmp_path):
+    # 14 different tasks, and one of them again with another wording of the same question and answer
+    records = [rec(instruction=q, output=a, row=i) for i, (q, a) in enumerate(MATH[:7] + GEO[:7])]
+    records.append(
+        rec(instruction="What is the capital city of France ?", output="The capital of France is Paris.", row=99)
+    )
+    for r in records:
+        r["meta"]["moderate"] = {"cleanlab": {}}
+    cfg = load_params(**{"moderate.cleanlab.min_records": 15})
+    counts = mod.cleanlab_scores(
+        records, cfg.moderate.cleanlab, seed=cfg.common.seed, embedding=cfg.common.embedding, cache_dir=tmp_path
+    )
+    flagged = {
+        r["meta"]["row"]: r["meta"]["moderate"]["cleanlab"]
+        for r in records
+        if r["meta"]["moderate"]["cleanlab"]["is_near_duplicate"]
+    }
+    assert sorted(flagged) == [7, 99]  # GEO[0] (row 7) and its rewording
+    assert flagged[99]["near_duplicate_of"] == [records[7]["id"]]
+    assert flagged[7]["near_duplicate_of"] == [records[-1]["id"]]
+    assert counts["flagged_cleanlab_near_duplicate"] == 2
+    assert counts["flagged_cleanlab_outlier"] == sum(r["meta"]["moderate"]["cleanlab"]["is_outlier"] for r in records)
+
+
+def test_cleanlab_label_check_needs_labels_told_apart(stage, tmp_path):
+    pulled = stage["runs"][0]["dir"].parent / "pulled"
+    m = run_stage(
+        tmp_path, pulled, stage["runs"][0]["dir"].parent / "cache", **{"moderate.cleanlab.min_label_vote_accuracy": 1.0}
+    )
+    assert m["flagged_cleanlab_label_issue"] == 0
+    kept = read_records(tmp_path / "moderated.parquet")
+    skipped = next(r for r in kept if r["meta"]["row"] == 40)["meta"]["moderate"]["cleanlab"]["skipped"]
+    assert "min_label_vote_accuracy 1.0" in skipped and "is_label_issue" not in skipped
+
+
+def test_cleanlab_params_are_checked():
+    with pytest.raises(StageError, match=r"min_records \(5\) must exceed every k \(largest: 10\)"):
+        load_params(**{"moderate.cleanlab.min_records": 5})
 
 
 def test_unreadable_input_is_one_clear_error(tmp_path):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from stages.core.params.base import Section
 
@@ -80,6 +80,22 @@ class Cleanlab(Section):
     enable_drop_outliers: bool
     enable_drop_label_issues: bool
     min_records: int = Field(gt=0)
+    # Datalab's own parameters (cleanlab 2.9): neighbours per check, and the thresholds as Datalab reads
+    # them: an outlier's mean k-NN distance exceeds Q3 + (1/outlier_threshold - 1) x IQR; a near-duplicate's
+    # nearest neighbour lies within near_duplicate_threshold x the median nearest-neighbour distance.
+    outlier_k: int = Field(gt=0)
+    outlier_threshold: float = Field(gt=0, le=1)
+    near_duplicate_k: int = Field(gt=0)
+    near_duplicate_threshold: float = Field(ge=0)
+    label_k: int = Field(gt=0)
+    min_label_vote_accuracy: float = Field(ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _enough_records(self) -> Cleanlab:
+        k = max(self.outlier_k, self.near_duplicate_k, self.label_k)
+        if self.min_records <= k:
+            raise ValueError(f"min_records ({self.min_records}) must exceed every k (largest: {k})")
+        return self
 
 
 class Moderate(Section):

@@ -40,6 +40,7 @@ pii_<entity>         every text               ``pii.action: drop`` drops, ``flag
 pii_subject          every text               a flag: the task is about the entity ("format this phone number"), so
                                               the record is left as it is
 cleanlab_outlier     the record's embedding   only with ``cleanlab.enable_drop_outliers``
+cleanlab_near_dup... the record's embedding   a flag in meta (``is_near_duplicate``, ``near_duplicate_of``)
 cleanlab_label_issue the record's embedding   only with ``cleanlab.enable_drop_label_issues``
 ==================== ======================== ======================================================================
 
@@ -55,12 +56,16 @@ alone (years, measurements, example domains, documentation IPs, fictitious numbe
 
 Cleanlab: the kept records are embedded (``common.embedding``, through the shared cache) and each source
 is checked on its own, since a source is one distribution and a small source mixed into a large one would
-look like a cloud of outliers for its kind alone: Datalab's outlier check on every source with at least
-``cleanlab.min_records`` records, and its label check on the records of a source that carry
-``meta.label`` (pull's ``label_field``). Scores go into ``meta.moderate.cleanlab``, rounded to 6 decimals;
-a record is dropped on them only when ``enable_drop_*`` says so. Cleanlab gets the grid vectors of
-:mod:`stages.curate.embed` (the same bytes on every CPU) in float64, so its distances differ between BLAS kernels
-by ~1e-16 only and the 6-decimal scores, ~1e6 times coarser, are the same on every CPU.
+look like a cloud of outliers for its kind alone: Datalab's outlier check (``outlier_k``,
+``outlier_threshold``) and near-duplicate check (``near_duplicate_k``, ``near_duplicate_threshold``) on every
+source with at least ``cleanlab.min_records`` records, and its label check on the records of a source that
+carry ``meta.label`` (pull's ``label_field``), kept only where the labels' k-NN vote tells them apart
+(``min_label_vote_accuracy``). Scores go into ``meta.moderate.cleanlab``, rounded to 6 decimals; a record is
+dropped on them only when ``enable_drop_*`` says so (near-duplicates are flagged only: dedup drops). The
+thresholds were set by reading flags on real data (``benchmarks/cleanlab_calibration.py``). Cleanlab gets
+the grid vectors of :mod:`stages.curate.embed` (the same bytes on every CPU) in float64, so its distances
+differ between BLAS kernels by ~1e-16 only and the 6-decimal scores, ~1e6 times coarser, are the same on
+every CPU.
 
 Every kept record gets ``meta["moderate"] = {"passed": [rules it passed], "flags": {reason: detail},
 "normalized": [...],

@@ -37,6 +37,7 @@ import json
 import math
 import multiprocessing
 import random
+import re
 import sys
 import time
 from collections import defaultdict
@@ -132,6 +133,37 @@ def catches_of_run(root: Path) -> tuple[list[dict[str, Any]], list[tuple[str, st
         found += [(r["id"], flag, why) for flag, why in m.get("flags", {}).items()]
         found += [(r["id"], f"redact_{e}", f"{n} span(s)") for e, n in m.get("redacted", {}).items()]
     return [*rejects, *kept], found
+
+
+# A broad net for the objectively checkable classes, wider than the rules: any bracketed tag alone or leading
+# the output, "no output"-style words, an output that is only a URL, a link, an image or an image file name.
+_PLACEHOLDERISH = re.compile(
+    r"(?i)^\W*(?:<[^<>\n]{1,30}>\W*$|<[^<>\n]*\b(?:no|none|empty|null|output|input|blank)\b[^<>\n]*>|"
+    r"(?:no\s*(?:output|input|answer|response)|n/?a|null|nan|none)\W*$)"
+)
+_LINKISH = re.compile(
+    r"(?i)^\s*(?:!?\[[^\]]*\]\([^)]*\)|<img\b[^>]*>|(?:https?://|www\.)\S+|\S+\.(?:png|jpe?g|gif|svg|webp|bmp))\s*$"
+)
+
+
+def objective_recall(records: list[dict[str, Any]], found: list[tuple[str, str, str]]) -> dict[str, Any]:
+    """The objectively checkable classes on the corpus: how many the broad net finds, how many a rule catches.
+
+    Returns per class: found by the net, caught by moderate (any drop or flag), and the ids that slip through
+    (for a person to read: a right answer "None." to a question is no placeholder).
+    """
+    caught = {rid for rid, reason, _ in found if reason in ("empty_output", "unseen_reference")}
+    out: dict[str, Any] = {}
+    for name, net in (("placeholder_output", _PLACEHOLDERISH), ("link_only_output", _LINKISH)):
+        hits = sorted(r["id"] for r in records if r["output"] and net.match(r["output"]))
+        slipped = [i for i in hits if i not in caught]
+        out[name] = {
+            "net": len(hits),
+            "caught": len(hits) - len(slipped),
+            "slipped": len(slipped),
+            "slipped_ids": slipped[:50],
+        }
+    return out
 
 
 # --- labels -------------------------------------------------------------------------------------------------------
@@ -363,18 +395,31 @@ def main(argv: list[str] | None = None) -> None:
         labels = read_labels(args.labels)
         rows = score(found, labels, args.sample, args.seed, actions, len(records))
         dropped = {rid for rid, reason, _ in found if actions.get(reason) == "drop"}
-        flagged = {rid for rid, reason, _ in found if rid not in dropped and not reason.startswith("redact_")}
-        redacted = {rid for rid, reason, _ in found if rid not in dropped and reason.startswith("redact_")}
-        kept_clean = len(records) - len(dropped) - len(flagged | redacted)
+        kinds = defaultdict(set)
+        for rid, reason, _ in found:
+            if rid not in dropped:
+                kind = (
+                    "redacted"
+                    if reason.startswith("redact_")
+                    else "repaired"
+                    if reason.startswith("normalized_")
+                    else "flagged"
+                )
+                kinds[kind].add(rid)
+        # each kept record counted once, in this order: flagged, redacted, repaired, untouched
+        flagged = kinds["flagged"]
+        redacted = kinds["redacted"] - flagged
+        repaired = kinds["repaired"] - flagged - redacted
         totals = {
             "records": len(records),
             "dropped": len(dropped),
             "kept_flagged": len(flagged),
             "kept_redacted": len(redacted),
-            "kept_flagged_and_redacted": len(flagged & redacted),
-            "kept_untouched": kept_clean,
+            "kept_repaired": len(repaired),
+            "kept_untouched": len(records) - len(dropped) - len(flagged) - len(redacted) - len(repaired),
             "rules_seconds": round(seconds, 1),
         }
+        totals["adds_up"] = totals["records"] == sum(v for k, v in totals.items() if k.startswith(("dropped", "kept_")))
         by_id = {r["id"]: r for r in records}
         examples = {}
         for row in rows:
@@ -386,16 +431,27 @@ def main(argv: list[str] | None = None) -> None:
                 }
                 for rid in picked
             ]
+        recall = objective_recall(records, found)
         result["corpus"] = {
             "path": str(args.run or args.corpus),
             "totals": totals,
             "reasons": rows,
             "examples": examples,
+            "objective_recall": recall,
         }
         print(f"\n## {name}: {len(records)} records; rules in {seconds:.0f} s\n")
         print(json.dumps(totals))
         cols = ["reason", "action", "caught", "share", "sample", "labeled", "right", "precision", "ci95"]
         print(_table(rows, cols))
+        print("\nExamples (clipped; the labels' notes where read):")
+        for row in rows:
+            for ex in examples[row["reason"]][:2]:
+                r = by_id[ex["id"]]
+                text = " ".join((r["instruction"][-80:] + " => " + r["output"][:80]).split())
+                print(f"- {row['reason']} {ex['id']}: {text!r}" + (f" [{ex['note']}]" if "note" in ex else ""))
+        print("\nObjectively checkable classes (a broad net over the outputs; what no rule catches slips):")
+        for cls, v in recall.items():
+            print(f"- {cls}: {v['net']} found by the net, {v['caught']} caught, {v['slipped']} slip through")
         if args.review:
             n = write_review(args.review, found, by_id, labels, args.sample, args.seed)
             print(f"\nreview sheet: {args.review} ({n} unlabeled sampled records; mark `verdict` right/wrong)")

@@ -1,0 +1,200 @@
+"""Curation at scale: wall time and peak memory of pull, moderate and dedup on real corpora, side by side with a peer.
+
+Corpora: the T0 mixture (``--corpus``, default ``../shared/data/t0_train_50k.jsonl``: 55,185 real records) and
+larger ones built from it (``--sizes``, e.g. ``1000000``): seeded copies of its records, each with one word
+swapped and a copy number appended, so that they are new texts for every pass (exact, MinHash, semantic),
+not exact duplicates dropped first. Each corpus becomes a project in a temporary folder: this checkout's
+``stages/`` and ``params.yaml`` with ``pull.sources`` replaced by the corpus (``format: alpaca``, T0's field
+mapping, ``strip_suffixes``), ``dedup.references`` emptied, and a cold embedding cache.
+
+Each stage runs as its own process (``python -m stages.curate.<stage>`` with the flags of ``dvc.yaml``); its
+wall time and peak RSS (the process tree, sampled every 0.1 s with psutil) are recorded, with records/s.
+``--peer REV`` runs the same stages of another git revision (a ``git worktree`` of it) on the same corpus in
+the same run, so the ratio compares implementations on the same machine and load; ``--workers`` sets
+``common.workers`` where the checkout has it. Progress and timing lines of the stages go to
+``<out>/logs/``. The params are those of ``params.yaml`` unless ``--set key=value`` overrides one.
+
+Run (from the project root)::
+
+    .venv/bin/python benchmarks/scale.py --sizes 55185 --peer ab83f0d
+    .venv/bin/python benchmarks/scale.py --sizes 1000000 --stages pull moderate dedup
+
+Writes ``benchmarks/results/scale.json`` and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_CORPUS = ROOT.parent / "shared" / "data" / "t0_train_50k.jsonl"
+RESULTS = ROOT / "benchmarks" / "results" / "scale.json"
+STAGES = ("pull", "moderate", "dedup")
+FLAGS = {
+    "pull": ["--out", "data/pulled", "--metrics", "metrics/pull.json"],
+    "moderate": [
+        "--in", "data/pulled", "--out", "data/moderated.parquet", "--rejects", "data/rejected/moderate.parquet",
+        "--metrics", "metrics/moderate.json", "--cache", ".steep_cache/embeddings",
+    ],
+    "dedup": [
+        "--in", "data/moderated.parquet", "--out", "data/curated.parquet", "--rejects", "data/rejected/dedup.parquet",
+        "--metrics", "metrics/dedup.json", "--cache", ".steep_cache/embeddings",
+    ],
+}  # fmt: skip
+MODULE = {"pull": "stages.curate.pull", "moderate": "stages.curate.moderate", "dedup": "stages.curate.dedup"}
+
+
+def build_corpus(src: Path, size: int, out: Path, seed: int) -> Path:
+    """`size` records: the corpus itself, then seeded copies with one word swapped and a copy number appended."""
+    lines = src.read_text(encoding="utf-8").split("\n")
+    lines = [ln for ln in lines if ln.strip()]
+    if size <= len(lines):
+        out.write_text("\n".join(lines[:size]) + "\n", encoding="utf-8")
+        return out
+    rng = random.Random(seed)
+    with out.open("w", encoding="utf-8") as f:
+        for ln in lines:
+            f.write(ln + "\n")
+        for n in range(size - len(lines)):
+            rec = json.loads(lines[rng.randrange(len(lines))])
+            words = rec["prompt"].split(" ")
+            if len(words) > 3:
+                i = rng.randrange(len(words) - 1)
+                words[i], words[i + 1] = words[i + 1], words[i]
+            rec["prompt"] = " ".join(words) + f" (copy {n + 1})"
+            f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+    return out
+
+
+def make_project(code_root: Path, corpus: Path, dest: Path, overrides: dict[str, Any], workers: int | None) -> Path:
+    """A project folder: `code_root`'s stages and params, with the corpus as the only source."""
+    shutil.copytree(code_root / "stages", dest / "stages", ignore=shutil.ignore_patterns("__pycache__"))
+    params = yaml.safe_load((code_root / "params.yaml").read_text(encoding="utf-8"))
+    params["pull"]["sources"] = [
+        {
+            "name": "corpus",
+            "format": "alpaca",
+            "location": str(corpus),
+            "fields": {"instruction": "prompt", "output": "completion"},
+            "label_field": "template",
+            "strip_suffixes": ["<|endoftext|>"],
+        }
+    ]
+    src = params["pull"]["sources"][0]
+    if "strip_suffixes" not in (code_root / "stages/core/params/pull.py").read_text(encoding="utf-8"):
+        del src["strip_suffixes"]  # a peer from before the option: the marker stays in its texts
+    params["dedup"]["references"] = []
+    if workers is not None and "workers" in params.get("common", {}):
+        params["common"]["workers"] = workers
+    for key, value in overrides.items():
+        node = params
+        *path, last = key.split(".")
+        for k in path:
+            node = node[k]
+        node[last] = yaml.safe_load(value)
+    (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
+    return dest
+
+
+def run_stage(project: Path, stage: str, log: Path) -> dict[str, Any]:
+    """Run one stage as a process; its wall time and the peak RSS of its process tree."""
+    cmd = [sys.executable, "-m", MODULE[stage], "--params", "params.yaml", *FLAGS[stage]]
+    env = {**os.environ, "PYTHONPATH": str(project), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    start = time.perf_counter()
+    with log.open("w", encoding="utf-8") as out:
+        proc = subprocess.Popen(cmd, cwd=project, env=env, stdout=out, stderr=subprocess.STDOUT)
+        ps = psutil.Process(proc.pid)
+        peak = 0
+        while proc.poll() is None:
+            try:
+                rss = ps.memory_info().rss + sum(c.memory_info().rss for c in ps.children(recursive=True))
+                peak = max(peak, rss)
+            except psutil.Error:
+                pass
+            time.sleep(0.1)
+    seconds = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise SystemExit(f"{stage} failed in {project} (see {log})")
+    metrics = json.loads((project / "metrics" / f"{stage}.json").read_text(encoding="utf-8"))
+    return {"seconds": round(seconds, 1), "peak_rss_gb": round(peak / 2**30, 2), "metrics": metrics}
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS)
+    ap.add_argument("--sizes", type=int, nargs="+", default=[55185])
+    ap.add_argument("--stages", nargs="+", default=list(STAGES), choices=STAGES)
+    ap.add_argument("--peer", help="a git revision to run side by side (the implementation to compare against)")
+    ap.add_argument("--workers", type=int, help="common.workers for the checkout (default: params.yaml)")
+    ap.add_argument("--set", action="append", default=[], help="params override key=value (YAML value)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--keep", type=Path, help="keep the projects under this folder (default: a temporary one)")
+    args = ap.parse_args(argv)
+    if not args.corpus.exists():
+        raise SystemExit(f"corpus not found: {args.corpus} (the T0 file is ../shared/data/t0_train_50k.jsonl)")
+    overrides = dict(kv.split("=", 1) for kv in args.set)
+    work = args.keep or Path(tempfile.mkdtemp(prefix="steep-scale-"))
+    work.mkdir(parents=True, exist_ok=True)
+    peers = [("this checkout", ROOT)]
+    if args.peer:
+        peer_dir = work / "peer"
+        if not peer_dir.exists():
+            subprocess.run(
+                ["git", "-C", str(ROOT), "worktree", "add", "--detach", str(peer_dir), args.peer], check=True
+            )
+        peers.append((f"peer {args.peer}", peer_dir))
+    results: dict[str, Any] = {"cpus": os.cpu_count(), "params_overrides": overrides, "runs": []}
+    for size in args.sizes:
+        corpus = build_corpus(args.corpus, size, work / f"corpus_{size}.jsonl", args.seed)
+        for name, code_root in peers:
+            project = make_project(code_root, corpus, work / f"{name.split()[0]}_{size}", overrides, args.workers)
+            (project / "logs").mkdir(exist_ok=True)
+            run: dict[str, Any] = {"implementation": name, "records": size, "stages": {}}
+            for stage in args.stages:
+                print(f"{name}, {size} records: {stage} ...", flush=True)
+                r = run_stage(project, stage, project / "logs" / f"{stage}.log")
+                r["records_per_s"] = round(r["metrics"].get("total", size) / max(r["seconds"], 1e-9), 1)
+                run["stages"][stage] = r
+                print(f"  {r['seconds']} s, peak {r['peak_rss_gb']} GB, {r['records_per_s']} records/s", flush=True)
+            run["total_seconds"] = round(sum(s["seconds"] for s in run["stages"].values()), 1)
+            run["peak_rss_gb"] = max(s["peak_rss_gb"] for s in run["stages"].values())
+            run["md5"] = {
+                p.relative_to(project).as_posix(): subprocess.run(
+                    ["md5sum", str(p)], capture_output=True, text=True
+                ).stdout.split()[0]
+                for p in sorted((project / "data").rglob("*.parquet"))
+            }
+            results["runs"].append(run)
+    print("\n| implementation | records | stage | seconds | peak RSS (GB) | records/s |\n|---|---:|---|---:|---:|---:|")
+    for run in results["runs"]:
+        for stage, r in run["stages"].items():
+            print(
+                f"| {run['implementation']} | {run['records']} | {stage} | {r['seconds']} | {r['peak_rss_gb']} |"
+                f" {r['records_per_s']} |"
+            )
+        total, peak = run["total_seconds"], run["peak_rss_gb"]
+        print(f"| {run['implementation']} | {run['records']} | **total** | {total} | {peak} | |")
+    for m in results["runs"]:
+        for stage in m["stages"]:
+            m["stages"][stage].pop("metrics")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    print(f"\nwrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

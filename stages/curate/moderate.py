@@ -108,8 +108,8 @@ PARAMS = list(STAGE.params)
 log = logging.getLogger("steep.moderate")
 
 # Records per batch of the rules pass (a task of a worker process or of a Ray task); fixed, so batches do not
-# depend on the worker count. ~2 s of rules per batch on one core of the T0 corpus: few enough tasks that
-# sending them costs little, enough that 2 to 64 workers stay busy on 50k records.
+# depend on the worker count. ~1.5 s of CPU per batch on the T0 corpus (~3 ms a record): few enough tasks
+# that sending them costs little (111 on its 55k records), enough to keep dozens of workers busy.
 RULES_BATCH_RECORDS = 500
 
 # --- cleanlab -------------------------------------------------------------------------------------

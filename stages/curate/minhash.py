@@ -217,3 +217,12 @@ def signatures_of(texts: Sequence[str], params: MinHashParams, seed: int) -> tup
     """Normalize, shingle and sign `texts`: signatures (N, P) uint32 and a (N,) mask of texts with words."""
     hashes, offsets = shingle_hashes([normalize_text(t).split() for t in texts], params.shingle_words)
     return signatures(hashes, offsets, params.num_permutations, seed), np.diff(offsets) > 0
+
+
+def signature_batch(texts: Sequence[str], shingle_words: int, num_permutations: int, seed: int) -> np.ndarray:
+    """Signatures (N, P) uint32 of normalized `texts`: one batch of dedup's MinHash pass.
+
+    A row depends on its own text only, so signing the texts in batches gives the rows of signing them at once.
+    """
+    hashes, offsets = shingle_hashes([t.split() for t in texts], shingle_words)
+    return signatures(hashes, offsets, num_permutations, seed)

@@ -46,6 +46,9 @@ cleanlab_label_issue the record's embedding   only with ``cleanlab.enable_drop_l
 
 "instruction" rows mean the instruction and qa kinds (qa's question is its instruction). Conversations get
 the rules on their turns; documents get control characters, length, repetition, language, toxicity, PII.
+The rules run record by record in fixed batches (``RULES_BATCH_RECORDS``) across ``common.workers`` processes,
+or as tasks on a Ray cluster (``common.executor``; :mod:`stages.core.executor`); the results come back in input
+order, so the output is the same bytes for any worker count and either executor.
 
 Normalizations keep the record and are written into its meta: mojibake is repaired with ftfy (encoding
 fixes only, ``fix_encoding``; ``normalized_encoding``); a placeholder input (``<noinput>``, "N/A",
@@ -75,6 +78,7 @@ give the same bytes.
 
 from __future__ import annotations
 
+import functools
 import logging
 import warnings
 from pathlib import Path
@@ -85,15 +89,16 @@ import numpy as np
 from stages.core import cli
 from stages.core import io as _io
 from stages.core import params as _params
-from stages.core.params.common import Embedding
+from stages.core.executor import map_batches
+from stages.core.params.common import Embedding, Executor
 from stages.core.params.moderate import Cleanlab, Moderate
 from stages.core.records import Record, order_key, read_record_dir, record_text, write_records, write_rejects
 from stages.curate.embed import embed
-from stages.curate.rules import RULES, check_record
+from stages.curate.rules import RULES, check_records
 
 NAME = "moderate"  # in the rejects' stage column
 STAGE = cli.Stage(
-    params=("common.seed", "common.embedding", "moderate"),
+    params=("common.seed", "common.workers", "common.executor", "common.embedding", "moderate"),
     inputs={"in": "pulled records (directory of parquet)"},
     outputs={"out": "kept records (parquet)", "rejects": "rejected records (parquet)"},
     options={"cache": "embedding cache directory (shared by moderate and dedup)"},
@@ -101,6 +106,11 @@ STAGE = cli.Stage(
 PARAMS = list(STAGE.params)
 
 log = logging.getLogger("steep.moderate")
+
+# Records per batch of the rules pass (a task of a worker process or of a Ray task); fixed, so batches do not
+# depend on the worker count. ~1.5 s of CPU per batch on the T0 corpus (~3 ms a record): few enough tasks
+# that sending them costs little (111 on its 55k records), enough to keep dozens of workers busy.
+RULES_BATCH_RECORDS = 500
 
 # --- cleanlab -------------------------------------------------------------------------------------
 
@@ -249,6 +259,8 @@ def moderate_records(
     seed: int,
     embedding: Embedding,
     cache_dir: str | Path,
+    workers: int,
+    executor: Executor,
 ) -> tuple[list[Record], list[tuple[Record, str, str, str]], dict[str, Any]]:
     """Moderate `records`: the rules per record, then cleanlab over the kept ones.
 
@@ -258,6 +270,8 @@ def moderate_records(
         seed: ``common.seed`` (cleanlab).
         embedding: ``common.embedding`` (the model and fields embedded for cleanlab).
         cache_dir: the embedding cache directory.
+        workers: ``common.workers`` (processes for the rules; 0: every core); the result does not depend on it.
+        executor: ``common.executor`` (local processes, or a Ray cluster).
 
     Returns:
         ``(kept, rejects, metrics)``: kept records (moderated copies, in input order), rejects as
@@ -268,8 +282,16 @@ def moderate_records(
     dropped = dict.fromkeys(reason_codes(cfg), 0)
     kept: list[Record] = []
     rejects: list[tuple[Record, str, str, str]] = []
-    for record in records:
-        rec, reason, detail = check_record(record, cfg)
+    checked = map_batches(
+        functools.partial(check_records, cfg=cfg),
+        records,
+        executor=executor,
+        workers=workers,
+        batch_size=RULES_BATCH_RECORDS,
+        label="moderate rules",
+        log=log,
+    )
+    for rec, reason, detail in checked:
         if reason is None:
             kept.append(rec)
         else:
@@ -306,7 +328,7 @@ def run(
     """Moderate ``inputs["in"]`` into ``outputs["out"]`` and ``outputs["rejects"]``; return the metrics.
 
     Args:
-        params: scoped params (common.seed, common.embedding, moderate).
+        params: scoped params (common.seed, common.workers, common.executor, common.embedding, moderate).
         inputs: ``{"in": <directory of pulled record files>}``.
         outputs: ``{"out": <kept records parquet>, "rejects": <rejected records parquet>}``.
         cache: the embedding cache directory (shared with dedup).
@@ -317,7 +339,13 @@ def run(
     cfg: Moderate = params.moderate
     records = read_record_dir(inputs["in"])
     kept, rejects, metrics = moderate_records(
-        records, cfg, seed=params.common.seed, embedding=params.common.embedding, cache_dir=cache
+        records,
+        cfg,
+        seed=params.common.seed,
+        embedding=params.common.embedding,
+        cache_dir=cache,
+        workers=params.common.workers,
+        executor=params.common.executor,
     )
     with _io.atomic_outputs(outputs["out"], outputs["rejects"]) as (out, rej):
         write_records(out, kept)

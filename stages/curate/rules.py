@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 import logging
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from functools import cache
 
 import numpy as np
@@ -356,3 +356,11 @@ def check_record(record: Record, cfg: Moderate) -> tuple[Record, str | None, str
         "cleanlab": {},
     }
     return rec, None, ""
+
+
+def check_records(records: Sequence[Record], cfg: Moderate) -> list[tuple[Record, str | None, str]]:
+    """:func:`check_record` on each of `records`, in order: one batch of moderate's per-record pass.
+
+    Module level (not in the stage), so a worker process or a Ray task imports this module, not the stage's.
+    """
+    return [check_record(record, cfg) for record in records]

@@ -272,6 +272,22 @@ def test_two_runs_identical_bytes(tmp_path: Path, cache_dir: Path) -> None:
         assert (tmp_path / f"{name}1.parquet").read_bytes() == (tmp_path / f"{name}2.parquet").read_bytes()
 
 
+def test_same_bytes_for_any_worker_count(tmp_path: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """MinHash signatures in batches of 2 across 1 and 2 processes, and all at once: the same bytes."""
+    records = [rec(SKY, 1), rec(SKY_EDITED, 2), rec(BREAD, 3), rec(BREAD_REORDERED, 4), rec(FRANCE, 5)]
+    records += [rec(FRANCE_PARAPHRASE, 6), rec(UNRELATED, 7), rec(("", "?"), 8)]  # the last has no words
+    metrics = [run_dedup(tmp_path, records, cache_dir, tag="all")[0]]
+    monkeypatch.setattr(dedup, "SIGNATURE_BATCH_RECORDS", 2)
+    for workers in (1, 2):
+        metrics.append(run_dedup(tmp_path, records, cache_dir, {"common.workers": workers}, tag=str(workers))[0])
+        for name in ("out", "rejects"):
+            assert (tmp_path / f"{name}{workers}.parquet").read_bytes() == (
+                tmp_path / f"{name}all.parquet"
+            ).read_bytes()
+    assert metrics[0] == metrics[1] == metrics[2]
+    assert metrics[0]["dropped_minhash_duplicate"] == 1
+
+
 # --- bad references ------------------------------------------------------------
 
 

@@ -469,6 +469,18 @@ def test_stage_is_deterministic(stage):
     assert ma == mb
 
 
+def test_same_bytes_for_any_worker_count(stage, tmp_path, monkeypatch):
+    """The rules in batches of 4 across 1 and 2 processes: the bytes and metrics of the stage's run."""
+    monkeypatch.setattr(mod, "RULES_BATCH_RECORDS", 4)  # 35 records: 9 batches
+    first = stage["runs"][0]
+    for workers in (1, 2):
+        out = tmp_path / f"workers{workers}"
+        m = run_stage(out, first["dir"].parent / "pulled", first["dir"].parent / "cache", **{"common.workers": workers})
+        assert m == first["metrics"]
+        for name in ("moderated.parquet", "rejected/moderate.parquet"):
+            assert (out / name).read_bytes() == (first["dir"] / name).read_bytes(), (workers, name)
+
+
 def test_cleanlab_drop_is_a_params_choice(stage, tmp_path):
     pulled = stage["runs"][0]["dir"].parent / "pulled"
     m = run_stage(

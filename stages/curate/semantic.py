@@ -1,4 +1,4 @@
-"""Semantic near-duplicate pairs: exact all-pairs cosine for small sets, an IVF index (faiss) for large ones.
+"""Semantic near-duplicate pairs: exact all-pairs cosine for small sets, an inverted-file index for large ones.
 
 A shared module, not a stage: the dedup stage calls :func:`cosine_pairs` on the grid embeddings of
 :mod:`stages.curate.embed` and clusters the pairs it returns.
@@ -13,16 +13,20 @@ at, and both are deterministic: same pairs, in the same order, on any CPU and an
   at most ``D * 2**-24 / (1 - D * 2**-24)`` (~2.3e-5 for D = 384) in any summation order, well inside
   :data:`SCREEN_MARGIN`, and every pair it passes is decided in float64. The pairs are those of a full
   float64 pass, at half its cost.
-- :func:`ann_pairs` looks only at pairs that an inverted-file index (``faiss.IndexIVFFlat``, inner
-  product) puts within reach: ``N / records_per_list`` lists from spherical k-means, each record's
-  ``probe_lists`` nearest lists searched for every record above the threshold less :func:`ann_margin`.
-  The index holds the vectors rounded to multiples of ``2**-QUANT_BITS``: integers times a power of two
-  whose dot products stay below ``2**23``, so faiss's float32 arithmetic is exact whatever its SIMD
-  level, blocking or threads, and the rounding moves a cosine by at most :func:`ann_margin` (about
-  0.0096 for D = 384), which the search radius gives away, so a pair is missed only when neither record
-  probes the other's list. The k-means runs here, in float64 on those integers (exact sums, seeded
-  sample and start, first maximum on ties, norms of exact integer sums), so its centroids are the same
-  on every CPU.
+- :func:`ann_pairs` looks only at the pairs an inverted-file index puts within reach: ``N /
+  records_per_list`` lists from spherical k-means; each record goes to the list of its nearest centroid
+  and is compared with every record of its ``probe_lists`` nearest lists (found by ``faiss.IndexFlatIP``
+  over the centroids), and a pair is a candidate when its dot product exceeds the threshold less
+  :func:`ann_margin`; a pair is found when either record probes the other's list. The index holds the
+  vectors rounded to multiples of ``2**-QUANT_BITS``: integers times a power of two whose dot products
+  stay below ``2**23``, so float32 arithmetic on them is exact whatever the SIMD level, blocking or
+  threads, and the rounding moves a cosine by at most :func:`ann_margin` (~0.0096 for D = 384), which the
+  radius gives away: a pair is missed only when neither record probes the other's list. The k-means runs
+  here, in float64 on those integers (exact sums, seeded sample and start, first maximum on ties, norms
+  of exact integer sums), so its centroids are the same on every CPU. The lists are scanned with float32
+  matrix products rather than ``faiss.IndexIVFFlat``: the faiss-cpu wheel here loads only its generic
+  kernels, and its range search over the same lists took 26 s where the matrix products took 5 s
+  (20,000 T0 records, 78 lists, 16 probed; benchmarks/semantic_dedup_ann.py).
 """
 
 from __future__ import annotations
@@ -44,10 +48,10 @@ TILE = 2048
 SCREEN_MARGIN = 1e-4
 # The ANN index holds vectors rounded to multiples of 2**-QUANT_BITS; see ann_margin.
 QUANT_BITS = 11
-# Queries per faiss range search: bounds the memory of one batch of results.
-QUERY_BATCH = 8192
+# Rows compared with one inverted list at once (and assigned to centroids at once).
+QUERY_BATCH = 4096
 # Candidate pairs whose exact cosine is computed at once: (VERIFY_BATCH, D) float64 twice.
-VERIFY_BATCH = 65536
+VERIFY_BATCH = 8192
 
 Pairs = list[tuple[int, int, float]]
 
@@ -171,11 +175,19 @@ def kmeans(x: np.ndarray, lists: int, iterations: int, seed: int, sample_per_lis
     return centroids
 
 
-def ann_pairs(emb: np.ndarray, threshold: float, cfg: Semantic, seed: int) -> Pairs:
-    """Pairs of rows of `emb` (N, D) with exact cosine >= threshold among those an IVF index finds.
+def _lists(labels: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
+    """Positions of `labels` grouped by label (stable: ascending within a label) and each label's bounds."""
+    order = np.argsort(labels, kind="stable")
+    return order, np.searchsorted(labels[order], np.arange(count + 1))
 
-    Every row queries the index (its ``probe_lists`` nearest lists) for rows whose quantized dot product
-    exceeds the threshold less :func:`ann_margin`; a pair is a candidate when either row finds the other.
+
+def ann_pairs(emb: np.ndarray, threshold: float, cfg: Semantic, seed: int) -> Pairs:
+    """Pairs of rows of `emb` (N, D) with exact cosine >= threshold among those the IVF index finds.
+
+    Each row's ``probe_lists`` nearest centroids come from a ``faiss.IndexFlatIP`` over the k-means
+    centroids, the first one being its own list. A row is compared with every row of each list it probes
+    (float32 matrix products, exact on quantized rows), and a pair whose quantized dot product exceeds the
+    threshold less :func:`ann_margin` is a candidate; a pair is found when either row probes the other's list.
     """
     import faiss
 
@@ -186,23 +198,27 @@ def ann_pairs(emb: np.ndarray, threshold: float, cfg: Semantic, seed: int) -> Pa
     centroids = kmeans(q, lists, ann.kmeans_iterations, seed, ann.kmeans_sample_per_list)
     quantizer = faiss.IndexFlatIP(dim)
     quantizer.add(centroids.astype(np.float32))
-    index = faiss.IndexIVFFlat(quantizer, dim, lists, faiss.METRIC_INNER_PRODUCT)
     q32 = q.astype(np.float32)  # exact: integers below 2**12
-    index.add(q32)
-    index.nprobe = min(ann.probe_lists, lists)
-    # integer dot products: strictly above radius <=> at least ceil(scaled (threshold - margin))
-    radius = math.ceil((threshold - ann_margin(dim)) * 4.0**QUANT_BITS) - 0.5
+    probes = min(ann.probe_lists, lists)
+    _, probe = quantizer.search(q32, probes)  # (N, probes) list ids, nearest first; exact scores
+    members, member_bounds = _lists(probe[:, 0], lists)
+    queries, query_bounds = _lists(probe.ravel(), lists)
+    queries //= probes  # position in probe.ravel() -> row
+    # integer dot products: above radius <=> at least ceil(scaled (threshold - margin))
+    radius = np.float32(math.ceil((threshold - ann_margin(dim)) * 4.0**QUANT_BITS) - 0.5)
     cand_i: list[np.ndarray] = []
     cand_j: list[np.ndarray] = []
-    for lo in range(0, n, QUERY_BATCH):
-        lims, _, found = index.range_search(q32[lo : lo + QUERY_BATCH], radius)
-        rows = np.repeat(np.arange(lo, lo + len(lims) - 1, dtype=np.int64), np.diff(lims.astype(np.int64)))
-        cols = found.astype(np.int64)
-        cand_i.append(np.minimum(rows, cols)[rows != cols])
-        cand_j.append(np.maximum(rows, cols)[rows != cols])
+    for lst in range(lists):
+        cols = members[member_bounds[lst] : member_bounds[lst + 1]]
+        rows = queries[query_bounds[lst] : query_bounds[lst + 1]]
+        for a in range(0, len(rows), QUERY_BATCH):
+            for b in range(0, len(cols), TILE):
+                r, c = rows[a : a + QUERY_BATCH], cols[b : b + TILE]
+                hit_r, hit_c = np.nonzero(q32[r] @ q32[c].T > radius)  # (QUERY_BATCH, TILE) exact integers
+                i, j = r[hit_r], c[hit_c]
+                cand_i.append(np.minimum(i, j)[i != j])
+                cand_j.append(np.maximum(i, j)[i != j])
     i, j = _sorted_unique(cand_i, cand_j, n)
     pairs = _verified(emb, i, j, threshold)
-    log.info(
-        "semantic (ann): %d lists, %d probed, %d candidate pairs, %d pairs", lists, index.nprobe, len(i), len(pairs)
-    )
+    log.info("semantic (ann): %d lists, %d probed, %d candidate pairs, %d pairs", lists, probes, len(i), len(pairs))
     return pairs

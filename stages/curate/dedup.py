@@ -25,6 +25,8 @@ dropped once, under the first reason that applies:
    the fields embedded) at least ``dedup.semantic.cosine_threshold``; skipped when ``semantic.enable`` is
    false. Vectors come from the content-addressed cache in :mod:`stages.curate.embed`; their cosines are exact
    (:func:`stages.curate.embed.cosine`), so a pair at the threshold is decided the same way on every CPU.
+   Below ``dedup.semantic.ann.min_records`` records every pair is compared; from there on only the pairs an
+   inverted-file index (faiss) finds, each still decided by its exact cosine (:mod:`stages.curate.semantic`).
 4. ``reference_overlap``: each text of each reference file (its ``fields`` joined by blank lines) is
    compared with every remaining record by the same three methods and thresholds; an overlapping record
    is dropped, and the detail names the reference file, line and method.
@@ -69,6 +71,7 @@ from stages.curate.minhash import (
     signature_batch,
     signatures_of,
 )
+from stages.curate.semantic import cosine_pairs
 
 
 def _local_paths(params: _params.Scoped, variant: str | None, inputs: Mapping[str, Path]) -> list[tuple[str, str]]:
@@ -94,23 +97,8 @@ log = logging.getLogger("steep.dedup")
 # batches do not depend on the worker count. ~0.25 s per batch on the T0 corpus (~8,500 records/s on one core).
 SIGNATURE_BATCH_RECORDS = 2000
 
-# Rows of the embedding matrix compared at once in the cosine pass: (512, N) float64 similarities.
+# Records compared with the reference texts at once: (512, R) float64 similarities.
 COSINE_CHUNK_ROWS = 512
-
-
-# --- cosine -------------------------------------------------------------------
-
-
-def cosine_pairs(emb: np.ndarray, threshold: float) -> list[tuple[int, int, float]]:
-    """Pairs ``(i, j, cosine)``, i < j, of unit-norm rows of `emb` (N, D) with cosine >= threshold."""
-    out: list[tuple[int, int, float]] = []
-    for lo in range(0, len(emb), COSINE_CHUNK_ROWS):
-        block = cosine(emb[lo : lo + COSINE_CHUNK_ROWS], emb[lo:])  # (C, N - lo), exact: row r is item lo + r
-        rows, cols = np.nonzero(block >= threshold)
-        upper = cols > rows  # column c is item lo + c; keep j > i once
-        for r, c in zip(rows[upper], cols[upper], strict=True):
-            out.append((lo + int(r), lo + int(c), float(block[r, c])))
-    return out
 
 
 # --- references ---------------------------------------------------------------
@@ -249,7 +237,8 @@ def run(
         sem_members = [i for i in alive if normalize_text(record_text(records[i], fields))]
         emb = embed([record_text(records[i], fields) for i in sem_members], params.common.embedding, cache)
         emb_rows = {m: r for r, m in enumerate(sem_members)}
-        pairs = [(sem_members[a], sem_members[b], s) for a, b, s in cosine_pairs(emb, cfg.semantic.cosine_threshold)]
+        found = cosine_pairs(emb, cfg.semantic.cosine_threshold, cfg.semantic, seed)
+        pairs = [(sem_members[a], sem_members[b], s) for a, b, s in found]
         alive_sem = apply("semantic", "semantic_duplicate", sem_members, pairs, "cosine")
         alive = sorted(set(alive_sem) | {i for i in alive if i not in emb_rows})
 

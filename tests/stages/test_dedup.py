@@ -197,6 +197,17 @@ def test_reference_semantic_overlap(tmp_path: Path, cache_dir: Path) -> None:
     check_invariant(metrics)
 
 
+def test_semantic_ann_pass_same_outputs(tmp_path: Path, cache_dir: Path) -> None:
+    """From dedup.semantic.ann.min_records records on, the IVF pass: here one list, so the exact pass's bytes."""
+    records = [rec(FRANCE, 1), rec(UNRELATED, 2), rec(FRANCE_PARAPHRASE, 3), rec(BREAD, 4)]
+    exact = run_dedup(tmp_path, records, cache_dir, tag="_exact")
+    ann = run_dedup(tmp_path, records, cache_dir, {"dedup.semantic.ann.min_records": 2}, tag="_ann")
+    assert exact[0]["dropped_semantic_duplicate"] == 1
+    assert ann == exact
+    for name in ("out", "rejects"):
+        assert (tmp_path / f"{name}_ann.parquet").read_bytes() == (tmp_path / f"{name}_exact.parquet").read_bytes()
+
+
 def test_semantic_disabled_keeps_paraphrase(tmp_path: Path, cache_dir: Path) -> None:
     records = [rec(FRANCE, 1), rec(FRANCE_PARAPHRASE, 2)]
     fresh_cache = tmp_path / "cache"

@@ -13,9 +13,20 @@ class MinHash(Section):
     jaccard_threshold: float = Field(gt=0, le=1)
 
 
+class Ann(Section):
+    """The IVF index of the semantic pass (stages.curate.semantic), used from min_records records on."""
+
+    min_records: int = Field(ge=2)
+    records_per_list: int = Field(ge=1)
+    probe_lists: int = Field(ge=1)
+    kmeans_iterations: int = Field(ge=0)
+    kmeans_sample_per_list: int = Field(ge=1)
+
+
 class Semantic(Section):
     enable: bool
     cosine_threshold: float = Field(gt=0, le=1)
+    ann: Ann
 
 
 class Reference(Section):

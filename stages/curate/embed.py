@@ -2,11 +2,13 @@
 
 Two kinds (``common.embedding.kind``), both from the same installed model (``common.embedding.model``):
 
-- ``transformer``: the sentence-transformers model itself (MiniLM: ~50 texts/s on two cores in float64).
+- ``transformer``: the sentence-transformers model itself, in float64 (MiniLM: some tens of texts/s on
+  two idle cores; 55,185 T0 texts take most of an hour).
 - ``static``: a table of token vectors distilled from that model once (:mod:`stages.curate.static_embed`,
-  model2vec's recipe, ``static_dims`` dimensions); a text's vector is the mean of its tokens' rows, some
-  hundreds of times faster (``benchmarks/embedding_choice.py`` measures speed and what it costs in
-  near-duplicate F1 and cleanlab agreement).
+  model2vec's recipe, ``static_dims`` dimensions); a text's vector is the mean of its tokens' rows: ~250x
+  faster than the transformer on the same 300 T0 texts, all 55,185 in 22-45 s (on two busy cores; distilling
+  the table took 5 min once). ``benchmarks/embedding_choice.py`` measures that and what it costs in
+  near-duplicate F1 and cleanlab agreement.
 
 Embedding is the slow part of curation on CPU, so each (kind, model, params, text) is embedded once and
 kept in an SQLite file under the cache directory given on the command line (``.steep_cache/embeddings`` in

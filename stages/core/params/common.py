@@ -12,10 +12,17 @@ EMBED_FIELDS = ("instruction", "input", "output", "messages", "text")
 
 
 class Embedding(Section):
+    """How texts become vectors (:mod:`stages.curate.embed`); every field is part of the cache key."""
+
+    # transformer: the sentence-transformers model itself; static: token vectors distilled from it
+    kind: Literal["transformer", "static"]
     model: str
     fields: list[Literal[EMBED_FIELDS]] = Field(min_length=1)  # type: ignore[valid-type]
     batch_size: int = Field(gt=0)
-    max_tokens: int = Field(gt=0)
+    # at most 512: the transformer's positions, and what keeps the static sums exact (static_embed.MAX_TOKENS)
+    max_tokens: int = Field(gt=0, le=512)
+    # PCA dimensions of the static table (kind static only); at most the model's hidden size (MiniLM: 384)
+    static_dims: int = Field(gt=0, le=1024)
 
 
 class Executor(Section):

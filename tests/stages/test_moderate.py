@@ -389,7 +389,8 @@ def stage_records() -> list[Record]:
 
 
 def run_stage(tmp: Path, pulled: Path, cache: Path, **overrides: Any) -> dict[str, Any]:
-    params = load_params(**{"moderate.cleanlab.min_records": 11, **overrides})
+    # a small corpus: k-NN checks over 10 neighbours (params.yaml's label_k 20 needs min_records > 20)
+    params = load_params(**{"moderate.cleanlab.min_records": 11, "moderate.cleanlab.label_k": 10, **overrides})
     outputs = {"out": tmp / "moderated.parquet", "rejects": tmp / "rejected" / "moderate.parquet"}
     return mod.run(params, inputs={"in": pulled}, outputs=outputs, cache=cache)
 
@@ -502,7 +503,7 @@ def test_cleanlab_near_duplicates_flagged(tmp_path):
     )
     for r in records:
         r["meta"]["moderate"] = {"cleanlab": {}}
-    cfg = load_params(**{"moderate.cleanlab.min_records": 15})
+    cfg = load_params(**{"moderate.cleanlab.min_records": 15, "moderate.cleanlab.label_k": 10})
     counts = mod.cleanlab_scores(
         records, cfg.moderate.cleanlab, seed=cfg.common.seed, embedding=cfg.common.embedding, cache_dir=tmp_path
     )
@@ -530,7 +531,7 @@ def test_cleanlab_label_check_needs_labels_told_apart(stage, tmp_path):
 
 
 def test_cleanlab_params_are_checked():
-    with pytest.raises(StageError, match=r"min_records \(5\) must exceed every k \(largest: 10\)"):
+    with pytest.raises(StageError, match=r"min_records \(5\) must exceed every k \(largest: 20\)"):
         load_params(**{"moderate.cleanlab.min_records": 5})
 
 

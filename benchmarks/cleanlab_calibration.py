@@ -42,6 +42,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import _t0  # noqa: E402
 import yaml  # noqa: E402
 
 from stages.core.params.common import Embedding  # noqa: E402
@@ -50,11 +51,10 @@ from stages.core.records import make_record, record_text  # noqa: E402
 from stages.curate.embed import embed  # noqa: E402
 from stages.curate.moderate import _datalab_issues  # noqa: E402
 
-DEFAULT_CORPUS = ROOT.parent / "shared" / "data" / "t0_train_50k.jsonl"
+DEFAULT_CORPUS = _t0.DEFAULT_CORPUS
 CACHE = ROOT / ".steep_cache" / "embeddings"
 LABELS = ROOT / "benchmarks" / "labels" / "t0_cleanlab.csv"
 RESULTS = ROOT / "benchmarks" / "results" / "cleanlab_t0.json"
-SUFFIX = "<|endoftext|>"
 
 # The datasets of the T0 training mixture, as the prefixes of its template names (promptsource's
 # dataset[_subset] followed by the prompt name). Longest first, so "glue_mrpc" wins over "glue".
@@ -149,22 +149,9 @@ def dataset_of(template: str) -> str:
 
 def load_sample(corpus: Path, n: int, seed: int) -> list[dict[str, Any]]:
     """`n` records drawn with ``random.Random(seed)`` from the corpus lines, in line order."""
-    # split on "\n" only: prompts hold U+2028 and friends, which str.splitlines() would split on
-    lines = [line for line in corpus.read_text(encoding="utf-8").split("\n") if line.strip()]
+    lines = _t0.lines(corpus)
     picked = sorted(random.Random(seed).sample(range(len(lines)), min(n, len(lines))))
-    records = []
-    for i in picked:
-        row = json.loads(lines[i])
-        records.append(
-            make_record(
-                source="t0",
-                kind="instruction",
-                meta={"label": row["template"], "line": i + 1},
-                instruction=row["prompt"],
-                output=row["completion"].removesuffix(SUFFIX),
-            )
-        )
-    return records
+    return [_t0.record(lines[i], {"label": json.loads(lines[i])["template"], "line": i + 1}) for i in picked]
 
 
 def read_verdicts(path: Path) -> dict[tuple[str, str], dict[str, str]]:

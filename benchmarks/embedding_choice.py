@@ -48,6 +48,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+import _t0  # noqa: E402
 import cleanlab_calibration as cc  # noqa: E402
 import dedup_near_duplicates as dn  # noqa: E402
 
@@ -71,19 +72,7 @@ def embedding_of(kind: str) -> Embedding:
 
 def t0_texts(corpus: Path) -> list[str]:
     """Every T0 record's embedded text, as pull and moderate make it."""
-    lines = [line for line in corpus.read_text(encoding="utf-8").split("\n") if line.strip()]
-    out = []
-    for line in lines:
-        row = json.loads(line)
-        rec = make_record(
-            source="t0",
-            kind="instruction",
-            meta={},
-            instruction=row["prompt"],
-            output=row["completion"].removesuffix(cc.SUFFIX),
-        )
-        out.append(record_text(rec))
-    return out
+    return [record_text(_t0.record(line)) for line in _t0.lines(corpus)]
 
 
 def speed(texts: list[str], speed_n: int, seed: int) -> dict[str, Any]:

@@ -47,6 +47,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import _t0  # noqa: E402
 import yaml  # noqa: E402
 
 from stages.core.params.moderate import RULE_NAMES, Moderate  # noqa: E402
@@ -54,7 +55,7 @@ from stages.core.params.pull import Source, Web  # noqa: E402
 from stages.curate import rules  # noqa: E402
 from stages.curate.pull import pull_source  # noqa: E402
 
-DEFAULT_CORPUS = ROOT.parent / "shared" / "data" / "t0_train_50k.jsonl"
+DEFAULT_CORPUS = _t0.DEFAULT_CORPUS
 LABELS = ROOT / "benchmarks" / "labels"
 RESULTS = ROOT / "benchmarks" / "results" / "moderation_precision.json"
 VERDICTS = ("right", "wrong")

@@ -49,18 +49,17 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import _t0  # noqa: E402
 import yaml  # noqa: E402
 
 from stages.core.params.common import Embedding  # noqa: E402
 from stages.core.params.dedup import Semantic  # noqa: E402
-from stages.core.records import make_record, record_text  # noqa: E402
+from stages.core.records import record_text  # noqa: E402
 from stages.curate import clustering, semantic  # noqa: E402
 from stages.curate.embed import resolve_model_dir, snap  # noqa: E402
 from stages.curate.minhash import exact_key  # noqa: E402
 
-DEFAULT_CORPUS = ROOT.parent / "shared" / "data" / "t0_train_50k.jsonl"
 RESULTS = ROOT / "benchmarks" / "results" / "semantic_dedup_ann.json"
-SUFFIX = "<|endoftext|>"
 SWEEP_LISTS = (128, 256, 512)
 SWEEP_PROBES = (4, 8, 16, 32)
 
@@ -71,20 +70,12 @@ def load_texts(corpus: Path, max_records: int | None, fields: list[str]) -> tupl
     The lines are shuffled with ``random.Random(0)`` (the file is grouped by template), so that any
     prefix of the texts is a random sample of the corpus.
     """
-    # split on "\n" only: prompts hold U+2028 and friends, which str.splitlines() would split on
-    lines = [line for line in corpus.read_text(encoding="utf-8").split("\n") if line.strip()]
+    lines = _t0.lines(corpus)
     lines = random.Random(0).sample(lines, len(lines))[:max_records]
     seen: set[str] = set()
     texts = []
     for line in lines:
-        row = json.loads(line)
-        rec = make_record(
-            source="t0",
-            kind="instruction",
-            meta={},
-            instruction=row["prompt"],
-            output=row["completion"].removesuffix(SUFFIX),
-        )
+        rec = _t0.record(line)
         key = exact_key(record_text(rec))
         if key not in seen:
             seen.add(key)
@@ -205,7 +196,7 @@ def threads(n: int) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS)
+    ap.add_argument("--corpus", type=Path, default=_t0.DEFAULT_CORPUS)
     ap.add_argument("--max-records", type=int, help="only the corpus's first N lines")
     ap.add_argument("--embedder", choices=("static", "minilm"), default="static")
     ap.add_argument("--max-tokens", type=int, help="tokens embedded per text (default: common.embedding)")

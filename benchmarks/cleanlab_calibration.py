@@ -8,7 +8,7 @@ datasets, 5-20 templates per dataset) is the record's label. A seeded sample (``
 through the shared cache (``.steep_cache/embeddings``; ~10 min for 3,000 texts on two CPU cores, then cached).
 
 Each setting in :data:`SETTINGS` runs one Datalab check on those vectors, the way moderate does
-(:func:`stages.curate.moderate._datalab_issues`). For label checks it also reports how many flagged records
+(:func:`stages.curate.cleanlab_checks.datalab_issues`). For label checks it also reports how many flagged records
 are predicted a *sibling* template (another prompt wording of the same dataset, :func:`dataset_of`) rather
 than a template of another dataset, and how often the k-NN vote gets the template (and the dataset) right
 on all records: the label check is only meaningful where the classes can be told apart.
@@ -48,8 +48,8 @@ import yaml  # noqa: E402
 from stages.core.params.common import Embedding  # noqa: E402
 from stages.core.params.moderate import Cleanlab  # noqa: E402
 from stages.core.records import make_record, record_text  # noqa: E402
+from stages.curate.cleanlab_checks import datalab_issues as _datalab_issues  # noqa: E402
 from stages.curate.embed import embed  # noqa: E402
-from stages.curate.moderate import _datalab_issues  # noqa: E402
 
 DEFAULT_CORPUS = _t0.DEFAULT_CORPUS
 CACHE = ROOT / ".steep_cache" / "embeddings"

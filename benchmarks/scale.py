@@ -11,7 +11,8 @@ Each stage runs as its own process (``python -m stages.curate.<stage>`` with the
 wall time and peak RSS (the process tree, sampled every 0.1 s with psutil) are recorded, with records/s.
 ``--peer REV`` runs the same stages of another git revision (a ``git worktree`` of it) on the same corpus in
 the same run, so the ratio compares implementations on the same machine and load; ``--workers`` sets
-``common.workers`` where the checkout has it. Progress and timing lines of the stages go to
+``common.workers`` and ``--set`` overrides params of this checkout only (a peer runs with its own
+``params.yaml``, whose keys may differ). Progress and timing lines of the stages go to
 ``<out>/logs/``. The params are those of ``params.yaml`` unless ``--set key=value`` overrides one.
 
 Run (from the project root)::
@@ -161,7 +162,12 @@ def main(argv: list[str] | None = None) -> None:
     for size in args.sizes:
         corpus = build_corpus(args.corpus, size, work / f"corpus_{size}.jsonl", args.seed)
         for name, code_root in peers:
-            project = make_project(code_root, corpus, work / f"{name.split()[0]}_{size}", overrides, args.workers)
+            # --set and --workers are this checkout's; a peer runs with its own params.yaml (its keys may differ)
+            mine = code_root == ROOT
+            project = make_project(
+                code_root, corpus, work / f"{name.split()[0]}_{size}", overrides if mine else {},
+                args.workers if mine else None,
+            )  # fmt: skip
             (project / "logs").mkdir(exist_ok=True)
             run: dict[str, Any] = {"implementation": name, "records": size, "stages": {}}
             for stage in args.stages:

@@ -80,11 +80,8 @@ from __future__ import annotations
 
 import functools
 import logging
-import warnings
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from stages.core import cli
 from stages.core import io as _io
@@ -93,6 +90,7 @@ from stages.core.executor import map_batches
 from stages.core.params.common import Embedding, Executor
 from stages.core.params.moderate import Cleanlab, Moderate
 from stages.core.records import Record, order_key, read_record_dir, record_text, write_records, write_rejects
+from stages.curate import cleanlab_checks
 from stages.curate.embed import embed
 from stages.curate.rules import RULES, check_records
 
@@ -115,117 +113,28 @@ RULES_BATCH_RECORDS = 500
 # --- cleanlab -------------------------------------------------------------------------------------
 
 
-def _datalab_issues(
-    features: np.ndarray, issue_types: dict[str, dict[str, Any]], labels: list[str] | None, seed: int
-) -> dict[str, Any]:
-    """Datalab's issues table per check of `issue_types` (``{"outlier": {"k": 10}, ...}``) on (N, D) features."""
-    from cleanlab import Datalab
-
-    np.random.seed(seed)  # cleanlab draws from numpy's global generator in places
-    data = {"label": labels} if labels is not None else {"row": list(range(len(features)))}
-    lab = Datalab(data=data, label_name="label" if labels is not None else None, verbosity=0)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        # a copy per call: Datalab writes the features into the dicts it is given
-        lab.find_issues(features=features, issue_types={k: dict(v) for k, v in issue_types.items()})
-    for w in caught:
-        # Deprecations are about cleanlab's own use of its libraries (pandas 3 deprecates
-        # `rename(inplace=True)`, which cleanlab 2.9 calls), not about the data: left out of the log.
-        if not issubclass(w.category, DeprecationWarning | FutureWarning):
-            log.warning("cleanlab %s check: %s", "/".join(issue_types), str(w.message).splitlines()[0])
-    out = {issue: lab.get_issues(issue) for issue in issue_types}
-    if "near_duplicate" in issue_types:
-        out["near_duplicate_sets"] = lab.get_info("near_duplicate")["near_duplicate_sets"]
-    return out
-
-
 def cleanlab_scores(
     records: list[Record], cfg: Cleanlab, *, seed: int, embedding: Embedding, cache_dir: str | Path
 ) -> dict[str, int]:
-    """Write cleanlab scores into ``meta.moderate.cleanlab`` of `records` (in place), per source.
+    """Embed `records` and write cleanlab's scores into their ``meta.moderate.cleanlab`` (in place).
 
-    Outliers and near-duplicates: Datalab's outlier check (``outlier_k`` neighbours, ``outlier_threshold``)
-    and near-duplicate check (``near_duplicate_k``, ``near_duplicate_threshold``) over the sentence
-    embeddings of each source with at least ``min_records`` records; a near-duplicate also gets the ids of
-    the records it duplicates (``near_duplicate_of``). Label issues: Datalab's label check (labels predicted
-    by a vote of the ``label_k`` nearest neighbours) over the records of a source that carry ``meta.label``,
-    when there are at least ``min_records`` of them with two or more distinct labels, and kept only when the
-    vote predicts the given label for at least ``min_label_vote_accuracy`` of them (below that the labels
-    are not told apart by the embeddings, and the flags are mostly a label's indistinguishable siblings).
+    The checks are :func:`stages.curate.cleanlab_checks.cleanlab_scores` (per source, in the order given).
     Returns the counts of flags.
     """
-    counts = dict.fromkeys(
-        ("flagged_cleanlab_outlier", "flagged_cleanlab_near_duplicate", "flagged_cleanlab_label_issue"), 0
-    )
     if not cfg.enable or not records:
-        return counts
-    texts = [record_text(r, embedding.fields) for r in records]
+        return dict.fromkeys(cleanlab_checks.COUNTS, 0)
     # (N, D), unit norm; cache hits are logged, not put in metrics (they depend on the cache, not the data)
-    vectors = embed(texts, embedding, cache_dir)
-    sources: dict[str, list[int]] = {}
-    for i, r in enumerate(records):
-        sources.setdefault(r["source"], []).append(i)
-    checks = {
-        "outlier": {"k": cfg.outlier_k, "threshold": cfg.outlier_threshold},
-        "near_duplicate": {"k": cfg.near_duplicate_k, "threshold": cfg.near_duplicate_threshold},
-    }
-    for source, idx in sources.items():
-        if len(idx) < cfg.min_records:
-            note = f"source has {len(idx)} records (< cleanlab.min_records {cfg.min_records})"
-            log.info("cleanlab: %s skipped: %s", source, note)
-            for i in idx:
-                records[i]["meta"]["moderate"]["cleanlab"]["skipped"] = note
-            continue
-        found = _datalab_issues(vectors[idx].astype(np.float64), checks, None, seed)
-        out, dup = found["outlier"], found["near_duplicate"]
-        for j, i in enumerate(idx):
-            scores = {
-                "outlier_score": round(float(out["outlier_score"].iloc[j]), 6),
-                "is_outlier": bool(out["is_outlier_issue"].iloc[j]),
-                "near_duplicate_score": round(float(dup["near_duplicate_score"].iloc[j]), 6),
-                "is_near_duplicate": bool(dup["is_near_duplicate_issue"].iloc[j]),
-            }
-            if scores["is_near_duplicate"]:
-                scores["near_duplicate_of"] = sorted(
-                    records[idx[int(n)]]["id"] for n in found["near_duplicate_sets"][j]
-                )
-            records[i]["meta"]["moderate"]["cleanlab"].update(scores)
-            counts["flagged_cleanlab_outlier"] += scores["is_outlier"]
-            counts["flagged_cleanlab_near_duplicate"] += scores["is_near_duplicate"]
-        n_out, n_dup = int(out["is_outlier_issue"].sum()), int(dup["is_near_duplicate_issue"].sum())
-        summary = f"{n_out} outliers, {n_dup} near-duplicates in {len(idx)} records"
-        labeled = [i for i in idx if records[i]["meta"].get("label") is not None]
-        labels = [str(records[i]["meta"]["label"]) for i in labeled]
-        if not labeled:
-            log.info("cleanlab: %s: %s (no labels)", source, summary)
-            continue
-        note = ""
-        if len(labeled) < cfg.min_records or len(set(labels)) < 2:
-            note = f"{len(labeled)} labeled records, {len(set(labels))} distinct labels (need {cfg.min_records}, 2)"
-        else:
-            issues = _datalab_issues(vectors[labeled].astype(np.float64), {"label": {"k": cfg.label_k}}, labels, seed)
-            issues = issues["label"]
-            predicted = [str(p) for p in issues["predicted_label"]]
-            accuracy = sum(p == g for p, g in zip(predicted, labels, strict=True)) / len(labels)
-            if accuracy < cfg.min_label_vote_accuracy:
-                note = (
-                    f"the {cfg.label_k}-NN vote predicts the given label for {accuracy:.3f} of the records "
-                    f"(< cleanlab.min_label_vote_accuracy {cfg.min_label_vote_accuracy}): labels not told apart"
-                )
-        if note:
-            log.info("cleanlab: %s: %s; label check skipped: %s", source, summary, note)
-            for i in labeled:
-                records[i]["meta"]["moderate"]["cleanlab"]["skipped"] = f"label check: {note}"
-            continue
-        for i, score, flag, pred in zip(
-            labeled, issues["label_score"], issues["is_label_issue"], predicted, strict=True
-        ):
-            records[i]["meta"]["moderate"]["cleanlab"].update(
-                {"label_score": round(float(score), 6), "is_label_issue": bool(flag), "predicted_label": pred}
-            )
-            counts["flagged_cleanlab_label_issue"] += bool(flag)
-        n_label = int(issues["is_label_issue"].sum())
-        log.info("cleanlab: %s: %s, %d label issues (vote accuracy %.3f)", source, summary, n_label, accuracy)
+    vectors = embed([record_text(r, embedding.fields) for r in records], embedding, cache_dir)
+    scores, counts = cleanlab_checks.cleanlab_scores(
+        vectors,
+        [r["source"] for r in records],
+        [r["meta"].get("label") for r in records],
+        [r["id"] for r in records],
+        cfg,
+        seed=seed,
+    )
+    for r, s in zip(records, scores, strict=True):
+        r["meta"]["moderate"]["cleanlab"].update(s)
     return counts
 
 

@@ -1,0 +1,159 @@
+"""Cleanlab's Datalab checks over sentence embeddings: outliers, near-duplicates and label issues, per source.
+
+Moderate embeds its kept records (``common.embedding``) and hands the vectors here with each record's source,
+label and id, in input order (:func:`stages.core.records.order_key`). Each source is checked on its own, since a
+source is one distribution and a small source mixed into a large one would look like a cloud of outliers for
+its kind alone: Datalab's outlier check (``outlier_k``, ``outlier_threshold``) and near-duplicate check
+(``near_duplicate_k``, ``near_duplicate_threshold``) on every source with at least ``cleanlab.min_records``
+records, and its label check on the records of a source that carry a label (pull's ``label_field``), kept only
+where the labels' k-NN vote tells them apart (``min_label_vote_accuracy``).
+
+Scores are rounded to 6 decimals. Datalab gets the grid vectors of :mod:`stages.curate.embed` (the same bytes on
+every CPU) in float64, so its distances differ between BLAS kernels by ~1e-16 only and the 6-decimal scores,
+~1e6 times coarser, are the same on every CPU.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from stages.core.params.moderate import Cleanlab
+
+log = logging.getLogger("steep.moderate")
+
+COUNTS = ("flagged_cleanlab_outlier", "flagged_cleanlab_near_duplicate", "flagged_cleanlab_label_issue")
+
+
+def datalab_issues(
+    features: np.ndarray, issue_types: dict[str, dict[str, Any]], labels: list[str] | None, seed: int
+) -> dict[str, Any]:
+    """Datalab's issues table per check of `issue_types` (``{"outlier": {"k": 10}, ...}``) on (N, D) features."""
+    from cleanlab import Datalab
+
+    np.random.seed(seed)  # cleanlab draws from numpy's global generator in places
+    data = {"label": labels} if labels is not None else {"row": list(range(len(features)))}
+    lab = Datalab(data=data, label_name="label" if labels is not None else None, verbosity=0)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        # a copy per call: Datalab writes the features into the dicts it is given
+        lab.find_issues(features=features, issue_types={k: dict(v) for k, v in issue_types.items()})
+    for w in caught:
+        # Deprecations are about cleanlab's own use of its libraries (pandas 3 deprecates
+        # `rename(inplace=True)`, which cleanlab 2.9 calls), not about the data: left out of the log.
+        if not issubclass(w.category, DeprecationWarning | FutureWarning):
+            log.warning("cleanlab %s check: %s", "/".join(issue_types), str(w.message).splitlines()[0])
+    out = {issue: lab.get_issues(issue) for issue in issue_types}
+    if "near_duplicate" in issue_types:
+        out["near_duplicate_sets"] = lab.get_info("near_duplicate")["near_duplicate_sets"]
+    return out
+
+
+def cleanlab_scores(
+    vectors: np.ndarray,
+    sources: Sequence[str],
+    labels: Sequence[str | None],
+    ids: Sequence[str],
+    cfg: Cleanlab,
+    *,
+    seed: int,
+) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """Cleanlab's checks over (N, D) unit `vectors`, one source at a time.
+
+    Args:
+        vectors: the records' grid embeddings, one row per record, in input order.
+        sources: each record's source name.
+        labels: each record's ``meta.label`` (None where it has none).
+        ids: each record's id (for ``near_duplicate_of``).
+        cfg: ``moderate.cleanlab``.
+        seed: ``common.seed``.
+
+    Returns:
+        ``(scores, counts)``: per record the entries of its ``meta.moderate.cleanlab`` (``outlier_score``,
+        ``is_outlier``, ``near_duplicate_score``, ``is_near_duplicate``, ``near_duplicate_of`` for a
+        near-duplicate, ``label_score``, ``is_label_issue``, ``predicted_label`` where labels are checked, or
+        ``skipped`` with the reason), and the counts of flags (``flagged_cleanlab_*``).
+    """
+    n = len(vectors)
+    scores: list[dict[str, Any]] = [{} for _ in range(n)]
+    counts = dict.fromkeys(COUNTS, 0)
+    if not cfg.enable or n == 0:
+        return scores, counts
+    by_source: dict[str, list[int]] = {}
+    for i, s in enumerate(sources):
+        by_source.setdefault(s, []).append(i)
+    checks = {
+        "outlier": {"k": cfg.outlier_k, "threshold": cfg.outlier_threshold},
+        "near_duplicate": {"k": cfg.near_duplicate_k, "threshold": cfg.near_duplicate_threshold},
+    }
+    for source, idx in by_source.items():
+        if len(idx) < cfg.min_records:
+            note = f"source has {len(idx)} records (< cleanlab.min_records {cfg.min_records})"
+            log.info("cleanlab: %s skipped: %s", source, note)
+            for i in idx:
+                scores[i]["skipped"] = note
+            continue
+        found = datalab_issues(vectors[idx].astype(np.float64), checks, None, seed)
+        out, dup = found["outlier"], found["near_duplicate"]
+        for j, i in enumerate(idx):
+            row = {
+                "outlier_score": round(float(out["outlier_score"].iloc[j]), 6),
+                "is_outlier": bool(out["is_outlier_issue"].iloc[j]),
+                "near_duplicate_score": round(float(dup["near_duplicate_score"].iloc[j]), 6),
+                "is_near_duplicate": bool(dup["is_near_duplicate_issue"].iloc[j]),
+            }
+            if row["is_near_duplicate"]:
+                row["near_duplicate_of"] = sorted(ids[idx[int(m)]] for m in found["near_duplicate_sets"][j])
+            scores[i].update(row)
+            counts["flagged_cleanlab_outlier"] += row["is_outlier"]
+            counts["flagged_cleanlab_near_duplicate"] += row["is_near_duplicate"]
+        n_out, n_dup = int(out["is_outlier_issue"].sum()), int(dup["is_near_duplicate_issue"].sum())
+        summary = f"{n_out} outliers, {n_dup} near-duplicates in {len(idx)} records"
+        _label_check(vectors, idx, labels, cfg, seed, scores, counts, source, summary)
+    return scores, counts
+
+
+def _label_check(
+    vectors: np.ndarray,
+    idx: list[int],
+    labels: Sequence[str | None],
+    cfg: Cleanlab,
+    seed: int,
+    scores: list[dict[str, Any]],
+    counts: dict[str, int],
+    source: str,
+    summary: str,
+) -> None:
+    """Datalab's label check over the labeled records of one source (`idx`), into `scores` and `counts`."""
+    labeled = [i for i in idx if labels[i] is not None]
+    given = [str(labels[i]) for i in labeled]
+    if not labeled:
+        log.info("cleanlab: %s: %s (no labels)", source, summary)
+        return
+    note = ""
+    if len(labeled) < cfg.min_records or len(set(given)) < 2:
+        note = f"{len(labeled)} labeled records, {len(set(given))} distinct labels (need {cfg.min_records}, 2)"
+    else:
+        issues = datalab_issues(vectors[labeled].astype(np.float64), {"label": {"k": cfg.label_k}}, given, seed)
+        issues = issues["label"]
+        predicted = [str(p) for p in issues["predicted_label"]]
+        accuracy = sum(p == g for p, g in zip(predicted, given, strict=True)) / len(given)
+        if accuracy < cfg.min_label_vote_accuracy:
+            note = (
+                f"the {cfg.label_k}-NN vote predicts the given label for {accuracy:.3f} of the records "
+                f"(< cleanlab.min_label_vote_accuracy {cfg.min_label_vote_accuracy}): labels not told apart"
+            )
+    if note:
+        log.info("cleanlab: %s: %s; label check skipped: %s", source, summary, note)
+        for i in labeled:
+            scores[i]["skipped"] = f"label check: {note}"
+        return
+    for i, score, flag, pred in zip(labeled, issues["label_score"], issues["is_label_issue"], predicted, strict=True):
+        scores[i].update({"label_score": round(float(score), 6), "is_label_issue": bool(flag), "predicted_label": pred})
+        counts["flagged_cleanlab_label_issue"] += bool(flag)
+    n_label = int(issues["is_label_issue"].sum())
+    log.info("cleanlab: %s: %s, %d label issues (vote accuracy %.3f)", source, summary, n_label, accuracy)

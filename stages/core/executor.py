@@ -27,8 +27,9 @@ import logging
 import multiprocessing
 import os
 import time
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -55,18 +56,22 @@ def batches(items: Sequence[T], batch_size: int) -> list[Sequence[T]]:
 class _Progress:
     """Log lines per completed batch and one timing line per phase."""
 
-    def __init__(self, log: logging.Logger, label: str, total: int, n_batches: int, where: str) -> None:
-        self.log, self.label, self.total, self.n_batches = log, label, total, n_batches
+    def __init__(self, log: logging.Logger, label: str, total: int, n_batches: int | None, where: str) -> None:
+        self.log, self.label, self.total = log, label, total
         self.done = self.batches_done = 0
         self.start = time.perf_counter()
-        # about 20 lines per phase however many batches: a log of a long run stays readable
-        self.every = max(1, n_batches // 20)
-        log.info("%s: %d records in %d batches on %s", label, total, n_batches, where)
+        self.every = max(1, n_batches // 20) if n_batches else 0  # 0: set from the first batch's size
+        if n_batches:
+            log.info("%s: %d records in %d batches on %s", label, total, n_batches, where)
+        else:
+            log.info("%s: %d records on %s", label, total, where)
 
     def advance(self, n: int) -> None:
         self.done += n
         self.batches_done += 1
-        if self.batches_done % self.every == 0 and self.batches_done < self.n_batches:
+        if not self.every:  # about 20 lines per phase however many batches: a long run's log stays readable
+            self.every = max(1, -(-self.total // max(n, 1)) // 20)
+        if self.batches_done % self.every == 0 and self.done < self.total:
             rate = self.done / max(time.perf_counter() - self.start, 1e-9)
             self.log.info("%s: %d/%d records (%.0f records/s)", self.label, self.done, self.total, rate)
 
@@ -105,60 +110,98 @@ def map_batches(
         ValueError: ``fn`` returned a different number of results than items in its batch.
     """
     parts = batches(items, batch_size)
-    results = _run(fn, parts, executor=executor, workers=workers, label=label, log=log)
     out: list[R] = []
-    for part, result in zip(parts, results, strict=True):
-        if len(result) != len(part):
-            raise ValueError(f"{label}: a batch of {len(part)} items gave {len(result)} results")
+    for result in imap_batches(
+        fn, parts, total=len(items), executor=executor, workers=workers, label=label, log=log, n_batches=len(parts)
+    ):
         out.extend(result)
     return out
 
 
-def _run(
+def imap_batches(
     fn: Callable[[Sequence[T]], Sequence[R]],
-    parts: list[Sequence[T]],
+    parts: Iterable[Sequence[T]],
     *,
+    total: int,
     executor: Executor,
     workers: int,
     label: str,
     log: logging.Logger,
-) -> list[Sequence[R]]:
-    """The result of `fn` on each of `parts`, in order."""
-    total = sum(len(p) for p in parts)
-    if not parts:
-        return []
+    n_batches: int | None = None,
+) -> Iterator[Sequence[R]]:
+    """``fn`` on each batch of `parts`, yielded in input order as they are done: the streaming :func:`map_batches`.
+
+    `parts` is consumed lazily: at most a few batches per worker are in flight, so a stage that reads its
+    input in batches and writes each result before the next holds a bounded number of records in memory.
+
+    Args:
+        fn: as for :func:`map_batches`; it returns one result per item of its batch (checked).
+        parts: the batches (cut by the caller at a size that does not depend on the worker count).
+        total: the number of items in all batches (for progress lines).
+        executor, workers, label, log: as for :func:`map_batches`.
+        n_batches: the number of batches when known (progress lines), else estimated from the first.
+    """
+    results = _run(
+        fn, parts, total=total, n_batches=n_batches, executor=executor, workers=workers, label=label, log=log
+    )
+    for part_len, result in results:
+        if len(result) != part_len:
+            raise ValueError(f"{label}: a batch of {part_len} items gave {len(result)} results")
+        yield result
+
+
+def _run(
+    fn: Callable[[Sequence[T]], Sequence[R]],
+    parts: Iterable[Sequence[T]],
+    *,
+    total: int,
+    n_batches: int | None,
+    executor: Executor,
+    workers: int,
+    label: str,
+    log: logging.Logger,
+) -> Iterator[tuple[int, Sequence[R]]]:
+    """(batch length, `fn` on the batch) for each of `parts`, in order."""
+    if total == 0:
+        return
     if executor.kind == "ray":
-        return _run_ray(fn, parts, executor.address or "", label, log, total)
-    n = min(resolve_workers(workers), len(parts))
-    where = f"{n} local process{'es' if n > 1 else ''}" if n > 1 else "the stage's process"
-    progress = _Progress(log, label, total, len(parts), where)
-    results: list[Sequence[R]] = []
+        yield from _run_ray(fn, parts, executor.address or "", label, log, total, n_batches)
+        return
+    n = min(resolve_workers(workers), n_batches or total)
+    where = f"{n} local processes" if n > 1 else "the stage's process"
+    progress = _Progress(log, label, total, n_batches, where)
     if n <= 1:
         for part in parts:
-            results.append(fn(part))
+            result = fn(part)
             progress.advance(len(part))
+            yield len(part), result
     else:
-        results = list(_run_pool(fn, parts, n, progress))
+        yield from _run_pool(fn, parts, n, progress)
     progress.finish()
-    return results
 
 
 def _run_pool(
-    fn: Callable[[Sequence[T]], Sequence[R]], parts: list[Sequence[T]], n: int, progress: _Progress
-) -> Iterator[Sequence[R]]:
+    fn: Callable[[Sequence[T]], Sequence[R]], parts: Iterable[Sequence[T]], n: int, progress: _Progress
+) -> Iterator[tuple[int, Sequence[R]]]:
     ctx = multiprocessing.get_context("forkserver")
     func = getattr(fn, "func", fn)  # a functools.partial: the module of the function it wraps
     # imported once by the fork server, before its first child (no effect once the server runs)
     ctx.set_forkserver_preload([func.__module__])
+    window = 2 * n  # batches in flight: every process busy, few batches held in memory
     with ProcessPoolExecutor(max_workers=n, mp_context=ctx) as pool:
-        futures = [pool.submit(fn, part) for part in parts]
-        index = {f: i for i, f in enumerate(futures)}
-        pending = set(futures)
-        while pending:
-            finished, pending = wait(pending, return_when=FIRST_COMPLETED)
-            for f in finished:
-                progress.advance(len(parts[index[f]]))
-        yield from (f.result() for f in futures)
+        queue: deque[tuple[int, Future]] = deque()
+        for part in parts:
+            queue.append((len(part), pool.submit(fn, part)))
+            while len(queue) >= window:
+                size, future = queue.popleft()
+                result = future.result()
+                progress.advance(size)
+                yield size, result
+        while queue:
+            size, future = queue.popleft()
+            result = future.result()
+            progress.advance(size)
+            yield size, result
 
 
 def _call(fn: Callable[[Any], Any], part: Any) -> Any:
@@ -168,12 +211,13 @@ def _call(fn: Callable[[Any], Any], part: Any) -> Any:
 
 def _run_ray(
     fn: Callable[[Sequence[T]], Sequence[R]],
-    parts: list[Sequence[T]],
+    parts: Iterable[Sequence[T]],
     address: str,
     label: str,
     log: logging.Logger,
     total: int,
-) -> list[Sequence[R]]:
+    n_batches: int | None,
+) -> Iterator[tuple[int, Sequence[R]]]:
     import ray
 
     ray.init(
@@ -184,20 +228,23 @@ def _run_ray(
     )
     try:
         cpus = int(ray.cluster_resources().get("CPU", 1))
-        progress = _Progress(log, label, total, len(parts), f"the Ray cluster at {address} ({cpus} CPUs)")
+        progress = _Progress(log, label, total, n_batches, f"the Ray cluster at {address} ({cpus} CPUs)")
         task = ray.remote(num_cpus=1, max_retries=3)(_call)
         fn_ref = ray.put(fn)
         window = 2 * cpus  # tasks in flight: the cluster stays busy, the object store holds few batches
-        pending: dict[Any, int] = {}  # task -> batch index
-        results: list[Any] = [None] * len(parts)
-        for i, part in enumerate(parts):
-            pending[task.remote(fn_ref, part)] = i
-            while len(pending) >= window or (i == len(parts) - 1 and pending):
-                ready, _ = ray.wait(list(pending), num_returns=1)
-                j = pending.pop(ready[0])
-                results[j] = ray.get(ready[0])
-                progress.advance(len(parts[j]))
+        queue: deque[tuple[int, Any]] = deque()  # (batch length, task), in input order
+        for part in parts:
+            queue.append((len(part), task.remote(fn_ref, part)))
+            while len(queue) >= window:
+                size, ref = queue.popleft()
+                result = ray.get(ref)
+                progress.advance(size)
+                yield size, result
+        while queue:
+            size, ref = queue.popleft()
+            result = ray.get(ref)
+            progress.advance(size)
+            yield size, result
         progress.finish()
-        return results
     finally:
         ray.shutdown()

@@ -67,9 +67,18 @@ def _remove(path: Path) -> None:
         path.unlink()
 
 
+# Rows per Parquet row group of every file a stage writes.
+ROW_GROUP_ROWS = 1 << 16
+
+
 def write_table(path: Path, table: pa.Table) -> None:
     """Write Parquet the same way every time: same rows, same bytes."""
-    pq.write_table(table, path, compression="zstd", row_group_size=1 << 16, write_statistics=False)
+    pq.write_table(table, path, compression="zstd", row_group_size=ROW_GROUP_ROWS, write_statistics=False)
+
+
+def parquet_writer(path: Path, schema: pa.Schema) -> pq.ParquetWriter:
+    """A writer of the file :func:`write_table` writes, fed a table of at most ROW_GROUP_ROWS rows at a time."""
+    return pq.ParquetWriter(path, schema, compression="zstd", write_statistics=False)
 
 
 def feed(h: Any, path: Path) -> None:

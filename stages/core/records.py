@@ -23,14 +23,19 @@ redacts PII (the change is written into ``meta``).
 from __future__ import annotations
 
 import hashlib
+import heapq
 import json
+import shutil
+import tempfile
 import unicodedata
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 
-from stages.core.io import StageError, read_parquet, write_table
+from stages.core.io import ROW_GROUP_ROWS, StageError, parquet_writer, read_parquet, write_table
 
 KINDS = ("instruction", "conversation", "qa", "document")
 ROLES = ("system", "user", "assistant")
@@ -134,10 +139,172 @@ def _to_row(record: Record, schema: pa.Schema) -> dict[str, Any]:
     return row
 
 
+def _sort_key(record: Record) -> tuple[str, int, str, int, str]:
+    """A record file's row order: id, then position in the declared input."""
+    return (record["id"], *order_key(record))
+
+
 def write_records(path: Path, records: list[Record], schema: pa.Schema = SCHEMA) -> None:
     """Write records sorted by id (then source position), deterministic bytes."""
-    rows = [_to_row(r, schema) for r in sorted(records, key=lambda r: (r["id"], *order_key(r)))]
+    rows = [_to_row(r, schema) for r in sorted(records, key=_sort_key)]
     write_table(path, pa.Table.from_pylist(rows, schema=schema))
+
+
+# Rows a RecordWriter holds before it writes a sorted run to disk.
+SPILL_ROWS = 1 << 15
+# Columns of a run file beside the schema's: the sort key's parts that live inside meta.
+_RUN_KEYS = pa.schema([("_source_index", pa.int64()), ("_source_file", pa.string()), ("_row", pa.int64())])
+
+
+class RecordWriter:
+    """Write records given in any order, in batches, to the file :func:`write_records` would write.
+
+    The bytes are those of ``write_records(path, all_records, schema)``: rows sorted by id, then position in
+    the declared input, in row groups of :data:`stages.core.io.ROW_GROUP_ROWS`. Memory holds at most
+    `spill_rows` records (default :data:`SPILL_ROWS`): beyond that, each sorted run goes to a temporary Parquet file beside `path` and
+    :meth:`close` merges the runs (an external merge sort), so a stage's output may be larger than memory.
+
+    Use as a context manager, or call :meth:`close`; :meth:`abort` removes what was spilled.
+    """
+
+    def __init__(self, path: str | Path, schema: pa.Schema = SCHEMA, spill_rows: int | None = None) -> None:
+        self.path, self.schema = Path(path), schema
+        self.spill_rows = spill_rows or SPILL_ROWS
+        self.buffer: list[Record] = []
+        self.runs: list[Path] = []
+        self.rows = 0
+        self._tmp: Path | None = None
+
+    def __enter__(self) -> RecordWriter:
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+    def write(self, records: Iterable[Record]) -> None:
+        """Add records (any order); a full buffer is sorted and spilled as a run."""
+        for r in records:
+            self.buffer.append(r)
+            self.rows += 1
+            if len(self.buffer) >= self.spill_rows:
+                self._spill()
+
+    def _spill(self) -> None:
+        if self._tmp is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._tmp = Path(tempfile.mkdtemp(dir=self.path.parent, prefix=f".{self.path.name}.runs."))
+        self.buffer.sort(key=_sort_key)
+        rows = []
+        for r in self.buffer:
+            row = _to_row(r, self.schema)
+            meta = r["meta"]
+            row.update(_source_index=meta["source_index"], _source_file=meta["source_file"], _row=meta["row"])
+            rows.append(row)
+        run = self._tmp / f"run{len(self.runs):05d}.parquet"
+        schema = pa.schema(list(self.schema) + list(_RUN_KEYS))
+        pq.write_table(pa.Table.from_pylist(rows, schema=schema), run, compression="lz4")
+        self.runs.append(run)
+        self.buffer = []
+
+    def close(self) -> int:
+        """Write the file (atomically is the caller's business: see io.atomic_outputs); the row count."""
+        if not self.runs:
+            write_records(self.path, self.buffer, self.schema)
+            self.buffer = []
+            return self.rows
+        if self.buffer:
+            self._spill()
+        with parquet_writer(self.path, self.schema) as out:
+            group: list[dict[str, Any]] = []
+            for row in heapq.merge(*(_run_rows(run, n) for n, run in enumerate(self.runs))):
+                group.append(row[-1])
+                if len(group) == ROW_GROUP_ROWS:
+                    out.write_table(pa.Table.from_pylist(group, schema=self.schema))
+                    group = []
+            if group:
+                out.write_table(pa.Table.from_pylist(group, schema=self.schema))
+        self.abort()
+        return self.rows
+
+    def abort(self) -> None:
+        """Remove the spilled runs (the output file, if any, is the caller's)."""
+        if self._tmp is not None:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+            self._tmp = None
+        self.runs, self.buffer = [], []
+
+
+def _run_rows(run: Path, number: int) -> Iterator[tuple[Any, ...]]:
+    """The rows of a sorted run as (sort key..., run number, seq, row) tuples, read a batch at a time."""
+    seq = 0
+    for batch in pq.ParquetFile(run).iter_batches(batch_size=4096):
+        for row in batch.to_pylist():
+            key = (row["id"], row.pop("_source_index"), row.pop("_source_file"), row.pop("_row"), row["id"])
+            yield (*key, number, seq, row)
+            seq += 1
+
+
+class RecordSpool:
+    """Records appended in batches to a temporary Parquet file and read back in the same order (a stage's
+    intermediate that does not fit in memory). Removed by :meth:`close`."""
+
+    def __init__(self, directory: str | Path, name: str = "spool") -> None:
+        Path(directory).mkdir(parents=True, exist_ok=True)
+        self.path = Path(tempfile.mkdtemp(dir=directory, prefix=f".{name}.")) / "records.parquet"
+        self._writer: pq.ParquetWriter | None = pq.ParquetWriter(self.path, SCHEMA, compression="lz4")
+        self.rows = 0
+
+    def write(self, records: list[Record]) -> None:
+        if records and self._writer is not None:
+            self._writer.write_table(pa.Table.from_pylist([_to_row(r, SCHEMA) for r in records], schema=SCHEMA))
+            self.rows += len(records)
+
+    def __iter__(self) -> Iterator[Record]:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        for batch in iter_records(self.path):
+            yield from batch
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        shutil.rmtree(self.path.parent, ignore_errors=True)
+
+
+def iter_records(path: str | Path, schema: pa.Schema = SCHEMA, batch_rows: int = 4096) -> Iterator[list[Record]]:
+    """The records of a file written by :func:`write_records`, in file order, `batch_rows` at a time."""
+    path = Path(path)
+    fix = "rerun the stage that writes it"
+    try:
+        pf = pq.ParquetFile(path)
+    except (OSError, pa.ArrowInvalid) as e:
+        raise StageError(f"{path}: cannot read records ({e}); {fix}") from None
+    missing = [c for c in schema.names if c not in pf.schema_arrow.names]
+    if missing:
+        raise StageError(f"{path}: not a steep record file, missing columns {missing}; expected {schema.names}; {fix}")
+    for batch in pf.iter_batches(batch_size=batch_rows, columns=schema.names):
+        records = batch.to_pylist()
+        for r in records:
+            r["meta"] = json.loads(r["meta"])
+        yield records
+
+
+def record_count(path: str | Path) -> int:
+    """Rows of a record file, from its footer."""
+    return pq.ParquetFile(path).metadata.num_rows
+
+
+def record_files(path: str | Path) -> list[Path]:
+    """The record files of a directory (one per source), in file-name order."""
+    files = sorted(Path(path).glob("*.parquet"))
+    if not files:
+        raise StageError(f"{path}: no .parquet record files; run `dvc repro pull` first")
+    return files
 
 
 def read_records(path: str | Path, schema: pa.Schema = SCHEMA) -> list[Record]:
@@ -152,10 +319,7 @@ def read_records(path: str | Path, schema: pa.Schema = SCHEMA) -> list[Record]:
 
 def read_record_dir(path: str | Path) -> list[Record]:
     """All record files of a directory (one per source), in file-name order."""
-    files = sorted(Path(path).glob("*.parquet"))
-    if not files:
-        raise StageError(f"{path}: no .parquet record files; run `dvc repro pull` first")
-    return [r for f in files for r in read_records(f)]
+    return [r for f in record_files(path) for r in read_records(f)]
 
 
 def write_rejects(path: Path, rejects: list[tuple[Record, str, str, str]]) -> None:

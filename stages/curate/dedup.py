@@ -48,7 +48,8 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -58,10 +59,18 @@ import numpy as np
 from stages.core import cli
 from stages.core import io as _io
 from stages.core import params as _params
-from stages.core.executor import map_batches
+from stages.core.executor import imap_batches
 from stages.core.io import StageError
 from stages.core.params.dedup import Dedup, Reference
-from stages.core.records import Record, clean_text, order_key, read_records, record_text, write_records, write_rejects
+from stages.core.records import (
+    REJECT_SCHEMA,
+    RecordWriter,
+    clean_text,
+    iter_records,
+    order_key,
+    record_count,
+    record_text,
+)
 from stages.curate.clustering import clusters
 from stages.curate.embed import cosine, embed
 from stages.curate.minhash import (
@@ -96,6 +105,9 @@ log = logging.getLogger("steep.dedup")
 # Records per batch of the MinHash signature pass (a task of a worker process or of a Ray task); fixed, so
 # batches do not depend on the worker count. ~0.25 s per batch on the T0 corpus (~8,500 records/s on one core).
 SIGNATURE_BATCH_RECORDS = 2000
+
+# Texts embedded at once in the semantic pass (few embedding calls and log lines).
+EMBED_CHUNK_RECORDS = 16384
 
 # Records compared with the reference texts at once: (512, R) float64 similarities.
 COSINE_CHUNK_ROWS = 512
@@ -148,10 +160,127 @@ def read_references(refs: Sequence[Reference]) -> list[ReferenceText]:
 # --- the stage ----------------------------------------------------------------
 
 
+def text_keys(
+    texts: Sequence[tuple[str, str | None]], shingle_words: int, num_permutations: int, seed: int
+) -> list[tuple[str, bool, bool, np.ndarray]]:
+    """One batch of dedup's first pass (module level: a worker process or a Ray task runs it).
+
+    From each record's (content text, embedding-fields text or None when it is the same): its exact key
+    (sha256 of the normalized content), whether the content has words, whether the embedding text has, and
+    its MinHash signature row.
+    """
+    normalized = [normalize_text(t) for t, _ in texts]
+    sigs = signature_batch(normalized, shingle_words=shingle_words, num_permutations=num_permutations, seed=seed)
+    out = []
+    for (_, emb_text), norm, sig in zip(texts, normalized, sigs, strict=True):
+        emb_norm = norm if emb_text is None else normalize_text(emb_text)
+        out.append((hashlib.sha256(norm.encode("utf-8")).hexdigest(), bool(norm), bool(emb_norm), sig))
+    return out
+
+
+@dataclass
+class _Columns:
+    """Dedup's view of the input: a few compact columns per record, in input order (order_key)."""
+
+    ids: list[str]
+    keys: list[str]  # exact keys
+    has_words: np.ndarray  # (n,) bool: normalized content has words
+    has_emb_text: np.ndarray  # (n,) bool: the embedding fields have words
+    sigs: np.ndarray  # (n, P) uint32
+    position: np.ndarray  # (n,) int64: the record's row in the input file
+
+
+def _read_columns(path: Path, params: _params.Scoped) -> _Columns:
+    """First pass over the input, a batch at a time: ids, exact keys and MinHash signatures, in input order."""
+    cfg: Dedup = params.dedup
+    fields = params.common.embedding.fields
+    ids: list[str] = []
+    order: list[tuple[int, str, int, str]] = []
+    texts: list[tuple[str, str | None]] = []
+
+    def parts() -> Iterator[list[tuple[str, str | None]]]:
+        for batch in iter_records(path):
+            for r in batch:
+                ids.append(r["id"])
+                order.append(order_key(r))
+                text = record_text(r)
+                emb_text = record_text(r, fields)
+                texts.append((text, None if emb_text == text else emb_text))
+                if len(texts) == SIGNATURE_BATCH_RECORDS:
+                    yield texts[:]
+                    texts.clear()
+        if texts:
+            yield texts[:]
+
+    sign = functools.partial(
+        text_keys,
+        shingle_words=cfg.minhash.shingle_words,
+        num_permutations=cfg.minhash.num_permutations,
+        seed=params.common.seed,
+    )
+    rows = [
+        row
+        for batch in imap_batches(
+            sign,
+            parts(),
+            total=record_count(path),
+            executor=params.common.executor,
+            workers=params.common.workers,
+            label="dedup keys and minhash signatures",
+            log=log,
+        )
+        for row in batch
+    ]
+    perm = sorted(range(len(ids)), key=order.__getitem__)  # file order (by id) -> input order
+    n, p = len(ids), cfg.minhash.num_permutations
+    sigs = np.empty((n, p), dtype=np.uint32)
+    for i, j in enumerate(perm):
+        sigs[i] = rows[j][3]
+    return _Columns(
+        ids=[ids[j] for j in perm],
+        keys=[rows[j][0] for j in perm],
+        has_words=np.array([rows[j][1] for j in perm], dtype=bool),
+        has_emb_text=np.array([rows[j][2] for j in perm], dtype=bool),
+        sigs=sigs,
+        position=np.array(perm, dtype=np.int64),
+    )
+
+
+def _embed_members(path: Path, cols: _Columns, members: list[int], params: _params.Scoped, cache: str | Path):
+    """(len(members), D) embeddings of `members` (input-order indices), read from the input a batch at a time."""
+    fields = params.common.embedding.fields
+    row_of_position = {int(cols.position[m]): r for r, m in enumerate(members)}
+    parts: list[np.ndarray] = []
+    rows: list[int] = []
+    texts: list[str] = []
+    position = 0
+    for batch in iter_records(path):
+        for rec in batch:
+            r = row_of_position.get(position)
+            position += 1
+            if r is None:
+                continue
+            rows.append(r)
+            texts.append(record_text(rec, fields))
+            if len(texts) >= EMBED_CHUNK_RECORDS:
+                parts.append(embed(texts, params.common.embedding, cache))
+                texts = []
+    if texts:
+        parts.append(embed(texts, params.common.embedding, cache))
+    if not parts:
+        return np.zeros((0, 0), dtype=np.float32)
+    emb = np.empty((len(members), parts[0].shape[1]), dtype=np.float32)
+    emb[np.array(rows, dtype=np.int64)] = np.concatenate(parts)
+    return emb
+
+
 def run(
     params: _params.Scoped, *, inputs: dict[str, Path], outputs: dict[str, Path], cache: str | Path
 ) -> dict[str, Any]:
     """Deduplicate `inputs["in"]` into `outputs["out"]` and `outputs["rejects"]`; return the metrics.
+
+    The input streams through three times a batch at a time (keys and signatures; the texts to embed; the
+    records to write), so memory holds compact columns (ids, keys, signatures, vectors), not the records.
 
     Args:
         params: scoped params (common.seed, common.workers, common.executor, common.embedding, dedup).
@@ -164,13 +293,11 @@ def run(
     """
     cfg: Dedup = params.dedup
     seed: int = params.common.seed
-    records = read_records(inputs["in"])
     references = read_references(cfg.references)
-    records.sort(key=order_key)  # input order: index = position in the declared sources
-    order = [order_key(r) for r in records]
-    ids = [r["id"] for r in records]
-    n = len(records)
-    clusters_meta: list[dict[str, str | None]] = [dict.fromkeys(f"{m}_cluster" for m in METHODS) for _ in range(n)]
+    cols = _read_columns(inputs["in"], params)  # index = position in the declared sources
+    ids, n = cols.ids, len(cols.ids)
+    order = range(n)  # indices are in input order already
+    cluster_of = {m: np.full(n, -1, dtype=np.int64) for m in METHODS}  # survivor index per method, -1: unseen
     reason_of: dict[int, tuple[str, str]] = {}
     extra: dict[str, int] = {}
 
@@ -178,9 +305,10 @@ def run(
         method: str, reason: str, members: list[int], pairs: list[tuple[int, int, float]], score: str
     ) -> list[int]:
         """Cluster `members` by `pairs`, record cluster ids and drops; return the survivors."""
+        start = time.perf_counter()
         survivor_of, dropped = clusters(members, pairs, order)
         for m, s in survivor_of.items():
-            clusters_meta[m][f"{method}_cluster"] = ids[s]
+            cluster_of[method][m] = s
         for m, match in sorted(dropped.items()):
             detail = f"duplicate of {ids[match.survivor]}"
             if method != "exact":
@@ -188,44 +316,27 @@ def run(
                 detail += f" ({score} {match.score:.3f}{via})"
             reason_of[m] = (reason, detail)
         extra[f"{method}_clusters"] = len({match.survivor for match in dropped.values()})  # clusters of 2+
-        log.info("%s: %d pairs, %d dropped", method, len(pairs), len(dropped))
+        took = time.perf_counter() - start
+        log.info("%s: %d pairs, %d dropped (clustered in %.2f s)", method, len(pairs), len(dropped), took)
         return [m for m in members if m not in dropped]
 
     # 1. exact: group by normalized-text hash; pairs link every member to the first of its group.
-    normalized = [normalize_text(record_text(r)) for r in records]
-    keys = [hashlib.sha256(t.encode("utf-8")).hexdigest() for t in normalized]  # == exact_key(record_text(r))
     first: dict[str, int] = {}
     exact_pairs: list[tuple[int, int, float]] = []
-    for i in range(n):
-        j = first.setdefault(keys[i], i)
+    for i, key in enumerate(cols.keys):
+        j = first.setdefault(key, i)
         if j != i:
             exact_pairs.append((j, i, 1.0))
+    del first
     alive = apply("exact", "exact_duplicate", list(range(n)), exact_pairs, "")
 
     # 2. MinHash + LSH, over every record (so references can query the same index), pairs among survivors.
-    #    Signatures in fixed batches across common.workers processes or a Ray cluster: (n, P) uint32.
-    sign = functools.partial(
-        signature_batch,
-        shingle_words=cfg.minhash.shingle_words,
-        num_permutations=cfg.minhash.num_permutations,
-        seed=seed,
-    )
-    rows = map_batches(
-        sign,
-        normalized,
-        executor=params.common.executor,
-        workers=params.common.workers,
-        batch_size=SIGNATURE_BATCH_RECORDS,
-        label="dedup minhash signatures",
-        log=log,
-    )
-    sigs = np.array(rows, dtype=np.uint32).reshape(n, cfg.minhash.num_permutations)
-    has_words = np.array([bool(t) for t in normalized], dtype=bool)  # normalized text is words joined by spaces
-    index = NearDuplicateIndex.build_from(sigs, has_words, cfg.minhash, seed)
+    start = time.perf_counter()
+    index = NearDuplicateIndex.build_from(cols.sigs, cols.has_words, cfg.minhash, seed)
     mh_members = [i for i in alive if index.has_text[i]]
-    alive_mh = apply(
-        "minhash", "minhash_duplicate", mh_members, index.pairs(np.array(mh_members, dtype=np.int64)), "jaccard"
-    )
+    mh_pairs = index.pairs(np.array(mh_members, dtype=np.int64))
+    log.info("minhash: LSH index and %d candidate pairs in %.2f s", index.candidates, time.perf_counter() - start)
+    alive_mh = apply("minhash", "minhash_duplicate", mh_members, mh_pairs, "jaccard")
     alive = sorted(set(alive_mh) | {i for i in alive if not index.has_text[i]})
     extra["minhash_candidate_pairs"] = index.candidates
 
@@ -233,9 +344,8 @@ def run(
     emb_rows: dict[int, int] = {}
     emb = np.zeros((0, 0), dtype=np.float32)
     if cfg.semantic.enable:
-        fields = params.common.embedding.fields
-        sem_members = [i for i in alive if normalize_text(record_text(records[i], fields))]
-        emb = embed([record_text(records[i], fields) for i in sem_members], params.common.embedding, cache)
+        sem_members = [i for i in alive if cols.has_emb_text[i]]
+        emb = _embed_members(inputs["in"], cols, sem_members, params, cache)
         emb_rows = {m: r for r, m in enumerate(sem_members)}
         found = cosine_pairs(emb, cfg.semantic.cosine_threshold, cfg.semantic, seed)
         pairs = [(sem_members[a], sem_members[b], s) for a, b, s in found]
@@ -243,28 +353,39 @@ def run(
         alive = sorted(set(alive_sem) | {i for i in alive if i not in emb_rows})
 
     # 4. references: every remaining record against every reference text, by the same three methods.
-    overlaps = reference_overlaps(keys, alive, references, index, emb, emb_rows, params, cache)
+    overlaps = reference_overlaps(cols.keys, alive, references, index, emb, emb_rows, params, cache)
     extra["reference_texts"] = len(references)
     for i, detail in overlaps.items():
         reason_of[i] = ("reference_overlap", detail)
+    del index, emb
 
-    kept: list[Record] = []
-    rejects: list[tuple[Record, str, str, str]] = []
-    for i, rec in enumerate(records):
-        rec["meta"] = {**rec["meta"], "dedup": clusters_meta[i]}
-        if i in reason_of:
-            reason, detail = reason_of[i]
-            rejects.append((rec, NAME, reason, detail))
-        else:
-            kept.append(rec)
-    with _io.atomic_outputs(outputs["out"], outputs["rejects"]) as (out_tmp, rej_tmp):
-        write_records(out_tmp, kept)
-        write_rejects(rej_tmp, rejects)
+    # the records again, a batch at a time: each with its clusters, to the kept or the rejected file
+    index_of = np.empty(n, dtype=np.int64)
+    index_of[cols.position] = np.arange(n)  # file row -> input-order index
+    kept = 0
+    with (
+        _io.atomic_outputs(outputs["out"], outputs["rejects"]) as (out_tmp, rej_tmp),
+        RecordWriter(out_tmp) as out,
+        RecordWriter(rej_tmp, REJECT_SCHEMA) as rej,
+    ):
+        position = 0
+        for batch in iter_records(inputs["in"]):
+            for rec in batch:
+                i = int(index_of[position])
+                position += 1
+                meta = {f"{m}_cluster": (ids[c] if (c := int(cluster_of[m][i])) >= 0 else None) for m in METHODS}
+                rec["meta"] = {**rec["meta"], "dedup": meta}
+                if i in reason_of:
+                    reason, detail = reason_of[i]
+                    rej.write([{**rec, "stage": NAME, "reason": reason, "detail": detail}])
+                else:
+                    kept += 1
+                    out.write([rec])
     dropped = dict.fromkeys(REASONS, 0)
     for reason, _ in reason_of.values():
         dropped[reason] += 1
-    log.info("dedup: %d records, %d kept, dropped %s", n, len(kept), dropped)
-    return _io.drop_metrics(n, len(kept), dropped, **dict(sorted(extra.items())))
+    log.info("dedup: %d records, %d kept, dropped %s", n, kept, dropped)
+    return _io.drop_metrics(n, kept, dropped, **dict(sorted(extra.items())))
 
 
 def reference_overlaps(

@@ -80,16 +80,30 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from stages.core import cli
 from stages.core import io as _io
 from stages.core import params as _params
-from stages.core.executor import map_batches
+from stages.core.executor import imap_batches
 from stages.core.params.common import Embedding, Executor
 from stages.core.params.moderate import Cleanlab, Moderate
-from stages.core.records import Record, order_key, read_record_dir, record_text, write_records, write_rejects
+from stages.core.records import (
+    REJECT_SCHEMA,
+    Record,
+    RecordSpool,
+    RecordWriter,
+    iter_records,
+    order_key,
+    record_count,
+    record_files,
+    record_text,
+)
 from stages.curate import cleanlab_checks
 from stages.curate.embed import embed
 from stages.curate.rules import RULES, check_records
@@ -161,21 +175,101 @@ def flag_codes(cfg: Moderate) -> list[str]:
     return [*codes, "pii_subject"]
 
 
-def moderate_records(
-    records: list[Record],
+# Kept records whose texts are embedded at once (cleanlab's vectors): few embedding calls and log lines.
+EMBED_CHUNK_RECORDS = 16384
+
+
+class _Kept:
+    """What cleanlab needs of the records the rules kept, gathered batch by batch: compact columns and vectors."""
+
+    def __init__(self, embedding: Embedding, cache_dir: str | Path, enabled: bool) -> None:
+        self.embedding, self.cache_dir, self.enabled = embedding, cache_dir, enabled
+        self.sources: list[str] = []
+        self.labels: list[str | None] = []
+        self.ids: list[str] = []
+        self.order: list[tuple[int, str, int, str]] = []
+        self.vectors: list[np.ndarray] = []
+        self.texts: list[str] = []
+
+    def add(self, records: list[Record]) -> None:
+        for r in records:
+            self.sources.append(r["source"])
+            self.labels.append(r["meta"].get("label"))
+            self.ids.append(r["id"])
+            self.order.append(order_key(r))
+            if self.enabled:
+                self.texts.append(record_text(r, self.embedding.fields))
+        if len(self.texts) >= EMBED_CHUNK_RECORDS:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.texts:
+            # (N, D) unit grid vectors; cache hits are logged, not put in metrics (they depend on the cache)
+            self.vectors.append(embed(self.texts, self.embedding, self.cache_dir))
+            self.texts = []
+
+    def scores(self, cfg: Cleanlab, seed: int) -> tuple[list[dict[str, Any]], dict[str, int]]:
+        """Cleanlab's scores per kept record (in the order added) and the flag counts."""
+        self.flush()
+        n = len(self.ids)
+        if not cfg.enable or n == 0:
+            return [{} for _ in range(n)], dict.fromkeys(cleanlab_checks.COUNTS, 0)
+        start = time.perf_counter()
+        order = sorted(range(n), key=self.order.__getitem__)  # input order, as the checks expect
+        vectors = np.concatenate(self.vectors)[order]
+        self.vectors = []
+        in_order, counts = cleanlab_checks.cleanlab_scores(
+            vectors,
+            [self.sources[i] for i in order],
+            [self.labels[i] for i in order],
+            [self.ids[i] for i in order],
+            cfg,
+            seed=seed,
+        )
+        scores: list[dict[str, Any]] = [{} for _ in range(n)]
+        for j, i in enumerate(order):
+            scores[i] = in_order[j]
+        elapsed = time.perf_counter() - start
+        log.info("cleanlab: %d records in %.2f s (%.0f records/s)", n, elapsed, n / max(elapsed, 1e-9))
+        return scores, counts
+
+
+def _batches(files: list[Path], size: int) -> Iterator[list[Record]]:
+    """The records of the pulled files, file by file, in batches of `size` (the last of a file may be shorter)."""
+    for f in files:
+        batch: list[Record] = []
+        for chunk in iter_records(f):
+            batch.extend(chunk)
+            while len(batch) >= size:
+                yield batch[:size]
+                batch = batch[size:]
+        if batch:
+            yield batch
+
+
+def moderate_files(
+    files: list[Path],
     cfg: Moderate,
     *,
+    out: Path,
+    rejects: Path,
     seed: int,
     embedding: Embedding,
     cache_dir: str | Path,
     workers: int,
     executor: Executor,
-) -> tuple[list[Record], list[tuple[Record, str, str, str]], dict[str, Any]]:
-    """Moderate `records`: the rules per record, then cleanlab over the kept ones.
+) -> dict[str, Any]:
+    """Moderate the records of `files` into the record files `out` (kept) and `rejects`; return the metrics.
+
+    Records stream through in batches: the rules run per batch (across ``workers`` processes or on a Ray
+    cluster), the kept ones wait in a temporary file with their embeddings computed as they come, cleanlab
+    scores them all, and a second pass writes each with its scores (or rejects it on them). Memory holds a
+    few batches, the vectors and a few small columns per kept record, never the whole set.
 
     Args:
-        records: records in the schema of stages.core.records (not modified).
+        files: the pulled record files (one per source).
         cfg: the ``moderate`` params section.
+        out, rejects: the output files (written with :class:`stages.core.records.RecordWriter`).
         seed: ``common.seed`` (cleanlab).
         embedding: ``common.embedding`` (the model and fields embedded for cleanlab).
         cache_dir: the embedding cache directory.
@@ -183,52 +277,67 @@ def moderate_records(
         executor: ``common.executor`` (local processes, or a Ray cluster).
 
     Returns:
-        ``(kept, rejects, metrics)``: kept records (moderated copies, in input order), rejects as
-        ``(record, "moderate", reason, detail)``, and flat metrics (total, kept, dropped_<reason>,
-        normalized_noinput, redacted_pii_<entity>, flagged_<reason>, flagged_cleanlab_*).
+        Flat metrics: total, kept, dropped_<reason>, normalized_*, redacted_pii_<entity>, flagged_<reason>,
+        flagged_cleanlab_*.
     """
-    records = sorted(records, key=order_key)
+    total = sum(record_count(f) for f in files)
     dropped = dict.fromkeys(reason_codes(cfg), 0)
-    kept: list[Record] = []
-    rejects: list[tuple[Record, str, str, str]] = []
-    checked = map_batches(
-        functools.partial(check_records, cfg=cfg),
-        records,
-        executor=executor,
-        workers=workers,
-        batch_size=RULES_BATCH_RECORDS,
-        label="moderate rules",
-        log=log,
-    )
-    for rec, reason, detail in checked:
-        if reason is None:
-            kept.append(rec)
-        else:
-            dropped[reason] += 1
-            rejects.append((rec, NAME, reason, detail))
-    extra: dict[str, Any] = cleanlab_scores(kept, cfg.cleanlab, seed=seed, embedding=embedding, cache_dir=cache_dir)
-    drop_on = [
-        ("cleanlab_outlier", "is_outlier", "outlier_score", cfg.cleanlab.enable_drop_outliers),
-        ("cleanlab_label_issue", "is_label_issue", "label_score", cfg.cleanlab.enable_drop_label_issues),
-    ]
-    survivors: list[Record] = []
-    for rec in kept:
-        scores = rec["meta"]["moderate"]["cleanlab"]
-        hit = next((d for d in drop_on if d[3] and scores.get(d[1])), None)
-        if hit:
-            dropped[hit[0]] += 1
-            rejects.append((rec, NAME, hit[0], f"cleanlab {hit[2]} {scores[hit[2]]}"))
-        else:
-            survivors.append(rec)
-    for code in flag_codes(cfg):
-        extra[f"flagged_{code}"] = sum(code in r["meta"]["moderate"]["flags"] for r in survivors)
-    extra["normalized_encoding"] = sum("encoding" in r["meta"]["moderate"]["normalized"] for r in survivors)
-    extra["normalized_noinput"] = sum("noinput" in r["meta"]["moderate"]["normalized"] for r in survivors)
+    flags = flag_codes(cfg)
+    extra: dict[str, Any] = {f"flagged_{code}": 0 for code in flags}
+    extra.update(normalized_encoding=0, normalized_noinput=0)
     if cfg.pii.action == "redact":
-        for e in cfg.pii.entities:
-            extra[f"redacted_pii_{e}"] = sum(e in r["meta"]["moderate"]["redacted"] for r in survivors)
-    metrics = _io.drop_metrics(len(records), len(survivors), dropped, **dict(sorted(extra.items())))
-    return survivors, rejects, metrics
+        extra.update({f"redacted_pii_{e}": 0 for e in cfg.pii.entities})
+    kept = 0
+    gathered = _Kept(embedding, cache_dir, cfg.cleanlab.enable)
+    spool = RecordSpool(out.parent, "moderate")
+    try:
+        with RecordWriter(rejects, REJECT_SCHEMA) as rej, RecordWriter(out) as keep:
+            checked = imap_batches(
+                functools.partial(check_records, cfg=cfg),
+                _batches(files, RULES_BATCH_RECORDS),
+                total=total,
+                executor=executor,
+                workers=workers,
+                label="moderate rules",
+                log=log,
+            )
+            for batch in checked:
+                passed = []
+                for rec, reason, detail in batch:
+                    if reason is None:
+                        passed.append(rec)
+                    else:
+                        dropped[reason] += 1
+                        rej.write([{**rec, "stage": NAME, "reason": reason, "detail": detail}])
+                spool.write(passed)
+                gathered.add(passed)
+            scores, counts = gathered.scores(cfg.cleanlab, seed)
+            extra.update(counts)
+            drop_on = [
+                ("cleanlab_outlier", "is_outlier", "outlier_score", cfg.cleanlab.enable_drop_outliers),
+                ("cleanlab_label_issue", "is_label_issue", "label_score", cfg.cleanlab.enable_drop_label_issues),
+            ]
+            for rec, score in zip(spool, scores, strict=True):
+                moderated = rec["meta"]["moderate"]
+                moderated["cleanlab"].update(score)
+                hit = next((d for d in drop_on if d[3] and score.get(d[1])), None)
+                if hit:
+                    dropped[hit[0]] += 1
+                    detail = f"cleanlab {hit[2]} {score[hit[2]]}"
+                    rej.write([{**rec, "stage": NAME, "reason": hit[0], "detail": detail}])
+                    continue
+                kept += 1
+                keep.write([rec])
+                for code in flags:
+                    extra[f"flagged_{code}"] += code in moderated["flags"]
+                extra["normalized_encoding"] += "encoding" in moderated["normalized"]
+                extra["normalized_noinput"] += "noinput" in moderated["normalized"]
+                if cfg.pii.action == "redact":
+                    for e in cfg.pii.entities:
+                        extra[f"redacted_pii_{e}"] += e in moderated["redacted"]
+    finally:
+        spool.close()
+    return _io.drop_metrics(total, kept, dropped, **dict(sorted(extra.items())))
 
 
 def run(
@@ -245,20 +354,19 @@ def run(
     Returns:
         Flat metrics: total, kept, dropped_<reason> for every reason, normalizations, redactions, flags.
     """
-    cfg: Moderate = params.moderate
-    records = read_record_dir(inputs["in"])
-    kept, rejects, metrics = moderate_records(
-        records,
-        cfg,
-        seed=params.common.seed,
-        embedding=params.common.embedding,
-        cache_dir=cache,
-        workers=params.common.workers,
-        executor=params.common.executor,
-    )
+    files = record_files(inputs["in"])
     with _io.atomic_outputs(outputs["out"], outputs["rejects"]) as (out, rej):
-        write_records(out, kept)
-        write_rejects(rej, rejects)
+        metrics = moderate_files(
+            files,
+            params.moderate,
+            out=out,
+            rejects=rej,
+            seed=params.common.seed,
+            embedding=params.common.embedding,
+            cache_dir=cache,
+            workers=params.common.workers,
+            executor=params.common.executor,
+        )
     dropped = {k: v for k, v in metrics.items() if k.startswith("dropped_") and v}
     log.info("moderate: %d records, %d kept, dropped %s", metrics["total"], metrics["kept"], dropped or "none")
     return metrics

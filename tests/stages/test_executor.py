@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from stages.core import params as _params
-from stages.core.executor import batches, map_batches, resolve_workers
+from stages.core.executor import batches, imap_batches, map_batches, resolve_workers
 from stages.core.io import StageError
 from stages.core.params.common import Executor
 from stages.core.records import REJECT_SCHEMA, read_records, write_records
@@ -62,6 +62,24 @@ def test_results_in_input_order_for_any_worker_count(workers: int, caplog: pytes
     where = "the stage's process" if workers == 1 else f"{workers} local processes"
     assert lines[0] == f"squares: 101 records in 11 batches on {where}"
     assert lines[-1].startswith("squares: 101 records in ") and lines[-1].endswith(" records/s)")
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_imap_takes_its_batches_lazily(workers: int) -> None:
+    """A stage streaming its input holds a few batches per worker, not the whole input, before results come."""
+    taken = []
+
+    def parts():
+        for lo in range(0, 100, 5):
+            taken.append(lo)
+            yield list(range(lo, lo + 5))
+
+    results = imap_batches(square_with_pid, parts(), total=100, executor=LOCAL, workers=workers, label="sq", log=log)
+    first = next(results)
+    assert [v for v, _ in first] == [x * x for x in range(5)]
+    assert len(taken) <= (1 if workers == 1 else 2 * workers)
+    rest = [v for batch in results for v, _ in batch]
+    assert rest == [x * x for x in range(5, 100)] and len(taken) == 20
 
 
 def test_a_batch_must_give_one_result_per_item() -> None:
@@ -138,7 +156,7 @@ def test_stages_on_a_two_node_ray_cluster_write_the_bytes_of_a_local_run(
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     where = "the Ray cluster at 127.0.0.1:" if prefix else "the Ray cluster at "
-    for label in ("moderate rules", "dedup minhash signatures"):
+    for label in ("moderate rules", "dedup keys and minhash signatures"):
         assert f"{label}: " in proc.stderr and where in proc.stderr, proc.stderr[-4000:]
     assert "(2 CPUs)" in proc.stderr  # both nodes joined
     _local_run(tmp_path, monkeypatch)

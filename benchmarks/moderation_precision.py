@@ -388,7 +388,7 @@ def main(argv: list[str] | None = None) -> None:
             records, found = catches_of_run(args.run)
             print(f"{args.run}: {len(records)} records moderated, {len(found)} catches")
         else:
-            records = pull_source(source, 0, Web.model_validate(params["pull"]["web"]))
+            records = list(pull_source(source, 0, Web.model_validate(params["pull"]["web"])))
             print(f"{args.corpus}: {len(records)} records pulled in {time.perf_counter() - start:.1f} s")
             start = time.perf_counter()
             found = catches(records, params, args.workers)

@@ -151,27 +151,49 @@ def read_jsonl(
         expected: the form of one line, shown next to what a bad line holds (``one JSON object a line like ...``).
         label: what the file is, for "<path>: <label> not found" (``seed task file``).
         fix: what to do when the file is not there (``set synthesize.self_instruct.seed_tasks``).
-        data: the file's bytes, when the caller has read them already (to hash them).
+        data: the file's bytes, when the caller has them already; else the file is read a line at a time.
 
     Raises:
         StageError: the file is missing, is not UTF-8, or a line is not valid JSON: the message names the file, the
             line (and column), what the line holds, the form expected and the fix.
     """
-    if data is None:
+    if data is not None:
+        yield from _jsonl_lines(iter(data.split(b"\n")), path, expected)
+        return
+    try:
+        fh = Path(path).open("rb")  # noqa: SIM115 (closed by the `with` below: the errors differ from a read's)
+    except (FileNotFoundError, IsADirectoryError):
+        raise StageError(f"{path}: {label} not found; {fix}" if fix else f"{path}: {label} not found") from None
+    except OSError as e:
+        raise StageError(
+            f"{path}: cannot read the {label} ({e.strerror}); check the path and its permissions"
+        ) from None
+    with fh:  # a line at a time (binary lines end at b"\n" only): memory holds one line, not the file
+        yield from _jsonl_lines(iter(fh), path, expected)
+
+
+def _jsonl_lines(lines: Iterator[bytes], path: str | Path, expected: str) -> Iterator[tuple[int, Any]]:
+    """Parse JSONL lines (bytes, split on b"\n"): ``(line number, value)`` for each non-blank one."""
+    offset = 0
+    for n, raw in enumerate(lines, start=1):
         try:
-            data = Path(path).read_bytes()
-        except (FileNotFoundError, IsADirectoryError):
-            raise StageError(f"{path}: {label} not found; {fix}" if fix else f"{path}: {label} not found") from None
-        except OSError as e:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
             raise StageError(
-                f"{path}: cannot read the {label} ({e.strerror}); check the path and its permissions"
+                f"{path}, line {n}: not valid UTF-8 (byte 0x{raw[e.start]:02x} at byte offset {offset + e.start} "
+                f"of the file, byte {e.start + 1} of the line); the file must be UTF-8. Fix: re-encode it, e.g. "
+                f"`iconv -f latin1 -t utf-8 {path} > {path}.utf8` (put the file's real encoding in place of "
+                "latin1), and point the params at the result"
             ) from None
-    for n, line in enumerate(decode_utf8(data, path).split("\n"), start=1):
+        offset += len(raw) + (0 if raw.endswith(b"\n") else 1)
+        if n == 1:
+            line = line.removeprefix("\ufeff")
         if not line.strip():
             continue
         try:
             value = json.loads(line)
         except json.JSONDecodeError as e:
+            line = line.rstrip("\n")
             raise StageError(
                 f"{path}, line {n}: not valid JSON ({e.msg} at column {e.colno}); got {snippet(line)}; expected "
                 f"{expected}. Fix: repair or delete line {n}"

@@ -161,8 +161,9 @@ class RecordWriter:
 
     The bytes are those of ``write_records(path, all_records, schema)``: rows sorted by id, then position in
     the declared input, in row groups of :data:`stages.core.io.ROW_GROUP_ROWS`. Memory holds at most
-    `spill_rows` records (default :data:`SPILL_ROWS`): beyond that, each sorted run goes to a temporary Parquet file beside `path` and
-    :meth:`close` merges the runs (an external merge sort), so a stage's output may be larger than memory.
+    `spill_rows` records (default :data:`SPILL_ROWS`): beyond that, each sorted run goes to a temporary
+    Parquet file beside `path` and :meth:`close` merges the runs (an external merge sort), so a stage's
+    output may be larger than memory.
 
     Use as a context manager, or call :meth:`close`; :meth:`abort` removes what was spilled.
     """

@@ -35,7 +35,8 @@ in the sorted file list for folder documents), ``source_index`` (position in ``p
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+import time
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +45,7 @@ from stages.core import io as _io
 from stages.core import params as _params
 from stages.core.io import StageError, snippet
 from stages.core.params.pull import Source, Web
-from stages.core.records import ROLES, Record, make_record, write_records
+from stages.core.records import ROLES, Record, RecordWriter, make_record
 from stages.curate.sources import Row, source_rows
 
 
@@ -70,6 +71,8 @@ log = logging.getLogger("steep.pull")
 KIND = {"alpaca": "instruction", "qa": "qa", "sharegpt": "conversation", "messages": "conversation", "text": "document"}
 # ShareGPT speakers -> record roles. `user`/`assistant` appear in many ShareGPT exports too.
 SHAREGPT_ROLES = {"human": "user", "gpt": "assistant", "system": "system", "user": "user", "assistant": "assistant"}
+# A progress line per this many records read from a source.
+PROGRESS_RECORDS = 100_000
 # Canonical fields a row may lack (read as "").
 OPTIONAL_FIELDS = {("alpaca", "input")}
 
@@ -193,32 +196,31 @@ def _to_record(source: Source, index: int, row: Row) -> Record:
     return make_record(**base, text=_string(source, obj, "text", where))
 
 
-def pull_source(source: Source, index: int, web: Web) -> list[Record]:
-    """All records of one source, in source order.
+def pull_source(source: Source, index: int, web: Web) -> Iterator[Record]:
+    """The records of one source, in source order, one at a time (a source larger than memory streams through).
 
     Args:
         source: the source as declared in ``pull.sources``.
         index: its position in ``pull.sources`` (``meta.source_index``, the order dedup keeps first).
         web: fetch limits for http(s) locations.
 
-    Returns:
-        One record per row (or document); never empty.
+    Yields:
+        One record per row (or document).
 
     Raises:
-        StageError: the source is missing, empty or unreadable, or a row lacks a field; the message names the
-            file, the line or row, and the fix.
+        StageError: the source is missing or unreadable, or a row lacks a field; the message names the
+            file, the line or row, and the fix. (An empty source is :func:`run`'s error.)
     """
-    records = [_to_record(source, index, row) for row in source_rows(source, web)]
-    if not records:
-        raise StageError(
-            f"source {source.name!r}: {source.location} holds no records; an empty source is an error. "
-            "Fix: point `location` at data, or remove the source from pull.sources"
-        )
-    return records
+    for row in source_rows(source, web):
+        yield _to_record(source, index, row)
 
 
 def run(params: _params.Scoped, *, inputs: dict[str, Path], outputs: dict[str, Path]) -> dict[str, Any]:
     """Pull every source into ``outputs["out"]/<source name>.parquet``.
+
+    Records stream from the source file to a :class:`stages.core.records.RecordWriter`, so memory holds a
+    bounded number of them whatever the size of a JSONL or Parquet source (a ``.json`` array or a CSV file
+    is parsed whole).
 
     Args:
         params: scoped params; reads ``pull``.
@@ -234,10 +236,27 @@ def run(params: _params.Scoped, *, inputs: dict[str, Path], outputs: dict[str, P
     with _io.atomic_outputs(outputs["out"]) as (out,):
         out.mkdir(parents=True)
         for index, source in enumerate(pull.sources):
-            records = pull_source(source, index, pull.web)
-            write_records(out / f"{source.name}.parquet", records)
-            counts[source.name] = len(records)
-            log.info("%s: %d records from %s", source.name, len(records), source.location)
+            start = time.perf_counter()
+            with RecordWriter(out / f"{source.name}.parquet") as writer:
+                for n, record in enumerate(pull_source(source, index, pull.web), start=1):
+                    writer.write([record])
+                    if n % PROGRESS_RECORDS == 0:
+                        log.info("%s: %d records read", source.name, n)
+                if writer.rows == 0:
+                    raise StageError(
+                        f"source {source.name!r}: {source.location} holds no records; an empty source is an error. "
+                        "Fix: point `location` at data, or remove the source from pull.sources"
+                    )
+            counts[source.name] = writer.rows
+            took = time.perf_counter() - start
+            log.info(
+                "%s: %d records from %s in %.2f s (%.0f records/s)",
+                source.name,
+                writer.rows,
+                source.location,
+                took,
+                writer.rows / max(took, 1e-9),
+            )
     total = sum(counts.values())
     return _io.drop_metrics(total, total, {}, **{f"records_{name}": n for name, n in counts.items()})
 

@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from stages.core import io as _io
-from stages.core.io import StageError, decode_utf8, read_jsonl
+from stages.core.io import StageError, decode_utf8, read_jsonl, sha256_file
 from stages.core.params.pull import Source, Web
 
 DATA_EXTS = (".jsonl", ".json", ".csv", ".parquet")
@@ -63,9 +63,19 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _jsonl_rows(data: bytes, display: str) -> Iterator[Row]:
-    sha = _sha256(data)
-    for n, obj in read_jsonl(display, "one JSON object a line", data=data):
+def _file_sha256(path: Path, display: str) -> str:
+    try:
+        return sha256_file(path)
+    except OSError as e:
+        raise StageError(
+            f"{display}: cannot read the file ({e.strerror}); check the path and its permissions"
+        ) from None
+
+
+def _jsonl_rows(path: Path, display: str) -> Iterator[Row]:
+    """The lines of a JSONL file, read one at a time (a file larger than memory streams through)."""
+    sha = _file_sha256(path, display)
+    for n, obj in read_jsonl(path, "one JSON object a line"):
         yield Row(obj, f"{display}, line {n}", {"source_file": display, "row": n, "file_sha256": sha})
 
 
@@ -118,22 +128,29 @@ def _csv_rows(data: bytes, display: str) -> Iterator[Row]:
         raise StageError(f"{display}, line {reader.line_num}: not valid CSV ({e}). Fix: repair the quoting") from None
 
 
-def _parquet_rows(data: bytes, display: str) -> Iterator[Row]:
-    sha = _sha256(data)
+def _parquet_rows(path: Path, display: str) -> Iterator[Row]:
+    """The rows of a Parquet file, a batch at a time."""
+    sha = _file_sha256(path, display)
+    n = 0
     try:
-        table = pq.read_table(pa.BufferReader(data))
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=4096):
+            for item in batch.to_pylist():
+                n += 1
+                yield Row(item, f"{display}, row {n}", {"source_file": display, "row": n, "file_sha256": sha})
     except (OSError, pa.ArrowException) as e:
         raise StageError(f"{display}: not a readable Parquet file ({e}). Fix: rewrite or re-export the file") from None
-    for i, item in enumerate(table.to_pylist()):
-        yield Row(item, f"{display}, row {i + 1}", {"source_file": display, "row": i + 1, "file_sha256": sha})
 
 
-READERS = {".jsonl": _jsonl_rows, ".json": _json_rows, ".csv": _csv_rows, ".parquet": _parquet_rows}
+# Readers of whole files (bytes) and of files read a part at a time (path).
+READERS = {".json": _json_rows, ".csv": _csv_rows}
+STREAM_READERS = {".jsonl": _jsonl_rows, ".parquet": _parquet_rows}
 
 
 def _file_rows(path: Path, display: str, fmt: str) -> Iterator[Row]:
     suffix = path.suffix.lower()
-    if suffix in READERS:
+    if suffix in STREAM_READERS:
+        yield from STREAM_READERS[suffix](path, display)
+    elif suffix in READERS:
         yield from READERS[suffix](_read_bytes(path, display), display)
     elif suffix in DOC_EXTS and fmt == "text":
         data = _read_bytes(path, display)

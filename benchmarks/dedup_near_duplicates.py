@@ -336,13 +336,16 @@ def score(truth: dict[str, str | None], dropped: dict[str, str], hard_negative_i
     return out
 
 
-def run_steep(records: list[dict[str, Any]], tmp: Path, **overrides: Any) -> dict[str, str]:
-    """steep's dedup stage on `records` (params.yaml, no references, `overrides`): id -> reason of each drop."""
+def run_steep(
+    records: list[dict[str, Any]], tmp: Path, cache: Path = ROOT / ".steep_cache/embeddings", **overrides: Any
+) -> dict[str, str]:
+    """steep's dedup stage on `records` (params.yaml, no references, `overrides`, embeddings from `cache`):
+    id -> reason of each drop."""
     inp, out, rej = tmp / "in.parquet", tmp / "out.parquet", tmp / "rejects.parquet"
     write_records(inp, records)
     overrides = {"dedup.references": [], **{k.replace("__", "."): v for k, v in overrides.items()}}
     params = _params.load(ROOT / "params.yaml", dedup.PARAMS, overrides=overrides)
-    dedup.run(params, inputs={"in": inp}, outputs={"out": out, "rejects": rej}, cache=ROOT / ".steep_cache/embeddings")
+    dedup.run(params, inputs={"in": inp}, outputs={"out": out, "rejects": rej}, cache=cache)
     return {r["id"]: r["reason"] for r in read_records(rej, REJECT_SCHEMA)}
 
 

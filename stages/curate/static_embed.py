@@ -23,8 +23,12 @@ only when it lies within ~1e-15 of a rounding midpoint (checked: identical table
 
 The distilled model lives in the embedding cache (``<cache>/static/<key>/``: ``vectors.safetensors`` with
 ``embeddings`` (V, D) int16 and ``token_ids`` (V,) int64, plus ``model.json``), keyed on the source
-model's files, the dims, the vocabulary limit and this module's source; it is computed on first use (~2 min
-for MiniLM's 30,522 tokens on two cores) and written to a temporary folder that is renamed into place.
+model's files, the dims, the vocabulary limit and this module's source; it is computed on first use (20 s
+to 2 min for MiniLM's 30,522 tokens on two cores, by load) and written to a temporary folder that is renamed
+into place. A copy goes to the user's cache (``$STEEP_CACHE_HOME``, else ``$XDG_CACHE_HOME/steep``, else
+``~/.cache/steep``; ``static/<key>/``), where another project or a fresh embedding cache of the same model
+finds it instead of distilling again, as a Hub model is downloaded once per machine. The key names the
+content, so a table from there is the table this machine would distill.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ import ast
 import hashlib
 import json
 import logging
+import os
 import re
 import shutil
 import tempfile
@@ -164,13 +169,40 @@ def distill(model_dir: str, dims: int, max_vocab: int | None = None) -> tuple[np
     return quantized, np.asarray(ids, dtype=np.int64)
 
 
+def user_tables_dir() -> Path:
+    """The user's folder of distilled tables, shared by every project on the machine (module docstring)."""
+    home = os.environ.get("STEEP_CACHE_HOME")
+    if not home:
+        home = str(Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "steep")
+    return Path(home) / "static"
+
+
+def _place(src: Path, final: Path) -> None:
+    """Copy the table folder `src` to `final` through a temporary folder renamed into place."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}."))
+    tmp.chmod(0o755)  # mkdtemp's 0o700 would keep the shared cache from other users
+    for f in src.iterdir():
+        shutil.copyfile(f, tmp / f.name)
+    try:
+        tmp.rename(final)
+    except OSError:  # another process put the same table there first: keep theirs (same key, same content)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def ensure_static(model_dir: str, dims: int, cache_dir: str | Path, max_vocab: int | None = None) -> Path:
-    """The folder of the distilled table for (`model_dir`, `dims`, `max_vocab`), distilling it if absent."""
+    """The folder of the distilled table for (`model_dir`, `dims`, `max_vocab`) in `cache_dir`: copied from the
+    user's tables (:func:`user_tables_dir`) when there, else distilled (and copied there)."""
     from safetensors.numpy import save_file
 
     key = static_key(model_dir, dims, max_vocab)
     final = Path(cache_dir) / "static" / key
     if (final / "model.json").exists():
+        return final
+    shared = user_tables_dir() / key
+    if (shared / "model.json").exists():
+        log.info("static embeddings %s: the table distilled before, from %s", key, shared.parent)
+        _place(shared, final)
         return final
     log.info("static embeddings %s: distilling %s to %d dims (once per model and params)", key, model_dir, dims)
     table, ids = distill(model_dir, dims, max_vocab)
@@ -193,6 +225,10 @@ def ensure_static(model_dir: str, dims: int, cache_dir: str | Path, max_vocab: i
         tmp.rename(final)
     except OSError:  # another process put the same table there first: keep theirs (same key, same content)
         shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        _place(final, shared)
+    except OSError as e:  # a read-only home: every new cache distills again
+        log.warning("static embeddings %s: could not keep a copy in %s (%s)", key, shared.parent, e)
     return final
 
 

@@ -46,6 +46,12 @@ def run(kind: str, cache: Path, texts: list[str] = TEXTS, **update: object) -> n
     return embed.embed(texts, params(kind, **update), cache, static_max_vocab=VOCAB)
 
 
+@pytest.fixture(autouse=True)
+def own_user_tables(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test's own user-level table folder (static_embed.user_tables_dir): a cold cache is cold."""
+    monkeypatch.setenv("STEEP_CACHE_HOME", str(tmp_path / "user"))
+
+
 @pytest.fixture(scope="module")
 def table(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The 64-dim table of the first VOCAB tokens, distilled once for the module (~15 s)."""
@@ -86,6 +92,19 @@ def test_cold_and_warm_cache_give_the_same_bytes(kind: str, tmp_path: Path, tabl
         (mine,) = (tmp_path / "c" / "static").glob("*/vectors.safetensors")
         assert mine.parent.name == table.name
         assert mine.read_bytes() == (table / "vectors.safetensors").read_bytes()
+
+
+def test_a_new_cache_takes_the_users_table(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A second project's cold cache copies the table the first one distilled, from the user's folder."""
+    first = run("static", tmp_path / "one")
+    shared = static_embed.user_tables_dir()
+    (kept,) = shared.glob("*/vectors.safetensors")
+    caplog.set_level("INFO", logger="steep.embed")
+    second = run("static", tmp_path / "two")
+    assert "distilling" not in caplog.text and "the table distilled before" in caplog.text
+    assert second.tobytes() == first.tobytes()
+    (copied,) = (tmp_path / "two" / "static").glob("*/vectors.safetensors")
+    assert copied.read_bytes() == kept.read_bytes()
 
 
 def _model_dir() -> str:

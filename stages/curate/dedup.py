@@ -16,8 +16,10 @@ dropped once, under the first reason that applies:
 2. ``minhash_duplicate``: MinHash over word shingles (``dedup.minhash.shingle_words`` words,
    ``num_permutations`` permutations seeded with ``common.seed``), candidate pairs from datasketch's
    ``MinHashLSH``, each candidate kept only if its estimated Jaccard similarity is at least
-   ``jaccard_threshold``. Signatures are computed a batch of records at a time with numpy (datasketch's
-   ``affine32`` permutation scheme, bit for bit) instead of one ``MinHash.update`` per shingle; the batches
+   ``jaccard_threshold`` and, where both records have an output, the estimated Jaccard of the outputs alone
+   is at least ``output_jaccard_threshold`` (two questions on one long shared passage are no copies).
+   Signatures are computed a batch of records at a time with numpy (datasketch's ``affine32`` permutation
+   scheme, bit for bit) instead of one ``MinHash.update`` per shingle; the batches
    (``SIGNATURE_BATCH_RECORDS``) run across ``common.workers`` processes or as tasks on a Ray cluster
    (``common.executor``; :mod:`stages.core.executor`), and a row depends on its own record only, so the
    output is the same bytes for any worker count and either executor.
@@ -31,12 +33,18 @@ dropped once, under the first reason that applies:
    compared with every remaining record by the same three methods and thresholds; an overlapping record
    is dropped, and the detail names the reference file, line and method.
 
+Drop or flag: ``dedup.minhash.action`` and ``dedup.semantic.action`` say what a duplicate found by that
+method becomes: ``drop`` (rejected under the method's reason) or ``flag`` (kept, with the reason and the
+detail in ``meta.dedup.flags``, counted as ``flagged_<reason>``; the next passes still see it). A method
+drops by default only where its precision on real data is at least 0.9 (benchmarks/README.md); exact
+duplicates and reference overlaps always drop.
+
 Clusters: within a method, matching pairs are joined by union-find (:mod:`stages.curate.clustering`, so
 matches chain). The survivor of a cluster is the record that comes first in the declared input
 (:func:`stages.core.records.order_key`: the smallest ``(meta.source_index, meta.source_file, meta.row)``,
 i.e. source order in ``pull.sources``, then file within a folder source, then row), never the one whose id
 sorts first; the others are dropped with a detail naming the survivor and their closest match. Every record,
-kept or dropped, gets ``meta["dedup"] = {"exact_cluster", "minhash_cluster", "semantic_cluster"}``: the id
+kept or dropped, gets ``meta["dedup"] = {"exact_cluster", "minhash_cluster", "semantic_cluster", "flags"}``: the id
 of the survivor of its cluster (its own id when it has no duplicate), or null for a method that did not see
 the record (it was dropped by an earlier one, semantic dedup is off, or it has no text for that method).
 
@@ -62,6 +70,7 @@ from stages.core import params as _params
 from stages.core.executor import imap_batches
 from stages.core.io import StageError
 from stages.core.params.dedup import Dedup, Reference
+from stages.core.params.dedup import MinHash as MinHashParams
 from stages.core.records import (
     REJECT_SCHEMA,
     RecordWriter,
@@ -161,20 +170,23 @@ def read_references(refs: Sequence[Reference]) -> list[ReferenceText]:
 
 
 def text_keys(
-    texts: Sequence[tuple[str, str | None]], shingle_words: int, num_permutations: int, seed: int
-) -> list[tuple[str, bool, bool, np.ndarray]]:
+    texts: Sequence[tuple[str, str | None, str]], shingle_words: int, num_permutations: int, seed: int
+) -> list[tuple[str, bool, bool, np.ndarray, np.ndarray, bool]]:
     """One batch of dedup's first pass (module level: a worker process or a Ray task runs it).
 
-    From each record's (content text, embedding-fields text or None when it is the same): its exact key
-    (sha256 of the normalized content), whether the content has words, whether the embedding text has, and
-    its MinHash signature row.
+    From each record's (content text, embedding-fields text or None when it is the same, output): its exact
+    key (sha256 of the normalized content), whether the content has words, whether the embedding text has,
+    the MinHash signature rows of its content and of its output, and whether the output has words.
     """
-    normalized = [normalize_text(t) for t, _ in texts]
+    normalized = [normalize_text(t) for t, _, _ in texts]
+    outputs = [normalize_text(o) for _, _, o in texts]
     sigs = signature_batch(normalized, shingle_words=shingle_words, num_permutations=num_permutations, seed=seed)
+    out_sigs = signature_batch(outputs, shingle_words=shingle_words, num_permutations=num_permutations, seed=seed)
     out = []
-    for (_, emb_text), norm, sig in zip(texts, normalized, sigs, strict=True):
+    for (_, emb_text, _), norm, sig, output, out_sig in zip(texts, normalized, sigs, outputs, out_sigs, strict=True):
         emb_norm = norm if emb_text is None else normalize_text(emb_text)
-        out.append((hashlib.sha256(norm.encode("utf-8")).hexdigest(), bool(norm), bool(emb_norm), sig))
+        key = hashlib.sha256(norm.encode("utf-8")).hexdigest()
+        out.append((key, bool(norm), bool(emb_norm), sig, out_sig, bool(output)))
     return out
 
 
@@ -187,6 +199,8 @@ class _Columns:
     has_words: np.ndarray  # (n,) bool: normalized content has words
     has_emb_text: np.ndarray  # (n,) bool: the embedding fields have words
     sigs: np.ndarray  # (n, P) uint32
+    out_sigs: np.ndarray  # (n, P) uint32: MinHash of the output alone
+    has_output: np.ndarray  # (n,) bool: the output has words
     position: np.ndarray  # (n,) int64: the record's row in the input file
 
 
@@ -196,16 +210,16 @@ def _read_columns(path: Path, params: _params.Scoped) -> _Columns:
     fields = params.common.embedding.fields
     ids: list[str] = []
     order: list[tuple[int, str, int, str]] = []
-    texts: list[tuple[str, str | None]] = []
+    texts: list[tuple[str, str | None, str]] = []
 
-    def parts() -> Iterator[list[tuple[str, str | None]]]:
+    def parts() -> Iterator[list[tuple[str, str | None, str]]]:
         for batch in iter_records(path):
             for r in batch:
                 ids.append(r["id"])
                 order.append(order_key(r))
                 text = record_text(r)
                 emb_text = record_text(r, fields)
-                texts.append((text, None if emb_text == text else emb_text))
+                texts.append((text, None if emb_text == text else emb_text, r["output"]))
                 if len(texts) == SIGNATURE_BATCH_RECORDS:
                     yield texts[:]
                     texts.clear()
@@ -234,16 +248,35 @@ def _read_columns(path: Path, params: _params.Scoped) -> _Columns:
     perm = sorted(range(len(ids)), key=order.__getitem__)  # file order (by id) -> input order
     n, p = len(ids), cfg.minhash.num_permutations
     sigs = np.empty((n, p), dtype=np.uint32)
+    out_sigs = np.empty((n, p), dtype=np.uint32)
     for i, j in enumerate(perm):
         sigs[i] = rows[j][3]
+        out_sigs[i] = rows[j][4]
     return _Columns(
         ids=[ids[j] for j in perm],
         keys=[rows[j][0] for j in perm],
         has_words=np.array([rows[j][1] for j in perm], dtype=bool),
         has_emb_text=np.array([rows[j][2] for j in perm], dtype=bool),
         sigs=sigs,
+        out_sigs=out_sigs,
+        has_output=np.array([rows[j][5] for j in perm], dtype=bool),
         position=np.array(perm, dtype=np.int64),
     )
+
+
+def _outputs_agree(
+    pairs: list[tuple[int, int, float]], cols: _Columns, cfg: MinHashParams
+) -> list[tuple[int, int, float]]:
+    """The MinHash pairs whose outputs agree too: where both records have an output, the estimated Jaccard of
+    the outputs' shingles must reach ``output_jaccard_threshold`` (two tasks on one passage are no copies)."""
+    if not pairs:
+        return pairs
+    i = np.array([p[0] for p in pairs], dtype=np.int64)
+    j = np.array([p[1] for p in pairs], dtype=np.int64)
+    both = cols.has_output[i] & cols.has_output[j]
+    agree = (cols.out_sigs[i] == cols.out_sigs[j]).mean(axis=1) >= cfg.output_jaccard_threshold
+    keep = ~both | agree
+    return [p for p, k in zip(pairs, keep.tolist(), strict=True) if k]
 
 
 def _embed_members(path: Path, cols: _Columns, members: list[int], params: _params.Scoped, cache: str | Path):
@@ -299,12 +332,14 @@ def run(
     order = range(n)  # indices are in input order already
     cluster_of = {m: np.full(n, -1, dtype=np.int64) for m in METHODS}  # survivor index per method, -1: unseen
     reason_of: dict[int, tuple[str, str]] = {}
-    extra: dict[str, int] = {}
+    flags_of: dict[int, dict[str, str]] = {}
+    extra: dict[str, int] = {"flagged_minhash_duplicate": 0, "flagged_semantic_duplicate": 0}
+    actions = {"exact": "drop", "minhash": cfg.minhash.action, "semantic": cfg.semantic.action}
 
     def apply(
         method: str, reason: str, members: list[int], pairs: list[tuple[int, int, float]], score: str
     ) -> list[int]:
-        """Cluster `members` by `pairs`, record cluster ids and drops; return the survivors."""
+        """Cluster `members` by `pairs`, record cluster ids and drops (or flags); return the survivors."""
         start = time.perf_counter()
         survivor_of, dropped = clusters(members, pairs, order)
         for m, s in survivor_of.items():
@@ -314,11 +349,17 @@ def run(
             if method != "exact":
                 via = "" if match.neighbor == match.survivor else f" with {ids[match.neighbor]}"
                 detail += f" ({score} {match.score:.3f}{via})"
-            reason_of[m] = (reason, detail)
+            if actions[method] == "flag":
+                flags_of.setdefault(m, {})[reason] = detail
+            else:
+                reason_of[m] = (reason, detail)
         extra[f"{method}_clusters"] = len({match.survivor for match in dropped.values()})  # clusters of 2+
+        if method != "exact":
+            extra[f"flagged_{reason}"] = len(dropped) if actions[method] == "flag" else 0
         took = time.perf_counter() - start
-        log.info("%s: %d pairs, %d dropped (clustered in %.2f s)", method, len(pairs), len(dropped), took)
-        return [m for m in members if m not in dropped]
+        verb = "flagged" if actions[method] == "flag" else "dropped"
+        log.info("%s: %d pairs, %d %s (clustered in %.2f s)", method, len(pairs), len(dropped), verb, took)
+        return members if actions[method] == "flag" else [m for m in members if m not in dropped]
 
     # 1. exact: group by normalized-text hash; pairs link every member to the first of its group.
     first: dict[str, int] = {}
@@ -334,7 +375,7 @@ def run(
     start = time.perf_counter()
     index = NearDuplicateIndex.build_from(cols.sigs, cols.has_words, cfg.minhash, seed)
     mh_members = [i for i in alive if index.has_text[i]]
-    mh_pairs = index.pairs(np.array(mh_members, dtype=np.int64))
+    mh_pairs = _outputs_agree(index.pairs(np.array(mh_members, dtype=np.int64)), cols, cfg.minhash)
     log.info("minhash: LSH index and %d candidate pairs in %.2f s", index.candidates, time.perf_counter() - start)
     alive_mh = apply("minhash", "minhash_duplicate", mh_members, mh_pairs, "jaccard")
     alive = sorted(set(alive_mh) | {i for i in alive if not index.has_text[i]})
@@ -373,7 +414,10 @@ def run(
             for rec in batch:
                 i = int(index_of[position])
                 position += 1
-                meta = {f"{m}_cluster": (ids[c] if (c := int(cluster_of[m][i])) >= 0 else None) for m in METHODS}
+                meta: dict[str, Any] = {
+                    f"{m}_cluster": (ids[c] if (c := int(cluster_of[m][i])) >= 0 else None) for m in METHODS
+                }
+                meta["flags"] = flags_of.get(i, {})
                 rec["meta"] = {**rec["meta"], "dedup": meta}
                 if i in reason_of:
                     reason, detail = reason_of[i]

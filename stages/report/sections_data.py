@@ -187,10 +187,15 @@ def section_rejects(doc: Doc, run: Run, per_reason: int) -> None:
 
 
 def section_flags(doc: Doc, run: Run, per_reason: int) -> None:
-    """Add moderate's flags on kept records: count per flag, and up to `per_reason` flagged records each."""
+    """Add the flags on kept records: count per flag (moderate's and dedup's), and up to `per_reason` records of
+    each of moderate's flags."""
     doc.h(2, "Flagged, kept records")
-    metrics = run.stages.get("moderate") or {}
-    counts = {k.removeprefix("flagged_"): v for k, v in sorted(metrics.items()) if k.startswith("flagged_") and v}
+    counts = {}
+    for stage in ("moderate", "dedup"):
+        metrics = run.stages.get(stage) or {}
+        counts.update(
+            {k.removeprefix("flagged_"): v for k, v in sorted(metrics.items()) if k.startswith("flagged_") and v}
+        )
     if run.flagged is None:
         doc.p(f"No moderated records file ({not_found(run, 'moderated')}).")
         return
@@ -198,9 +203,10 @@ def section_flags(doc: Doc, run: Run, per_reason: int) -> None:
         doc.p("No kept record carries a flag.")
         return
     doc.p(
-        "A rule whose measured precision on real data is below 0.9 flags instead of dropping (`moderate.actions`): "
-        "the record stays in the training data with the reason in `meta.moderate.flags`. Set the rule's action to "
-        f"`drop` to drop them. Up to {per_reason} flagged record{'s' if per_reason != 1 else ''} per flag, in id order."
+        "A rule whose measured precision on real data is below 0.9 flags instead of dropping (`moderate.actions`, "
+        "`dedup.<method>.action`): the record stays in the training data with the reason in `meta.moderate.flags` "
+        "or `meta.dedup.flags`. Set the action to `drop` to drop them. Up to "
+        f"{per_reason} record{'s' if per_reason != 1 else ''} per moderate flag, in id order."
     )
     doc.table(["flag", "kept records"], [[Code(k), fmt_count(v)] for k, v in counts.items()])
     by_flag: dict[str, list[dict]] = defaultdict(list)

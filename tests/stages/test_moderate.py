@@ -503,7 +503,15 @@ def test_cleanlab_near_duplicates_flagged(tmp_path):
     )
     for r in records:
         r["meta"]["moderate"] = {"cleanlab": {}}
-    cfg = load_params(**{"moderate.cleanlab.min_records": 15, "moderate.cleanlab.label_k": 10})
+    # MiniLM and its threshold: the rewording is a pair MiniLM tells apart from the other tasks
+    cfg = load_params(
+        **{
+            "moderate.cleanlab.min_records": 15,
+            "moderate.cleanlab.label_k": 10,
+            "common.embedding.kind": "transformer",
+            "moderate.cleanlab.near_duplicate_threshold": 0.13,
+        }
+    )
     counts = mod.cleanlab_scores(
         records, cfg.moderate.cleanlab, seed=cfg.common.seed, embedding=cfg.common.embedding, cache_dir=tmp_path
     )

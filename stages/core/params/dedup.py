@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 
 from stages.core.params.base import Section
 
 
 class MinHash(Section):
+    action: Literal["drop", "flag"]
     shingle_words: int = Field(gt=0)
     num_permutations: int = Field(gt=0)
     jaccard_threshold: float = Field(gt=0, le=1)
+    output_jaccard_threshold: float = Field(ge=0, le=1)
 
 
 class Ann(Section):
@@ -25,6 +29,7 @@ class Ann(Section):
 
 class Semantic(Section):
     enable: bool
+    action: Literal["drop", "flag"]
     cosine_threshold: float = Field(gt=0, le=1)
     ann: Ann
 

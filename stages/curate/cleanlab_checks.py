@@ -8,9 +8,13 @@ its kind alone: Datalab's outlier check (``outlier_k``, ``outlier_threshold``) a
 records, and its label check on the records of a source that carry a label (pull's ``label_field``), kept only
 where the labels' k-NN vote tells them apart (``min_label_vote_accuracy``).
 
-Scores are rounded to 6 decimals. Datalab gets the grid vectors of :mod:`stages.curate.embed` (the same bytes on
-every CPU) in float64, so its distances differ between BLAS kernels by ~1e-16 only and the 6-decimal scores,
-~1e6 times coarser, are the same on every CPU.
+Scores are rounded to 6 decimals. Datalab never searches neighbours itself (all pairs, O(N² D): hours at
+1M records): :func:`knn_issues` hands it the graph of :func:`stages.curate.knn.knn_graph` (exact below
+``cleanlab.ann.min_records`` records of a source, an IVF index from there on), whose distances are exact
+float64 cosines of the grid vectors of :mod:`stages.curate.embed`, the same bits on every CPU and thread
+count, with ties broken by index. On the exact path the scores and flags equal Datalab's own search
+(:func:`datalab_issues`, ``features=``) to 6 decimals (tests/stages/test_knn.py; 5,000 T0 records in
+benchmarks/results/cleanlab_knn.json).
 """
 
 from __future__ import annotations

@@ -8,9 +8,13 @@ its kind alone: Datalab's outlier check (``outlier_k``, ``outlier_threshold``) a
 records, and its label check on the records of a source that carry a label (pull's ``label_field``), kept only
 where the labels' k-NN vote tells them apart (``min_label_vote_accuracy``).
 
-Scores are rounded to 6 decimals. Datalab gets the grid vectors of :mod:`stages.curate.embed` (the same bytes on
-every CPU) in float64, so its distances differ between BLAS kernels by ~1e-16 only and the 6-decimal scores,
-~1e6 times coarser, are the same on every CPU.
+Scores are rounded to 6 decimals. Datalab never searches neighbours itself (all pairs, O(N² D): hours at
+1M records): :func:`knn_issues` hands it the graph of :func:`stages.curate.knn.knn_graph` (exact below
+``cleanlab.ann.min_records`` records of a source, an IVF index from there on), whose distances are exact
+float64 cosines of the grid vectors of :mod:`stages.curate.embed`, the same bits on every CPU and thread
+count, with ties broken by index. On the exact path the scores and flags equal Datalab's own search
+(:func:`datalab_issues`, ``features=``) to 6 decimals (tests/stages/test_knn.py; 5,000 T0 records in
+benchmarks/results/cleanlab_knn.json).
 """
 
 from __future__ import annotations
@@ -21,36 +25,106 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+from scipy.sparse import csr_matrix
 
-from stages.core.params.moderate import Cleanlab
+from stages.core.params.moderate import Ann, Cleanlab
+from stages.curate.knn import knn_graph
 
 log = logging.getLogger("steep.moderate")
 
 COUNTS = ("flagged_cleanlab_outlier", "flagged_cleanlab_near_duplicate", "flagged_cleanlab_label_issue")
 
 
-def datalab_issues(
-    features: np.ndarray, issue_types: dict[str, dict[str, Any]], labels: list[str] | None, seed: int
-) -> dict[str, Any]:
-    """Datalab's issues table per check of `issue_types` (``{"outlier": {"k": 10}, ...}``) on (N, D) features."""
-    from cleanlab import Datalab
-
-    np.random.seed(seed)  # cleanlab draws from numpy's global generator in places
-    data = {"label": labels} if labels is not None else {"row": list(range(len(features)))}
-    lab = Datalab(data=data, label_name="label" if labels is not None else None, verbosity=0)
+def _run(lab: Any, issue_types: dict[str, dict[str, Any]], **inputs: Any) -> None:
+    """``lab.find_issues(**inputs)`` for `issue_types`, its warnings logged (deprecations left out)."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         # a copy per call: Datalab writes the features into the dicts it is given
-        lab.find_issues(features=features, issue_types={k: dict(v) for k, v in issue_types.items()})
+        lab.find_issues(**inputs, issue_types={k: dict(v) for k, v in issue_types.items()})
     for w in caught:
         # Deprecations are about cleanlab's own use of its libraries (pandas 3 deprecates
         # `rename(inplace=True)`, which cleanlab 2.9 calls), not about the data: left out of the log.
         if not issubclass(w.category, DeprecationWarning | FutureWarning):
             log.warning("cleanlab %s check: %s", "/".join(issue_types), str(w.message).splitlines()[0])
+
+
+def _datalab(n: int, labels: list[str] | None, seed: int) -> Any:
+    from cleanlab import Datalab
+
+    np.random.seed(seed)  # cleanlab draws from numpy's global generator in places
+    data = {"label": labels} if labels is not None else {"row": list(range(n))}
+    return Datalab(data=data, label_name="label" if labels is not None else None, verbosity=0)
+
+
+def _collect(lab: Any, issue_types: dict[str, dict[str, Any]]) -> dict[str, Any]:
     out = {issue: lab.get_issues(issue) for issue in issue_types}
     if "near_duplicate" in issue_types:
         out["near_duplicate_sets"] = lab.get_info("near_duplicate")["near_duplicate_sets"]
     return out
+
+
+def datalab_issues(
+    features: np.ndarray, issue_types: dict[str, dict[str, Any]], labels: list[str] | None, seed: int
+) -> dict[str, Any]:
+    """Datalab's issues table per check of `issue_types` (``{"outlier": {"k": 10}, ...}``) on (N, D) features.
+
+    Datalab searches the neighbours itself (all pairs): the reference :func:`knn_issues` is held to.
+    """
+    lab = _datalab(len(features), labels, seed)
+    _run(lab, issue_types, features=features)
+    return _collect(lab, issue_types)
+
+
+def knn_issues(
+    vectors: np.ndarray, issue_types: dict[str, dict[str, Any]], labels: list[str] | None, ann: Ann, seed: int
+) -> dict[str, Any]:
+    """:func:`datalab_issues` of grid `vectors` (N, D), with the neighbours from :func:`stages.curate.knn.knn_graph`.
+
+    The outlier and near-duplicate checks get a cosine graph of their own k (``knn_graph=``, ``metric``
+    cosine as Datalab picks for D > 3), cut from one graph of the largest k (a row's k nearest are the first
+    k of its k' > k nearest). The label check takes no graph in cleanlab 2.9, only ``features`` (for a
+    ``KNeighborsClassifier`` of k + 1 euclidean neighbours, self included) or ``pred_probs``: it gets the
+    ``pred_probs`` that classifier would give, computed with the same operations from a euclidean graph.
+    """
+    lab = _datalab(len(vectors), labels, seed)
+    graph_checks = {name: check for name, check in issue_types.items() if name != "label"}
+    if graph_checks:
+        widest = knn_graph(vectors, max(c["k"] for c in graph_checks.values()), ann, seed=seed)
+        for name, check in graph_checks.items():
+            _run(lab, {name: {**check, "metric": "cosine"}}, knn_graph=_first(widest, check["k"]))
+    if "label" in issue_types:
+        k = issue_types["label"]["k"]
+        neighbours = knn_graph(vectors, k, ann, seed=seed, metric="euclidean").indices.reshape(len(vectors), k)
+        _run(lab, {"label": issue_types["label"]}, pred_probs=_vote(np.asarray(lab.labels), neighbours))
+    return _collect(lab, issue_types)
+
+
+def _first(graph: csr_matrix, k: int) -> csr_matrix:
+    """The graph of each row's first `k` neighbours (rows sorted nearest first)."""
+    n = graph.shape[0]
+    wide = graph.indptr[1] - graph.indptr[0]
+    if k == wide:
+        return graph
+    data = graph.data.reshape(n, wide)[:, :k].ravel()
+    indices = graph.indices.reshape(n, wide)[:, :k].ravel()
+    return csr_matrix((data, indices, np.arange(0, n * k + 1, k)), shape=(n, n))
+
+
+def _vote(labels: np.ndarray, neighbours: np.ndarray) -> np.ndarray:
+    """Out-of-sample class probabilities (N, C) from each row's k neighbours, as Datalab's label check makes them.
+
+    cleanlab 2.9 (``LabelIssueManager.find_issues``): ``p`` = the class shares among the k + 1 nearest rows,
+    self included (sklearn's ``predict_proba``: counts / (k + 1)), then ``(p - onehot / (k + 1)) * (k + 1) / k``;
+    the same floating-point operations here, so ties between classes fall the same way.
+    """
+    n, k = neighbours.shape
+    classes = int(labels.max()) + 1
+    counts = np.zeros((n, classes))
+    np.add.at(counts, (np.repeat(np.arange(n), k), labels[neighbours].ravel()), 1.0)
+    counts[np.arange(n), labels] += 1.0  # self
+    onehot = np.zeros((n, classes))
+    onehot[np.arange(n), labels] = 1.0
+    return (counts / (k + 1) - 1 / (k + 1) * onehot) * (k + 1) / k
 
 
 def cleanlab_scores(
@@ -97,7 +171,7 @@ def cleanlab_scores(
             for i in idx:
                 scores[i]["skipped"] = note
             continue
-        found = datalab_issues(vectors[idx].astype(np.float64), checks, None, seed)
+        found = knn_issues(vectors[idx], checks, None, cfg.ann, seed)
         out, dup = found["outlier"], found["near_duplicate"]
         for j, i in enumerate(idx):
             row = {
@@ -138,7 +212,7 @@ def _label_check(
     if len(labeled) < cfg.min_records or len(set(given)) < 2:
         note = f"{len(labeled)} labeled records, {len(set(given))} distinct labels (need {cfg.min_records}, 2)"
     else:
-        issues = datalab_issues(vectors[labeled].astype(np.float64), {"label": {"k": cfg.label_k}}, given, seed)
+        issues = knn_issues(vectors[labeled], {"label": {"k": cfg.label_k}}, given, cfg.ann, seed)
         issues = issues["label"]
         predicted = [str(p) for p in issues["predicted_label"]]
         accuracy = sum(p == g for p, g in zip(predicted, given, strict=True)) / len(given)

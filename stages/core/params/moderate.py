@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from stages.core.params.base import Section
+from stages.core.params.dedup import Ann
 
 PII_ENTITIES = ("email", "phone", "credit_card", "ip_address", "api_key")
 # The moderation rules, in the order they run; each is a reason code.
@@ -89,6 +90,9 @@ class Cleanlab(Section):
     near_duplicate_threshold: float = Field(ge=0)
     label_k: int = Field(gt=0)
     min_label_vote_accuracy: float = Field(ge=0, le=1)
+    # The neighbour search (stages.curate.knn): exact below ann.min_records records of a source, from there on
+    # the IVF index of the semantic pass (same schema as dedup.semantic.ann, its own values).
+    ann: Ann
 
     @model_validator(mode="after")
     def _enough_records(self) -> Cleanlab:

@@ -17,8 +17,14 @@ the same run, so the ratio compares implementations on the same machine and load
 
 Run (from the project root)::
 
-    .venv/bin/python benchmarks/scale.py --sizes 55185 --peer ab83f0d
-    .venv/bin/python benchmarks/scale.py --sizes 1000000 --stages pull moderate dedup
+    .venv/bin/python benchmarks/scale.py --sizes 55185 --peer ab83f0d --check-bytes
+    .venv/bin/python benchmarks/scale.py --sizes 1000000
+
+``--check-bytes`` reruns moderate and dedup of the first corpus under each variant the outputs must not
+depend on (1 worker; embedding batch 1 and 64; a warm cache; ``ATEN_CPU_CAPABILITY=default``; the Ray
+executor on a two-node cluster started on 127.0.0.1) and compares the md5 of every output with the run's.
+A cold cache is cold: each project has its own embedding cache and its own user cache (``STEEP_CACHE_HOME``),
+so the static table is distilled in the timed moderate run.
 
 Writes ``benchmarks/results/scale.json`` and prints a table.
 """
@@ -26,6 +32,7 @@ Writes ``benchmarks/results/scale.json`` and prints a table.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import random
@@ -110,10 +117,13 @@ def make_project(code_root: Path, corpus: Path, dest: Path, overrides: dict[str,
     return dest
 
 
-def run_stage(project: Path, stage: str, log: Path) -> dict[str, Any]:
+def run_stage(project: Path, stage: str, log: Path, env_extra: dict[str, str] | None = None) -> dict[str, Any]:
     """Run one stage as a process; its wall time and the peak RSS of its process tree."""
     cmd = [sys.executable, "-m", MODULE[stage], "--params", "params.yaml", *FLAGS[stage]]
     env = {**os.environ, "PYTHONPATH": str(project), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    # a cold cache is cold: the distilled static table too (else it comes from the user's cache)
+    env["STEEP_CACHE_HOME"] = str(project / ".steep_cache" / "user")
+    env.update(env_extra or {})
     start = time.perf_counter()
     with log.open("w", encoding="utf-8") as out:
         proc = subprocess.Popen(cmd, cwd=project, env=env, stdout=out, stderr=subprocess.STDOUT)
@@ -133,6 +143,74 @@ def run_stage(project: Path, stage: str, log: Path) -> dict[str, Any]:
     return {"seconds": round(seconds, 1), "peak_rss_gb": round(peak / 2**30, 2), "metrics": metrics}
 
 
+def md5s(project: Path) -> dict[str, str]:
+    """md5 of every Parquet file the curation stages wrote in `project`."""
+    out = {}
+    for p in sorted((project / "data").rglob("*.parquet")):
+        out[p.relative_to(project).as_posix()] = hashlib.md5(p.read_bytes()).hexdigest()
+    return out
+
+
+def _ray_cluster(work: Path) -> tuple[str, Any]:
+    """A two-node Ray cluster on 127.0.0.1 (one CPU each), for the executor variant; (address, stop)."""
+    sys.path.insert(0, str(ROOT))
+    from tests.stages import _ray
+
+    temp_dir = tempfile.mkdtemp(prefix="steep-ray-", dir="/tmp")
+    return _ray.start(temp_dir), lambda: _ray.stop(temp_dir)
+
+
+def byte_checks(base: Path, work: Path, size: int) -> dict[str, Any]:
+    """Rerun moderate and dedup of the project `base` under each variant; same md5s as the base run?
+
+    Variants: 1 worker (the base uses params.yaml's, every core), embedding batch sizes 1 and 64, a warm
+    embedding cache (the base's, after its run), PyTorch's generic kernels (``ATEN_CPU_CAPABILITY=default``,
+    cold cache), and the Ray executor on a local two-node cluster.
+    """
+    reference = md5s(base)
+    variants: list[tuple[str, dict[str, Any], dict[str, str], bool]] = [
+        ("workers 1", {"common.workers": 1}, {}, False),
+        ("embedding batch 1", {"common.embedding.batch_size": 1}, {}, False),
+        ("embedding batch 64", {"common.embedding.batch_size": 64}, {}, False),
+        ("warm embedding cache", {}, {}, True),
+        ("ATEN_CPU_CAPABILITY=default", {}, {"ATEN_CPU_CAPABILITY": "default"}, False),
+        ("Ray executor (2 nodes)", {"common.executor": {"kind": "ray", "address": None}}, {}, False),
+    ]
+    out: dict[str, Any] = {"records": size, "reference": reference, "variants": {}}
+    for name, overrides, env, warm in variants:
+        project = work / f"check_{name.split()[0].lower()}_{len(out['variants'])}_{size}"
+        shutil.copytree(
+            base, project, ignore=shutil.ignore_patterns("moderated.parquet", "curated.parquet", "rejected")
+        )
+        if not warm:
+            shutil.rmtree(project / ".steep_cache", ignore_errors=True)
+        stop = None
+        params = yaml.safe_load((project / "params.yaml").read_text(encoding="utf-8"))
+        if "Ray" in name:
+            address, stop = _ray_cluster(work)
+            overrides = {"common.executor": {"kind": "ray", "address": address}}
+        for key, value in overrides.items():
+            node = params
+            *path, last = key.split(".")
+            for k in path:
+                node = node[k]
+            node[last] = value
+        (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
+        try:
+            print(f"bytes check, {size} records: {name} ...", flush=True)
+            seconds = {}
+            for stage in ("moderate", "dedup"):
+                seconds[stage] = run_stage(project, stage, project / "logs" / f"{stage}.log", env)["seconds"]
+        finally:
+            if stop is not None:
+                stop()
+        got = md5s(project)
+        same = got == reference
+        out["variants"][name] = {"identical": same, "seconds": seconds, **({} if same else {"md5": got})}
+        print(f"  identical: {same} ({seconds})", flush=True)
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS)
@@ -144,6 +222,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--keep", type=Path, help="keep the projects under this folder (default: a temporary one)")
+    ap.add_argument(
+        "--check-bytes",
+        action="store_true",
+        help="after the first size's run, rerun moderate and dedup under each variant (workers, embedding batch, "
+        "warm cache, another CPU's kernels, Ray) and compare the md5 of every output",
+    )
     args = ap.parse_args(argv)
     if not args.corpus.exists():
         raise SystemExit(f"corpus not found: {args.corpus} (the T0 file is ../shared/data/t0_train_50k.jsonl)")
@@ -178,13 +262,10 @@ def main(argv: list[str] | None = None) -> None:
                 print(f"  {r['seconds']} s, peak {r['peak_rss_gb']} GB, {r['records_per_s']} records/s", flush=True)
             run["total_seconds"] = round(sum(s["seconds"] for s in run["stages"].values()), 1)
             run["peak_rss_gb"] = max(s["peak_rss_gb"] for s in run["stages"].values())
-            run["md5"] = {
-                p.relative_to(project).as_posix(): subprocess.run(
-                    ["md5sum", str(p)], capture_output=True, text=True
-                ).stdout.split()[0]
-                for p in sorted((project / "data").rglob("*.parquet"))
-            }
+            run["md5"] = md5s(project)
             results["runs"].append(run)
+            if args.check_bytes and code_root == ROOT and "bytes" not in results:
+                results["bytes"] = byte_checks(project, work, size)
     print("\n| implementation | records | stage | seconds | peak RSS (GB) | records/s |\n|---|---:|---|---:|---:|---:|")
     for run in results["runs"]:
         for stage, r in run["stages"].items():

@@ -9,8 +9,9 @@ Outputs: ``--out`` (``data/synthetic.parquet``), kept pairs as ``instruction`` r
     ``self_instruct``), the call's content id (16 hex digits), the chunk
     (document id, source file, chunk index) or the seed task ids, and its max ROUGE-L against the pool;
     ``--rejects`` (``data/rejected/synthesize.parquet``): every dropped pair or malformed output with its reason;
-    ``--metrics`` (``metrics/synthesize.json``): prompts, model_calls, cache_hits, pairs_parsed, total, kept,
-    dropped_<reason>, acceptance_rate, new_tokens, tokens_per_s (of this run's model calls; 0 when all were cached).
+    ``--metrics`` (``metrics/synthesize.json``): prompts, pairs_parsed, total, kept, dropped_<reason>,
+    acceptance_rate, kept_documents, kept_self_instruct: numbers of the data only. How many prompts came from the
+    cache, the model calls, new tokens and tokens/s go to the log (they depend on the cache and the machine).
     ``--cache`` (``.steep_cache/synthesize``): one JSON file per generation call, named by its cache key.
 Run: ``dvc repro synthesize`` (= ``python -m stages.curate.synthesize --params params.yaml --in data/curated.parquet
     --model models/chat/base --seed-tasks data/sources/seed_tasks.jsonl --out data/synthetic.parquet
@@ -182,6 +183,13 @@ def run(
             done[call.id] = result
             new_tokens += result["new_tokens"]
         seconds = time.perf_counter() - t0
+        log.info(
+            "generated %d completions, %d new tokens in %.1f s (%.1f tokens/s)",
+            len(missing),
+            new_tokens,
+            seconds,
+            new_tokens / max(seconds, 1e-9),
+        )
 
     pool = [t["instruction"] for t in seeds]
     pool += [r["instruction"] for r in records if r["kind"] in ("instruction", "qa") and r["instruction"]]
@@ -235,14 +243,10 @@ def run(
         len(kept),
         dropped,
         prompts=len(calls),
-        model_calls=len(missing),
-        cache_hits=len(calls) - len(missing),
         pairs_parsed=pairs_parsed,
         acceptance_rate=round(len(kept) / total, 4) if total else 0.0,
         kept_documents=kept_by["documents"],
         kept_self_instruct=kept_by["self_instruct"],
-        new_tokens=new_tokens,
-        tokens_per_s=round(new_tokens / seconds, 1) if seconds else 0.0,
     )
 
 

@@ -4,6 +4,8 @@ random model (cache: zero calls on a rerun, one document's calls after editing i
 from __future__ import annotations
 
 import json
+import logging
+import re
 from pathlib import Path
 from typing import Any
 
@@ -207,14 +209,40 @@ def _params_for(**over: Any) -> Any:
     return _params.load(ROOT / "params.yaml", synthesize.PARAMS, overrides=overrides)
 
 
+class _Lines(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
 def _run(params: Any, curated: Path, model: Path, out: Path, cache: Path) -> dict[str, Any]:
+    """The stage's metrics, with its log's counts beside them: model_calls, cache_hits, new_tokens."""
     out.mkdir(parents=True, exist_ok=True)
-    return synthesize.run(
-        params,
-        inputs={"in": curated, "model": model, "seed_tasks": ROOT / "data/sources/seed_tasks.jsonl"},
-        outputs={"out": out / "synthetic.parquet", "rejects": out / "rejected.parquet"},
-        cache=cache,
-    )
+    handler = _Lines()
+    logger = logging.getLogger("steep.synthesize")
+    logger.addHandler(handler)
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    try:
+        m = synthesize.run(
+            params,
+            inputs={"in": curated, "model": model, "seed_tasks": ROOT / "data/sources/seed_tasks.jsonl"},
+            outputs={"out": out / "synthetic.parquet", "rejects": out / "rejected.parquet"},
+            cache=cache,
+        )
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    assert not {"model_calls", "cache_hits", "new_tokens", "tokens_per_s"} & set(m)  # machine and cache: the log's
+    text = "\n".join(handler.lines)
+    prompts, cached, missing = map(int, re.search(r"(\d+) prompts: (\d+) cached, (\d+) to generate", text).groups())
+    assert prompts == m["prompts"]
+    tokens = re.search(r"generated \d+ completions, (\d+) new tokens in [\d.]+ s \(([\d.]+) tokens/s\)", text)
+    new_tokens, rate = (int(tokens[1]), float(tokens[2])) if tokens else (0, 0.0)
+    return {**m, "model_calls": missing, "cache_hits": cached, "new_tokens": new_tokens, "tokens_per_s": rate}
 
 
 def _counts_add_up(m: dict[str, Any], out: Path) -> None:

@@ -76,25 +76,32 @@ def datalab_issues(
 
 
 def knn_issues(
-    vectors: np.ndarray, issue_types: dict[str, dict[str, Any]], labels: list[str] | None, ann: Ann, seed: int
+    vectors: np.ndarray,
+    issue_types: dict[str, dict[str, Any]],
+    labels: list[str] | None,
+    ann: Ann,
+    seed: int,
+    graph: csr_matrix | None = None,
 ) -> dict[str, Any]:
     """:func:`datalab_issues` of grid `vectors` (N, D), with the neighbours from :func:`stages.curate.knn.knn_graph`.
 
-    The outlier and near-duplicate checks get a cosine graph of their own k (``knn_graph=``, ``metric``
-    cosine as Datalab picks for D > 3), cut from one graph of the largest k (a row's k nearest are the first
-    k of its k' > k nearest). The label check takes no graph in cleanlab 2.9, only ``features`` (for a
-    ``KNeighborsClassifier`` of k + 1 euclidean neighbours, self included) or ``pred_probs``: it gets the
-    ``pred_probs`` that classifier would give, computed with the same operations from a euclidean graph.
+    One cosine graph of the largest k of the checks (or `graph`, one computed before with at least that k)
+    serves every check, each cutting its own k (a row's k nearest are the first k of its k' > k nearest):
+    the outlier and near-duplicate checks get it as ``knn_graph=`` (``metric`` cosine, as Datalab picks for
+    D > 3). The label check takes no graph in cleanlab 2.9, only ``features`` (for a ``KNeighborsClassifier``
+    of k + 1 euclidean neighbours, self included) or ``pred_probs``: it gets the ``pred_probs`` that classifier
+    would give, computed with the same operations from the first k neighbours of the cosine graph (for unit
+    vectors the euclidean order, ``|a - b|² = 2 - 2 cos``, up to ties within the grid's rounding).
     """
     lab = _datalab(len(vectors), labels, seed)
-    graph_checks = {name: check for name, check in issue_types.items() if name != "label"}
-    if graph_checks:
-        widest = knn_graph(vectors, max(c["k"] for c in graph_checks.values()), ann, seed=seed)
-        for name, check in graph_checks.items():
-            _run(lab, {name: {**check, "metric": "cosine"}}, knn_graph=_first(widest, check["k"]))
+    if graph is None:
+        graph = knn_graph(vectors, max(c["k"] for c in issue_types.values()), ann, seed=seed)
+    for name, check in issue_types.items():
+        if name != "label":
+            _run(lab, {name: {**check, "metric": "cosine"}}, knn_graph=_first(graph, check["k"]))
     if "label" in issue_types:
         k = issue_types["label"]["k"]
-        neighbours = knn_graph(vectors, k, ann, seed=seed, metric="euclidean").indices.reshape(len(vectors), k)
+        neighbours = _first(graph, k).indices.reshape(len(vectors), k)
         _run(lab, {"label": issue_types["label"]}, pred_probs=_vote(np.asarray(lab.labels), neighbours))
     return _collect(lab, issue_types)
 
@@ -171,7 +178,11 @@ def cleanlab_scores(
             for i in idx:
                 scores[i]["skipped"] = note
             continue
-        found = knn_issues(vectors[idx], checks, None, cfg.ann, seed)
+        rows = vectors if len(idx) == len(vectors) else vectors[idx]  # one source: no copy
+        all_labeled = all(labels[i] is not None for i in idx)
+        k = max(cfg.outlier_k, cfg.near_duplicate_k, cfg.label_k if all_labeled else 0)
+        graph = knn_graph(rows, min(k, len(idx) - 1), cfg.ann, seed=seed)  # one graph for every check
+        found = knn_issues(rows, checks, None, cfg.ann, seed, graph)
         out, dup = found["outlier"], found["near_duplicate"]
         for j, i in enumerate(idx):
             row = {
@@ -187,7 +198,7 @@ def cleanlab_scores(
             counts["flagged_cleanlab_near_duplicate"] += row["is_near_duplicate"]
         n_out, n_dup = int(out["is_outlier_issue"].sum()), int(dup["is_near_duplicate_issue"].sum())
         summary = f"{n_out} outliers, {n_dup} near-duplicates in {len(idx)} records"
-        _label_check(vectors, idx, labels, cfg, seed, scores, counts, source, summary)
+        _label_check(vectors, idx, labels, cfg, seed, scores, counts, source, summary, graph if all_labeled else None)
     return scores, counts
 
 
@@ -201,8 +212,10 @@ def _label_check(
     counts: dict[str, int],
     source: str,
     summary: str,
+    graph: csr_matrix | None,
 ) -> None:
-    """Datalab's label check over the labeled records of one source (`idx`), into `scores` and `counts`."""
+    """Datalab's label check over the labeled records of one source (`idx`), into `scores` and `counts`; `graph`:
+    the source's cosine graph when every record of it is labeled (else one is computed for the labeled ones)."""
     labeled = [i for i in idx if labels[i] is not None]
     given = [str(labels[i]) for i in labeled]
     if not labeled:
@@ -212,7 +225,8 @@ def _label_check(
     if len(labeled) < cfg.min_records or len(set(given)) < 2:
         note = f"{len(labeled)} labeled records, {len(set(given))} distinct labels (need {cfg.min_records}, 2)"
     else:
-        issues = knn_issues(vectors[labeled], {"label": {"k": cfg.label_k}}, given, cfg.ann, seed)
+        rows = vectors if len(labeled) == len(vectors) else vectors[labeled]
+        issues = knn_issues(rows, {"label": {"k": cfg.label_k}}, given, cfg.ann, seed, graph)
         issues = issues["label"]
         predicted = [str(p) for p in issues["predicted_label"]]
         accuracy = sum(p == g for p, g in zip(predicted, given, strict=True)) / len(given)

@@ -152,6 +152,8 @@ def write_records(path: Path, records: list[Record], schema: pa.Schema = SCHEMA)
 
 # Rows a RecordWriter holds before it writes a sorted run to disk.
 SPILL_ROWS = 1 << 15
+# Rows the merge of the runs holds ahead, over all runs (each run reads its share a batch at a time).
+MERGE_ROWS = 1 << 15
 # Columns of a run file beside the schema's: the sort key's parts that live inside meta.
 _RUN_KEYS = pa.schema([("_source_index", pa.int64()), ("_source_file", pa.string()), ("_row", pa.int64())])
 
@@ -206,7 +208,8 @@ class RecordWriter:
             rows.append(row)
         run = self._tmp / f"run{len(self.runs):05d}.parquet"
         schema = pa.schema(list(self.schema) + list(_RUN_KEYS))
-        pq.write_table(pa.Table.from_pylist(rows, schema=schema), run, compression="lz4")
+        # small row groups: the merge reads a run a row group at a time, so this bounds what it holds per run
+        pq.write_table(pa.Table.from_pylist(rows, schema=schema), run, compression="lz4", row_group_size=1024)
         self.runs.append(run)
         self.buffer = []
 
@@ -220,7 +223,8 @@ class RecordWriter:
             self._spill()
         with parquet_writer(self.path, self.schema) as out:
             group: list[dict[str, Any]] = []
-            for row in heapq.merge(*(_run_rows(run, n) for n, run in enumerate(self.runs))):
+            rows = max(64, MERGE_ROWS // len(self.runs))  # read ahead per run: MERGE_ROWS in all, whatever the runs
+            for row in heapq.merge(*(_run_rows(run, n, rows) for n, run in enumerate(self.runs))):
                 group.append(row[-1])
                 if len(group) == ROW_GROUP_ROWS:
                     out.write_table(pa.Table.from_pylist(group, schema=self.schema))
@@ -238,10 +242,10 @@ class RecordWriter:
         self.runs, self.buffer = [], []
 
 
-def _run_rows(run: Path, number: int) -> Iterator[tuple[Any, ...]]:
-    """The rows of a sorted run as (sort key..., run number, seq, row) tuples, read a batch at a time."""
+def _run_rows(run: Path, number: int, batch_rows: int) -> Iterator[tuple[Any, ...]]:
+    """The rows of a sorted run as (sort key..., run number, seq, row) tuples, read `batch_rows` at a time."""
     seq = 0
-    for batch in pq.ParquetFile(run).iter_batches(batch_size=4096):
+    for batch in pq.ParquetFile(run).iter_batches(batch_size=batch_rows):
         for row in batch.to_pylist():
             key = (row["id"], row.pop("_source_index"), row.pop("_source_file"), row.pop("_row"), row["id"])
             yield (*key, number, seq, row)

@@ -182,35 +182,37 @@ def _read_columns(path: Path, params: _params.Scoped) -> _Columns:
         num_permutations=cfg.minhash.num_permutations,
         seed=params.common.seed,
     )
-    rows = [
-        row
-        for batch in imap_batches(
-            sign,
-            parts(),
-            total=record_count(path),
-            executor=params.common.executor,
-            workers=params.common.workers,
-            label="dedup keys and minhash signatures",
-            log=log,
-        )
-        for row in batch
-    ]
-    perm = sorted(range(len(ids)), key=order.__getitem__)  # file order (by id) -> input order
-    n, p = len(ids), cfg.minhash.num_permutations
+    n, p = record_count(path), cfg.minhash.num_permutations
+    # file order first, filled a batch at a time: no Python object per record beside its key
     sigs = np.empty((n, p), dtype=np.uint32)
     out_sigs = np.empty((n, p), dtype=np.uint32)
-    for i, j in enumerate(perm):
-        sigs[i] = rows[j][3]
-        out_sigs[i] = rows[j][4]
+    flags = np.zeros((n, 3), dtype=bool)  # has_words, has_emb_text, has_output
+    keys: list[str] = []
+    batches = imap_batches(
+        sign,
+        parts(),
+        total=n,
+        executor=params.common.executor,
+        workers=params.common.workers,
+        label="dedup keys and minhash signatures",
+        log=log,
+    )
+    for batch in batches:
+        lo = len(keys)
+        for j, (key, has_words, has_emb, sig, out_sig, has_out) in enumerate(batch, start=lo):
+            keys.append(key)
+            sigs[j], out_sigs[j] = sig, out_sig
+            flags[j] = (has_words, has_emb, has_out)
+    perm = np.array(sorted(range(n), key=order.__getitem__), dtype=np.int64)  # input order -> file row
     return _Columns(
         ids=[ids[j] for j in perm],
-        keys=[rows[j][0] for j in perm],
-        has_words=np.array([rows[j][1] for j in perm], dtype=bool),
-        has_emb_text=np.array([rows[j][2] for j in perm], dtype=bool),
-        sigs=sigs,
-        out_sigs=out_sigs,
-        has_output=np.array([rows[j][5] for j in perm], dtype=bool),
-        position=np.array(perm, dtype=np.int64),
+        keys=[keys[j] for j in perm],
+        has_words=flags[perm, 0],
+        has_emb_text=flags[perm, 1],
+        sigs=sigs[perm],
+        out_sigs=out_sigs[perm],
+        has_output=flags[perm, 2],
+        position=perm,
     )
 
 

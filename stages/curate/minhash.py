@@ -3,7 +3,8 @@
 A shared module, not a stage: the dedup stage uses it for its exact and MinHash passes and for reference
 overlap, and ``benchmarks/dedup_near_duplicates.py`` measures it against plain datasketch.
 Signatures are computed for all documents at once with numpy, equal value for value to datasketch's
-``MinHash`` (``affine32`` scheme) fed every shingle; candidate pairs come from datasketch's ``MinHashLSH``.
+``MinHash`` (``affine32`` scheme) fed every shingle; candidate pairs come from the banding of datasketch's
+``MinHashLSH``, kept in numpy arrays (:class:`NearDuplicateIndex`).
 """
 
 from __future__ import annotations
@@ -154,47 +155,75 @@ def lean_minhash(signature: np.ndarray, seed: int) -> LeanMinHash:
     return LeanMinHash(seed=seed, hashvalues=signature, scheme="affine32")
 
 
+def lsh_bands(threshold: float, num_permutations: int) -> tuple[int, int]:
+    """(bands, rows per band) of datasketch's ``MinHashLSH`` for this threshold (its false positive and negative
+    weights 0.5 each): the same banding, hence the same candidate pairs."""
+    lsh = MinHashLSH(threshold=threshold, num_perm=num_permutations)
+    return lsh.b, lsh.r
+
+
+def _band_keys(sigs: np.ndarray, band: int, rows: int) -> np.ndarray:
+    """(N,) opaque keys of one band of signatures (N, P): equal exactly when the band's values are equal."""
+    part = np.ascontiguousarray(sigs[:, band * rows : (band + 1) * rows])
+    return part.view(np.dtype((np.void, part.dtype.itemsize * rows))).ravel()
+
+
 @dataclass
 class NearDuplicateIndex:
-    """MinHash signatures of a set of documents and datasketch's LSH index over them."""
+    """MinHash signatures of a set of documents and an LSH index over them, in numpy.
+
+    The banding is datasketch's ``MinHashLSH`` (:func:`lsh_bands`): two documents are candidates when all the
+    values of one band of their signatures are equal, as datasketch's hash tables decide (its band keys are the
+    bands' bytes). Here each band is a sort of the (N,) band keys, so the index holds integer arrays, not a
+    Python object per document and band (1M documents: ~100 MB against several GB).
+    """
 
     sigs: np.ndarray  # (N, P) uint32
     has_text: np.ndarray  # (N,) bool: documents with at least one shingle (the only ones indexed)
-    lsh: MinHashLSH
-    lean: dict[int, LeanMinHash]  # the indexed sketches, by document index
-    seed: int
+    bands: int
+    rows: int
+    order: list[np.ndarray]  # per band: indexed documents sorted by their band key
+    sorted_keys: list[np.ndarray]  # per band: the band keys in that order
     threshold: float
     candidates: int = 0
 
     @classmethod
     def build_from(cls, sigs: np.ndarray, has_text: np.ndarray, params: MinHashParams, seed: int) -> NearDuplicateIndex:
-        """Index precomputed signatures (N, P) of the documents where `has_text` is set."""
-        lsh = MinHashLSH(threshold=params.jaccard_threshold, num_perm=params.num_permutations)
-        lean = {int(i): lean_minhash(sigs[i], seed) for i in np.flatnonzero(has_text)}
-        with lsh.insertion_session() as session:
-            for i, sketch in lean.items():
-                session.insert(i, sketch, check_duplication=False)
-        return cls(sigs, has_text, lsh, lean, seed, params.jaccard_threshold)
-
-    def query(self, sketch: LeanMinHash) -> list[int]:
-        """Indexed documents whose LSH bands collide with `sketch`, sorted."""
-        return sorted(self.lsh.query(sketch))
+        """Index precomputed signatures (N, P) of the documents where `has_text` is set (`seed`: unused, kept for
+        the callers' signature; the signatures hold it)."""
+        del seed
+        bands, rows = lsh_bands(params.jaccard_threshold, params.num_permutations)
+        indexed = np.flatnonzero(has_text)
+        order, sorted_keys = [], []
+        for band in range(bands):
+            keys = _band_keys(sigs[indexed], band, rows)
+            perm = np.argsort(keys, kind="stable")
+            order.append(indexed[perm])
+            sorted_keys.append(keys[perm])
+        return cls(sigs, has_text, bands, rows, order, sorted_keys, params.jaccard_threshold)
 
     def pairs(self, members: np.ndarray) -> list[tuple[int, int, float]]:
-        """Verified near-duplicate pairs ``(i, j, jaccard)``, i < j, among `members` (document indices)."""
+        """Verified near-duplicate pairs ``(i, j, jaccard)``, i < j, among `members` (document indices), in
+        (i, j) order; ``candidates`` counts the distinct colliding pairs."""
         allowed = np.zeros(len(self.sigs), dtype=bool)
         allowed[members] = True
-        cand_i: list[int] = []
-        cand_j: list[int] = []
-        for i in members:
-            if not self.has_text[i]:
+        found: list[np.ndarray] = []
+        n = np.int64(len(self.sigs))
+        for docs, keys in zip(self.order, self.sorted_keys, strict=True):
+            keep = allowed[docs]
+            docs, keys = docs[keep], keys[keep]
+            if len(docs) < 2:
                 continue
-            for j in self.query(self.lean[int(i)]):
-                if j > i and allowed[j]:
-                    cand_i.append(int(i))
-                    cand_j.append(j)
-        self.candidates += len(cand_i)
-        return self._verify(np.array(cand_i, dtype=np.int64), self.sigs[cand_i], np.array(cand_j, dtype=np.int64))
+            starts = np.flatnonzero(np.concatenate([[True], keys[1:] != keys[:-1]]))
+            sizes = np.diff(np.concatenate([starts, [len(docs)]]))
+            for start, size in zip(starts[sizes > 1], sizes[sizes > 1], strict=True):
+                group = np.sort(docs[start : start + size])
+                i, j = np.triu_indices(size, 1)
+                found.append(group[i] * n + group[j])
+        codes = np.unique(np.concatenate(found)) if found else np.zeros(0, dtype=np.int64)
+        self.candidates += len(codes)
+        left, right = codes // n, codes % n
+        return self._verify(left, self.sigs[left], right)
 
     def _verify(self, left: np.ndarray, left_sigs: np.ndarray, right: np.ndarray) -> list[tuple[int, int, float]]:
         if len(left) == 0:
@@ -203,10 +232,19 @@ class NearDuplicateIndex:
         ok = jac >= self.threshold
         return [(int(i), int(j), float(s)) for i, j, s in zip(left[ok], right[ok], jac[ok], strict=True)]
 
+    def query(self, signature: np.ndarray) -> list[int]:
+        """Indexed documents whose LSH bands collide with `signature`'s, sorted."""
+        hits: set[int] = set()
+        for band, (docs, keys) in enumerate(zip(self.order, self.sorted_keys, strict=True)):
+            key = _band_keys(signature[None, :], band, self.rows)[0]
+            lo, hi = np.searchsorted(keys, key, side="left"), np.searchsorted(keys, key, side="right")
+            hits.update(docs[lo:hi].tolist())
+        return sorted(hits)
+
     def matches(self, signature: np.ndarray, members: np.ndarray) -> list[tuple[int, float]]:
         """Indexed documents among `members` whose estimated Jaccard with `signature` reaches the threshold."""
         allowed = set(members.tolist())
-        cands = np.array([j for j in self.query(lean_minhash(signature, self.seed)) if j in allowed], dtype=np.int64)
+        cands = np.array([j for j in self.query(signature) if j in allowed], dtype=np.int64)
         if len(cands) == 0:
             return []
         found = self._verify(cands, np.broadcast_to(signature, (len(cands), len(signature))), cands)

@@ -317,6 +317,39 @@ def test_signatures_equal_datasketch() -> None:
         assert np.array_equal(ref.hashvalues, sigs[i])
 
 
+def test_lsh_candidates_equal_datasketch() -> None:
+    """The numpy banding finds exactly the pairs datasketch's MinHashLSH does (queries of every member)."""
+    from datasketch import MinHashLSH
+
+    rng = np.random.default_rng(3)
+    params = load_params().dedup.minhash
+    # 300 documents: families of near-copies (a few shingles changed) and loners; a third with no text
+    base = [[f"w{rng.integers(0, 10**6)}" for _ in range(40)] for _ in range(60)]
+    docs = []
+    for _ in range(300):
+        words = list(base[rng.integers(0, 60)])
+        for _ in range(rng.integers(0, 4)):
+            words[rng.integers(0, 40)] = f"x{rng.integers(0, 10**6)}"
+        docs.append(" ".join(words))
+    sigs, has_text = minhash.signatures_of(docs, params, 1234)
+    has_text[::3] = False
+    index = minhash.NearDuplicateIndex.build_from(sigs, has_text, params, 1234)
+    members = np.array([i for i in range(300) if i % 5 and has_text[i]], dtype=np.int64)
+    ours = index.pairs(members)
+    lsh = MinHashLSH(threshold=params.jaccard_threshold, num_perm=params.num_permutations)
+    for i in np.flatnonzero(has_text):
+        lsh.insert(int(i), minhash.lean_minhash(sigs[i], 1234))
+    allowed = set(members.tolist())
+    theirs = sorted(
+        (int(i), j) for i in members for j in lsh.query(minhash.lean_minhash(sigs[i], 1234)) if j > i and j in allowed
+    )
+    assert index.candidates == len(theirs) > 50
+    jac = {(i, j): float((sigs[i] == sigs[j]).mean()) for i, j in theirs}
+    assert ours == [(i, j, jac[i, j]) for i, j in theirs if jac[i, j] >= params.jaccard_threshold]
+    for r in (0, 7, 11):  # queries of outside signatures
+        assert index.query(sigs[r]) == sorted(lsh.query(minhash.lean_minhash(sigs[r], 1234)))
+
+
 # --- determinism ---------------------------------------------------------------
 
 

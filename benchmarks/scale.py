@@ -160,8 +160,8 @@ def _ray_cluster(work: Path) -> tuple[str, Any]:
     return _ray.start(temp_dir), lambda: _ray.stop(temp_dir)
 
 
-def byte_checks(base: Path, work: Path, size: int) -> dict[str, Any]:
-    """Rerun moderate and dedup of the project `base` under each variant; same md5s as the base run?
+def byte_checks(base: Path, work: Path, size: int, out: dict[str, Any], checkpoint: Any = None) -> None:
+    """Rerun moderate and dedup of the project `base` under each variant; same md5s as the base run? (into `out`)
 
     Variants: 1 worker (the base uses params.yaml's, every core), embedding batch sizes 1 and 64, a warm
     embedding cache (the base's, after its run), PyTorch's generic kernels (``ATEN_CPU_CAPABILITY=default``,
@@ -176,7 +176,7 @@ def byte_checks(base: Path, work: Path, size: int) -> dict[str, Any]:
         ("ATEN_CPU_CAPABILITY=default", {}, {"ATEN_CPU_CAPABILITY": "default"}, False),
         ("Ray executor (2 nodes)", {"common.executor": {"kind": "ray", "address": None}}, {}, False),
     ]
-    out: dict[str, Any] = {"records": size, "reference": reference, "variants": {}}
+    out.update(records=size, reference=reference, variants={})
     for name, overrides, env, warm in variants:
         project = work / f"check_{name.split()[0].lower()}_{len(out['variants'])}_{size}"
         shutil.copytree(
@@ -207,8 +207,9 @@ def byte_checks(base: Path, work: Path, size: int) -> dict[str, Any]:
         got = md5s(project)
         same = got == reference
         out["variants"][name] = {"identical": same, "seconds": seconds, **({} if same else {"md5": got})}
+        if checkpoint is not None:
+            checkpoint()
         print(f"  identical: {same} ({seconds})", flush=True)
-    return out
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -258,14 +259,17 @@ def main(argv: list[str] | None = None) -> None:
                 print(f"{name}, {size} records: {stage} ...", flush=True)
                 r = run_stage(project, stage, project / "logs" / f"{stage}.log")
                 r["records_per_s"] = round(r["metrics"].get("total", size) / max(r["seconds"], 1e-9), 1)
+                r["phases"] = phase_lines(project / "logs" / f"{stage}.log")
                 run["stages"][stage] = r
                 print(f"  {r['seconds']} s, peak {r['peak_rss_gb']} GB, {r['records_per_s']} records/s", flush=True)
             run["total_seconds"] = round(sum(s["seconds"] for s in run["stages"].values()), 1)
             run["peak_rss_gb"] = max(s["peak_rss_gb"] for s in run["stages"].values())
             run["md5"] = md5s(project)
             results["runs"].append(run)
+            save(results, args.out)  # after each run: a long benchmark stopped later keeps what it measured
             if args.check_bytes and code_root == ROOT and "bytes" not in results:
-                results["bytes"] = byte_checks(project, work, size)
+                results["bytes"] = {}
+                byte_checks(project, work, size, results["bytes"], lambda: save(results, args.out))
     print("\n| implementation | records | stage | seconds | peak RSS (GB) | records/s |\n|---|---:|---|---:|---:|---:|")
     for run in results["runs"]:
         for stage, r in run["stages"].items():
@@ -275,12 +279,25 @@ def main(argv: list[str] | None = None) -> None:
             )
         total, peak = run["total_seconds"], run["peak_rss_gb"]
         print(f"| {run['implementation']} | {run['records']} | **total** | {total} | {peak} | |")
-    for m in results["runs"]:
-        for stage in m["stages"]:
-            m["stages"][stage].pop("metrics")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    save(results, args.out)
     print(f"\nwrote {args.out}")
+
+
+def save(results: dict[str, Any], path: Path) -> None:
+    """Write the results so far (stage metrics left out: the projects keep them)."""
+    out = json.loads(json.dumps(results))
+    for run in out["runs"]:
+        for stage in run["stages"].values():
+            stage.pop("metrics", None)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(out, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def phase_lines(log: Path) -> list[str]:
+    """The stage log's per-phase timing lines (records in N s, records/s; cleanlab; pairs; embeddings)."""
+    keep = (" in ", "embeddings (", "pairs,")
+    lines = log.read_text(encoding="utf-8", errors="replace").splitlines() if log.exists() else []
+    return [ln for ln in lines if ln.startswith("steep") and any(k in ln for k in keep) and "params" not in ln]
 
 
 if __name__ == "__main__":

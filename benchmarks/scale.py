@@ -41,6 +41,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -160,7 +161,12 @@ def _ray_cluster(work: Path) -> tuple[str, Any]:
     return _ray.start(temp_dir), lambda: _ray.stop(temp_dir)
 
 
-def byte_checks(base: Path, work: Path, size: int, out: dict[str, Any], checkpoint: Any = None) -> None:
+VARIANTS = ("workers", "batch1", "batch64", "warm", "aten", "ray")
+
+
+def byte_checks(
+    base: Path, work: Path, size: int, out: dict[str, Any], checkpoint: Any = None, only: Sequence[str] = VARIANTS
+) -> None:
     """Rerun moderate and dedup of the project `base` under each variant; same md5s as the base run? (into `out`)
 
     Variants: 1 worker (the base uses params.yaml's, every core), embedding batch sizes 1 and 64, a warm
@@ -176,7 +182,9 @@ def byte_checks(base: Path, work: Path, size: int, out: dict[str, Any], checkpoi
         ("ATEN_CPU_CAPABILITY=default", {}, {"ATEN_CPU_CAPABILITY": "default"}, False),
         ("Ray executor (2 nodes)", {"common.executor": {"kind": "ray", "address": None}}, {}, False),
     ]
-    out.update(records=size, reference=reference, variants={})
+    variants = [v for key, v in zip(VARIANTS, variants, strict=True) if key in only]
+    out.setdefault("variants", {})
+    out.update(records=size, reference=reference)
     for name, overrides, env, warm in variants:
         project = work / f"check_{name.split()[0].lower()}_{len(out['variants'])}_{size}"
         shutil.copytree(
@@ -229,9 +237,25 @@ def main(argv: list[str] | None = None) -> None:
         help="after the first size's run, rerun moderate and dedup under each variant (workers, embedding batch, "
         "warm cache, another CPU's kernels, Ray) and compare the md5 of every output",
     )
+    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS, help="the byte checks to run")
+    ap.add_argument(
+        "--check-project",
+        type=Path,
+        help="run only the byte checks, against this project of an earlier run (its outputs are the reference); "
+        "results go into --out's 'bytes' beside what is there",
+    )
     args = ap.parse_args(argv)
     if not args.corpus.exists():
         raise SystemExit(f"corpus not found: {args.corpus} (the T0 file is ../shared/data/t0_train_50k.jsonl)")
+    if args.check_project:
+        results = json.loads(args.out.read_text(encoding="utf-8")) if args.out.exists() else {"runs": []}
+        results.setdefault("bytes", {})
+        size = scale_size(args.check_project)
+        byte_checks(
+            args.check_project, args.check_project.parent, size, results["bytes"], lambda: save(results, args.out),
+            args.variants,
+        )  # fmt: skip
+        return
     overrides = dict(kv.split("=", 1) for kv in args.set)
     work = args.keep or Path(tempfile.mkdtemp(prefix="steep-scale-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -269,7 +293,7 @@ def main(argv: list[str] | None = None) -> None:
             save(results, args.out)  # after each run: a long benchmark stopped later keeps what it measured
             if args.check_bytes and code_root == ROOT and "bytes" not in results:
                 results["bytes"] = {}
-                byte_checks(project, work, size, results["bytes"], lambda: save(results, args.out))
+                byte_checks(project, work, size, results["bytes"], lambda: save(results, args.out), args.variants)
     print("\n| implementation | records | stage | seconds | peak RSS (GB) | records/s |\n|---|---:|---|---:|---:|---:|")
     for run in results["runs"]:
         for stage, r in run["stages"].items():
@@ -281,6 +305,11 @@ def main(argv: list[str] | None = None) -> None:
         print(f"| {run['implementation']} | {run['records']} | **total** | {total} | {peak} | |")
     save(results, args.out)
     print(f"\nwrote {args.out}")
+
+
+def scale_size(project: Path) -> int:
+    """Records of an earlier run's project (from its pull metrics)."""
+    return int(json.loads((project / "metrics" / "pull.json").read_text(encoding="utf-8"))["total"])
 
 
 def save(results: dict[str, Any], path: Path) -> None:
@@ -295,7 +324,7 @@ def save(results: dict[str, Any], path: Path) -> None:
 
 def phase_lines(log: Path) -> list[str]:
     """The stage log's per-phase timing lines (records in N s, records/s; cleanlab; pairs; embeddings)."""
-    keep = (" in ", "embeddings (", "pairs,")
+    keep = (" in ", "embeddings (", "pairs,", "distilling static embeddings:")
     lines = log.read_text(encoding="utf-8", errors="replace").splitlines() if log.exists() else []
     return [ln for ln in lines if ln.startswith("steep") and any(k in ln for k in keep) and "params" not in ln]
 

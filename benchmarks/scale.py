@@ -161,7 +161,7 @@ def _ray_cluster(work: Path) -> tuple[str, Any]:
     return _ray.start(temp_dir), lambda: _ray.stop(temp_dir)
 
 
-VARIANTS = ("workers", "batch1", "batch64", "warm", "aten", "ray")
+VARIANTS = ("workers", "batch1", "batch64", "warm", "aten", "avx2", "ray")
 
 
 def byte_checks(
@@ -171,7 +171,7 @@ def byte_checks(
 
     Variants: 1 worker (the base uses params.yaml's, every core), embedding batch sizes 1 and 64, a warm
     embedding cache (the base's, after its run), PyTorch's generic kernels (``ATEN_CPU_CAPABILITY=default``,
-    cold cache), and the Ray executor on a local two-node cluster.
+    cold cache), ``avx2`` likewise, and the Ray executor on a local two-node cluster.
     """
     reference = md5s(base)
     variants: list[tuple[str, dict[str, Any], dict[str, str], bool]] = [
@@ -180,6 +180,7 @@ def byte_checks(
         ("embedding batch 64", {"common.embedding.batch_size": 64}, {}, False),
         ("warm embedding cache", {}, {}, True),
         ("ATEN_CPU_CAPABILITY=default", {}, {"ATEN_CPU_CAPABILITY": "default"}, False),
+        ("ATEN_CPU_CAPABILITY=avx2", {}, {"ATEN_CPU_CAPABILITY": "avx2"}, False),
         ("Ray executor (2 nodes)", {"common.executor": {"kind": "ray", "address": None}}, {}, False),
     ]
     variants = [v for key, v in zip(VARIANTS, variants, strict=True) if key in only]

@@ -280,6 +280,8 @@ def main(argv: list[str] | None = None) -> None:
             )  # fmt: skip
             (project / "logs").mkdir(exist_ok=True)
             run: dict[str, Any] = {"implementation": name, "records": size, "stages": {}}
+            common = yaml.safe_load((project / "params.yaml").read_text(encoding="utf-8")).get("common", {})
+            run["workers"] = common.get("workers", 1) or os.cpu_count()  # 0: every core; absent: one process
             for stage in args.stages:
                 print(f"{name}, {size} records: {stage} ...", flush=True)
                 r = run_stage(project, stage, project / "logs" / f"{stage}.log")

@@ -30,8 +30,6 @@ import json
 import logging
 import resource
 import sys
-import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -41,6 +39,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import _measure  # noqa: E402
 import _t0  # noqa: E402
 
 from stages.core import params as _params  # noqa: E402
@@ -50,30 +49,10 @@ from stages.curate import cleanlab_checks, embed, knn  # noqa: E402
 SEED = 1234
 
 
-def rss() -> int:
-    """Resident memory of this process, bytes."""
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * 4096
-
-
 def measured(fn: Callable[[], Any]) -> tuple[Any, float, float]:
-    """``fn()``, its wall time (s) and its peak resident memory above the start (MiB, sampled every 5 ms)."""
-    base = peak = rss()
-    done = threading.Event()
-
-    def sample() -> None:
-        nonlocal peak
-        while not done.wait(0.005):
-            peak = max(peak, rss())
-
-    t = threading.Thread(target=sample, daemon=True)
-    t.start()
-    start = time.perf_counter()
-    out = fn()
-    wall = time.perf_counter() - start
-    done.set()
-    t.join()
-    return out, round(wall, 1), round((max(peak, rss()) - base) / 2**20)
+    """:func:`_measure.measured`, rounded: seconds to 0.1, MiB to 1."""
+    out, wall, mib = _measure.measured(fn)
+    return out, round(wall, 1), round(mib)
 
 
 def flags(vectors_n: int, graph, cfg) -> dict[str, np.ndarray]:

@@ -38,9 +38,7 @@ import json
 import logging
 import random
 import sys
-import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +49,7 @@ sys.path.insert(0, str(ROOT))
 
 import _t0  # noqa: E402
 import yaml  # noqa: E402
+from _measure import measured  # noqa: E402
 
 from stages.core.params.common import Embedding  # noqa: E402
 from stages.core.params.dedup import Semantic  # noqa: E402
@@ -136,32 +135,6 @@ def vectors(args: argparse.Namespace, texts: list[str], embedding: Embedding) ->
     logging.info("embedded %d texts in %.0f s (%s)", len(texts), time.monotonic() - start, args.embedder)
     np.save(path, emb)
     return emb
-
-
-def rss() -> int:
-    """Resident memory of this process, bytes."""
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * 4096
-
-
-def measured(fn: Callable[[], Any]) -> tuple[Any, float, float]:
-    """``fn()``, its wall time (s) and its peak resident memory above the start (MiB, sampled every 5 ms)."""
-    base = peak = rss()
-    done = threading.Event()
-
-    def sample() -> None:
-        nonlocal peak
-        while not done.wait(0.005):
-            peak = max(peak, rss())
-
-    t = threading.Thread(target=sample, daemon=True)
-    t.start()
-    start = time.perf_counter()
-    out = fn()
-    wall = time.perf_counter() - start
-    done.set()
-    t.join()
-    return out, wall, (max(peak, rss()) - base) / 2**20
 
 
 def dropped(n: int, pairs: list[tuple[int, int, float]]) -> set[int]:

@@ -17,6 +17,15 @@ DEFAULT_CORPUS = ROOT.parent / "shared" / "data" / "t0_train_50k.jsonl"
 SUFFIX = "<|endoftext|>"
 
 
+def require(corpus: Path) -> None:
+    """Stop with what to pass when the corpus file is not there."""
+    if not corpus.exists():
+        raise SystemExit(
+            f"corpus {corpus} is absent (default: ../shared/data/t0_train_50k.jsonl from the project root): "
+            "pass --corpus PATH to the T0 JSONL (fields template, prompt, completion; one record per line)"
+        )
+
+
 def lines(corpus: Path) -> list[str]:
     """The corpus's non-empty lines, split on "\\n" only: prompts hold U+2028 and friends, which
     str.splitlines() would split on."""

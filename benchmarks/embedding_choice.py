@@ -273,11 +273,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--sample", type=int, default=3000, help="T0 records for the cleanlab comparison")
     ap.add_argument("--seed", type=int, default=0, help="seed of the T0 samples")
     args = ap.parse_args(argv)
-    if not args.corpus.exists():
-        raise SystemExit(
-            f"corpus {args.corpus} is absent (default: ../shared/data/t0_train_50k.jsonl from the project root): "
-            "pass --corpus PATH to the T0 JSONL (fields template, prompt, completion; one record per line)"
-        )
+    _t0.require(args.corpus)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("steep").setLevel(logging.WARNING)
     params = _params.load(ROOT / "params.yaml", [*dedup.PARAMS])

@@ -374,11 +374,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--review-cleanlab", type=Path, help="write cleanlab flags without a verdict here, to read")
     ap.add_argument("--skip-planted", action="store_true", help="leave out the planted corpus (dedup stage runs)")
     args = ap.parse_args(argv)
-    if not args.corpus.exists():
-        raise SystemExit(
-            f"corpus {args.corpus} is absent (default: ../shared/data/t0_train_50k.jsonl from the project root): "
-            "pass --corpus PATH to the T0 JSONL (fields template, prompt, completion; one record per line)"
-        )
+    _t0.require(args.corpus)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("steep").setLevel(logging.WARNING)
     sweep = sorted({*args.sweep, *args.candidates})

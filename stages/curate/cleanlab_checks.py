@@ -32,6 +32,10 @@ from stages.curate.knn import knn_graph
 
 log = logging.getLogger("steep.moderate")
 
+# Labeled records x classes the label check holds densely at once (cleanlab takes dense class probabilities):
+# 2^24 cells = 128 MiB a float64 copy, of which cleanlab makes a few. Above it, :func:`_label_issues` chunks.
+LABEL_CELLS = 1 << 24
+
 COUNTS = ("flagged_cleanlab_outlier", "flagged_cleanlab_near_duplicate", "flagged_cleanlab_label_issue")
 
 
@@ -117,20 +121,22 @@ def _first(graph: csr_matrix, k: int) -> csr_matrix:
     return csr_matrix((data, indices, np.arange(0, n * k + 1, k)), shape=(n, n))
 
 
-def _vote(labels: np.ndarray, neighbours: np.ndarray) -> np.ndarray:
+def _vote(labels: np.ndarray, neighbours: np.ndarray, rows: np.ndarray | None = None, classes: int = 0) -> np.ndarray:
     """Out-of-sample class probabilities (N, C) from each row's k neighbours, as Datalab's label check makes them.
 
     cleanlab 2.9 (``LabelIssueManager.find_issues``): ``p`` = the class shares among the k + 1 nearest rows,
     self included (sklearn's ``predict_proba``: counts / (k + 1)), then ``(p - onehot / (k + 1)) * (k + 1) / k``;
-    the same floating-point operations here, so ties between classes fall the same way.
+    the same floating-point operations here, so ties between classes fall the same way. `neighbours` holds the
+    rows `rows` of the graph (all rows when None); `classes`: C (at least the labels' largest code + 1).
     """
     n, k = neighbours.shape
-    classes = int(labels.max()) + 1
+    own = labels if rows is None else labels[rows]
+    classes = max(classes, int(labels.max()) + 1)
     counts = np.zeros((n, classes))
     np.add.at(counts, (np.repeat(np.arange(n), k), labels[neighbours].ravel()), 1.0)
-    counts[np.arange(n), labels] += 1.0  # self
+    counts[np.arange(n), own] += 1.0  # self
     onehot = np.zeros((n, classes))
-    onehot[np.arange(n), labels] = 1.0
+    onehot[np.arange(n), own] = 1.0
     return (counts / (k + 1) - 1 / (k + 1) * onehot) * (k + 1) / k
 
 
@@ -215,21 +221,27 @@ def _label_check(
     graph: csr_matrix | None,
 ) -> None:
     """Datalab's label check over the labeled records of one source (`idx`), into `scores` and `counts`; `graph`:
-    the source's cosine graph when every record of it is labeled (else one is computed for the labeled ones)."""
+    the source's cosine graph when every record of it is labeled (else one is computed for the labeled ones).
+
+    The vote's accuracy is taken from each row's k labels (:func:`_predicted`), so a check that is skipped never
+    builds the dense (records x classes) class probabilities; a check that runs gets them a chunk at a time
+    (:func:`_label_issues`).
+    """
     labeled = [i for i in idx if labels[i] is not None]
     given = [str(labels[i]) for i in labeled]
     if not labeled:
         log.info("cleanlab: %s: %s (no labels)", source, summary)
         return
     note = ""
-    if len(labeled) < cfg.min_records or len(set(given)) < 2:
-        note = f"{len(labeled)} labeled records, {len(set(given))} distinct labels (need {cfg.min_records}, 2)"
+    classes, codes = np.unique(np.array(given, dtype=object).astype(str), return_inverse=True)  # Datalab's map
+    if len(labeled) < cfg.min_records or len(classes) < 2:
+        note = f"{len(labeled)} labeled records, {len(classes)} distinct labels (need {cfg.min_records}, 2)"
     else:
         rows = vectors if len(labeled) == len(vectors) else vectors[labeled]
-        issues = knn_issues(rows, {"label": {"k": cfg.label_k}}, given, cfg.ann, seed, graph)
-        issues = issues["label"]
-        predicted = [str(p) for p in issues["predicted_label"]]
-        accuracy = sum(p == g for p, g in zip(predicted, given, strict=True)) / len(given)
+        if graph is None:
+            graph = knn_graph(rows, cfg.label_k, cfg.ann, seed=seed)
+        neighbours = _first(graph, cfg.label_k).indices.reshape(len(labeled), cfg.label_k)
+        accuracy = float((_predicted(codes, neighbours) == codes).mean())
         if accuracy < cfg.min_label_vote_accuracy:
             note = (
                 f"the {cfg.label_k}-NN vote predicts the given label for {accuracy:.3f} of the records "
@@ -240,8 +252,68 @@ def _label_check(
         for i in labeled:
             scores[i]["skipped"] = f"label check: {note}"
         return
-    for i, score, flag, pred in zip(labeled, issues["label_score"], issues["is_label_issue"], predicted, strict=True):
-        scores[i].update({"label_score": round(float(score), 6), "is_label_issue": bool(flag), "predicted_label": pred})
-        counts["flagged_cleanlab_label_issue"] += bool(flag)
-    n_label = int(issues["is_label_issue"].sum())
-    log.info("cleanlab: %s: %s, %d label issues (vote accuracy %.3f)", source, summary, n_label, accuracy)
+    label_score, is_issue, predicted = _label_issues(codes, [str(c) for c in classes], neighbours, seed)
+    for j, i in enumerate(labeled):
+        scores[i].update(
+            {
+                "label_score": round(float(label_score[j]), 6),
+                "is_label_issue": bool(is_issue[j]),
+                "predicted_label": predicted[j],
+            }
+        )
+    counts["flagged_cleanlab_label_issue"] += int(is_issue.sum())
+    log.info("cleanlab: %s: %s, %d label issues (vote accuracy %.3f)", source, summary, int(is_issue.sum()), accuracy)
+
+
+def _predicted(codes: np.ndarray, neighbours: np.ndarray) -> np.ndarray:
+    """The class of largest :func:`_vote` of each row (the first class among equals, as ``argmax``), from its k
+    neighbours' labels alone: (N, k) work, not (N, classes). The value of a class is computed with _vote's own
+    floating-point operations, so rows where two classes tie, or nearly, fall the same way."""
+    n, k = neighbours.shape
+    theirs = codes[neighbours]  # (N, k) the neighbours' classes
+    mine = codes[:, None]
+    counts = np.zeros((n, k))
+    for j in range(k):  # how often each neighbour's class occurs among the k (k x (N, k): no (N, k, k) array)
+        counts += theirs == theirs[:, j : j + 1]
+    onehot = (theirs == mine).astype(np.float64)
+    value = ((counts + onehot) / (k + 1) - 1 / (k + 1) * onehot) * (k + 1) / k
+    # a class no neighbour has scores 0 (the row's own included: (1/(k+1) - 1/(k+1))...), below every present one
+    best = value.max(axis=1, keepdims=True)
+    return np.where(value == best, theirs, np.iinfo(np.int64).max).min(axis=1)
+
+
+def _label_issues(
+    codes: np.ndarray, classes: list[str], neighbours: np.ndarray, seed: int
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Datalab's label check on the vote :func:`_vote` of `neighbours`: (label_score, is_label_issue, predicted).
+
+    The (rows x classes) class probabilities are dense for cleanlab, so above ``LABEL_CELLS`` cells the rows are
+    checked in chunks of a seeded permutation (every chunk under the budget, each knowing every class): a row's
+    score is its own (self-confidence of its vote, which the whole source's neighbours make), and only the
+    per-class thresholds that decide ``is_label_issue`` are estimated on the chunk's rows instead of all of them.
+    1M records of 283 classes: 17 chunks of 2.2 GB / 17 each, instead of several 2.2 GB copies at once.
+    """
+    import datasets
+
+    n = len(codes)
+    parts = -(-n * len(classes) // LABEL_CELLS)
+    chunks = (
+        [np.arange(n)]
+        if parts <= 1
+        else [np.sort(c) for c in np.array_split(np.random.default_rng(seed).permutation(n), parts)]
+    )
+    label_score, is_issue, predicted = np.empty(n), np.zeros(n, dtype=bool), [""] * n
+    features = datasets.Features({"label": datasets.ClassLabel(names=classes)})
+    for rows in chunks:
+        from cleanlab import Datalab
+
+        np.random.seed(seed)  # cleanlab draws from numpy's global generator in places
+        data = datasets.Dataset.from_dict({"label": codes[rows].tolist()}, features=features)
+        lab = Datalab(data=data, label_name="label", verbosity=0)
+        _run(lab, {"label": {}}, pred_probs=_vote(codes, neighbours[rows], rows, len(classes)))
+        issues = lab.get_issues("label")
+        label_score[rows] = issues["label_score"].to_numpy()
+        is_issue[rows] = issues["is_label_issue"].to_numpy()
+        for r, p in zip(rows.tolist(), issues["predicted_label"], strict=True):
+            predicted[r] = str(p)
+    return label_score, is_issue, predicted

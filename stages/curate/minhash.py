@@ -22,6 +22,8 @@ from stages.core.params.dedup import MinHash as MinHashParams
 
 # Shingles hashed at once in the signature pass: (P, 4096) uint32 = 2 MiB at P = 128 (stays in cache).
 SIGNATURE_CHUNK_SHINGLES = 1 << 12
+# Candidate pairs verified at once: (65536, P) bools = 8 MiB at P = 128.
+VERIFY_CHUNK_PAIRS = 1 << 16
 
 
 # --- text normalization -------------------------------------------------------
@@ -204,7 +206,16 @@ class NearDuplicateIndex:
 
     def pairs(self, members: np.ndarray) -> list[tuple[int, int, float]]:
         """Verified near-duplicate pairs ``(i, j, jaccard)``, i < j, among `members` (document indices), in
-        (i, j) order; ``candidates`` counts the distinct colliding pairs."""
+        (i, j) order; ``candidates`` counts the distinct candidate pairs checked.
+
+        The candidates of a bucket (documents of `members` whose band is equal) are a star: each member
+        against the bucket's first (smallest index), not every pair of it. That is O(N) pairs per band
+        however large a bucket grows (a corpus of near-copies puts hundreds of documents in one bucket, and
+        all its pairs grow with the square: 1M records of ~19 copies each gathered 19.7 GB of pairs), and it
+        keeps the components of the candidate graph: two documents in one bucket are joined through its
+        first. What it gives up: two members both under the threshold against the first yet above it with
+        each other are linked only if another band, or a chain, joins them.
+        """
         allowed = np.zeros(len(self.sigs), dtype=bool)
         allowed[members] = True
         found: list[np.ndarray] = []
@@ -214,21 +225,24 @@ class NearDuplicateIndex:
             docs, keys = docs[keep], keys[keep]
             if len(docs) < 2:
                 continue
-            starts = np.flatnonzero(np.concatenate([[True], keys[1:] != keys[:-1]]))
-            sizes = np.diff(np.concatenate([starts, [len(docs)]]))
-            for start, size in zip(starts[sizes > 1], sizes[sizes > 1], strict=True):
-                group = np.sort(docs[start : start + size])
-                i, j = np.triu_indices(size, 1)
-                found.append(group[i] * n + group[j])
+            new_bucket = np.concatenate([[True], keys[1:] != keys[:-1]])
+            bucket = np.cumsum(new_bucket) - 1  # bucket number of every position
+            first = np.minimum.reduceat(docs, np.flatnonzero(new_bucket))[bucket]  # each bucket's smallest doc
+            spoke = docs != first
+            found.append(np.unique(first[spoke] * n + docs[spoke]))
         codes = np.unique(np.concatenate(found)) if found else np.zeros(0, dtype=np.int64)
         self.candidates += len(codes)
         left, right = codes // n, codes % n
-        return self._verify(left, self.sigs[left], right)
+        return self._verify(left, None, right)
 
-    def _verify(self, left: np.ndarray, left_sigs: np.ndarray, right: np.ndarray) -> list[tuple[int, int, float]]:
+    def _verify(self, left: np.ndarray, mine: np.ndarray | None, right: np.ndarray) -> list[tuple[int, int, float]]:
         if len(left) == 0:
             return []
-        jac = (left_sigs == self.sigs[right]).mean(axis=1)  # estimated Jaccard per candidate pair
+        jac = np.empty(len(left))
+        for lo in range(0, len(left), VERIFY_CHUNK_PAIRS):  # (chunk, P) comparisons at a time, not (pairs, P)
+            hi = lo + VERIFY_CHUNK_PAIRS
+            ours = self.sigs[left[lo:hi]] if mine is None else mine[lo:hi]  # None: `left`'s own rows
+            jac[lo:hi] = (ours == self.sigs[right[lo:hi]]).mean(axis=1)  # estimated Jaccard
         ok = jac >= self.threshold
         return [(int(i), int(j), float(s)) for i, j, s in zip(left[ok], right[ok], jac[ok], strict=True)]
 

@@ -7,6 +7,7 @@ MiniLM tells apart; one embedding cache per module keeps it to one model load an
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -318,8 +319,11 @@ def test_signatures_equal_datasketch() -> None:
 
 
 def test_lsh_candidates_equal_datasketch() -> None:
-    """The numpy banding finds exactly the pairs datasketch's MinHashLSH does (queries of every member)."""
+    """The numpy banding collides exactly the documents datasketch's MinHashLSH does: its star candidates are
+    datasketch candidate pairs, they join the same components, and every verified pair is one of them."""
     from datasketch import MinHashLSH
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
 
     rng = np.random.default_rng(3)
     params = load_params().dedup.minhash
@@ -343,9 +347,23 @@ def test_lsh_candidates_equal_datasketch() -> None:
     theirs = sorted(
         (int(i), j) for i in members for j in lsh.query(minhash.lean_minhash(sigs[i], 1234)) if j > i and j in allowed
     )
-    assert index.candidates == len(theirs) > 50
+    assert len(theirs) > 50
+
+    def components(edges: list[tuple[int, int]]) -> np.ndarray:
+        a = np.array([e[0] for e in edges] + [0]), np.array([e[1] for e in edges] + [0])
+        return connected_components(coo_matrix((np.ones(len(a[0])), a), shape=(300, 300)), directed=False)[1]
+
+    star = dataclasses.replace(index, threshold=0.0, candidates=0)  # the same index, every candidate kept
+    star_pairs = [(i, j) for i, j, _ in star.pairs(members)]
+    assert star.candidates == len(star_pairs) == index.candidates < len(theirs)  # O(N) a band, not O(bucket²)
+    assert set(star_pairs) <= set(theirs)
+    comp_star, comp_theirs = components(star_pairs), components(theirs)
+    for i, j in theirs:  # a datasketch candidate pair sits in one component of the star candidates
+        assert comp_star[i] == comp_star[j]
+    for i, j in star_pairs:
+        assert comp_theirs[i] == comp_theirs[j]
     jac = {(i, j): float((sigs[i] == sigs[j]).mean()) for i, j in theirs}
-    assert ours == [(i, j, jac[i, j]) for i, j in theirs if jac[i, j] >= params.jaccard_threshold]
+    assert ours == [(i, j, jac[i, j]) for i, j in star_pairs if jac[i, j] >= params.jaccard_threshold]
     for r in (0, 7, 11):  # queries of outside signatures
         assert index.query(sigs[r]) == sorted(lsh.query(minhash.lean_minhash(sigs[r], 1234)))
 

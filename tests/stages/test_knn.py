@@ -121,6 +121,49 @@ def test_label_check_equals_cleanlabs_own(emb: np.ndarray) -> None:
     assert ours["is_label_issue"].sum() > 10
 
 
+def test_sparse_vote_prediction_is_the_dense_argmax() -> None:
+    """_predicted (k labels a row) equals argmax of _vote's dense rows, ties included (few classes, many ties)."""
+    rng = np.random.default_rng(5)
+    for classes, k in ((2, 10), (3, 4), (7, 9), (40, 10)):
+        codes = rng.integers(0, classes, 3000)
+        neighbours = rng.integers(0, 3000, (3000, k))
+        dense = cleanlab_checks._vote(codes, neighbours)
+        assert np.array_equal(cleanlab_checks._predicted(codes, neighbours), dense.argmax(axis=1))
+
+
+def _labels(emb: np.ndarray) -> list[str]:
+    """A topic label per row from 4 seeded centres, 40 rows relabelled at random (label issues to find)."""
+    rng = np.random.default_rng(7)
+    centre = rng.standard_normal((4, emb.shape[1]))
+    labels = [f"topic{int(i)}" for i in (emb.astype(np.float64) @ centre.T).argmax(axis=1)]
+    for i in rng.choice(len(labels), 40, replace=False):
+        labels[i] = f"topic{rng.integers(0, 4)}"
+    return labels
+
+
+def test_label_check_in_chunks(monkeypatch: pytest.MonkeyPatch, emb: np.ndarray) -> None:
+    """The stage's label check equals knn_issues' (one chunk); over the cells budget it runs in chunks that keep
+    every row's score and prediction, and flags nearly the same rows (the per-class thresholds are estimated
+    per chunk: 667 rows here, 59k at 1M)."""
+    cfg = _params.load(ROOT / "params.yaml", ["moderate"]).moderate.cleanlab
+    labels = _labels(emb)
+    ids = [f"id{i}" for i in range(len(emb))]
+    whole, counts = cleanlab_checks.cleanlab_scores(emb, ["s"] * len(emb), labels, ids, cfg, seed=1234)
+    ref = cleanlab_checks.knn_issues(emb, {"label": {"k": cfg.label_k}}, labels, config(), 1234)["label"]
+    assert [s["label_score"] for s in whole] == [round(float(v), 6) for v in ref["label_score"]]
+    assert [s["is_label_issue"] for s in whole] == ref["is_label_issue"].tolist()
+    assert [s["predicted_label"] for s in whole] == [str(p) for p in ref["predicted_label"]]
+    assert counts["flagged_cleanlab_label_issue"] > 10
+    monkeypatch.setattr(cleanlab_checks, "LABEL_CELLS", len(emb) * 4 // 3)  # 3 chunks of ~667 rows
+    chunked, chunked_counts = cleanlab_checks.cleanlab_scores(emb, ["s"] * len(emb), labels, ids, cfg, seed=1234)
+    assert [s["label_score"] for s in chunked] == [s["label_score"] for s in whole]
+    assert [s["predicted_label"] for s in chunked] == [s["predicted_label"] for s in whole]
+    same = sum(a["is_label_issue"] == b["is_label_issue"] for a, b in zip(chunked, whole, strict=True))
+    assert same >= 0.95 * len(emb)  # measured: 1,939 of 2,000 (584 flags whole, 593 in 3 chunks)
+    n_flags = counts["flagged_cleanlab_label_issue"]
+    assert abs(chunked_counts["flagged_cleanlab_label_issue"] - n_flags) <= 0.03 * n_flags
+
+
 def test_cleanlab_scores_never_search_all_pairs(monkeypatch: pytest.MonkeyPatch, emb: np.ndarray) -> None:
     """cleanlab_scores hands Datalab every neighbour: its own search (and sklearn's classifier) never runs."""
     import cleanlab.datalab.internal.issue_manager.knn_graph_helpers as helpers

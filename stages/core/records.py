@@ -30,7 +30,7 @@ import tempfile
 import unicodedata
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -297,6 +297,23 @@ def iter_records(path: str | Path, schema: pa.Schema = SCHEMA, batch_rows: int =
         for r in records:
             r["meta"] = json.loads(r["meta"])
         yield records
+
+
+T = TypeVar("T")
+
+
+def rebatched(batches: Iterable[list[T]], size: int) -> Iterator[list[T]]:
+    """The items of `batches` again, in lists of `size` (the last may be shorter): batches that do not depend on
+    how the input was cut (a file's row groups, a reader's batch size)."""
+    batch: list[T] = []
+    for chunk in batches:
+        batch.extend(chunk)
+        full = len(batch) - len(batch) % size
+        for lo in range(0, full, size):
+            yield batch[lo : lo + size]
+        batch = batch[full:]
+    if batch:
+        yield batch
 
 
 def record_count(path: str | Path) -> int:

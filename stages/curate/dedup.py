@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import itertools
 import logging
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -75,11 +76,12 @@ from stages.core.records import (
     RecordWriter,
     iter_records,
     order_key,
+    rebatched,
     record_count,
     record_text,
 )
 from stages.curate.clustering import clusters
-from stages.curate.embed import embed
+from stages.curate.embed import Embedder
 from stages.curate.minhash import (
     NearDuplicateIndex,
     normalize_text,
@@ -111,9 +113,6 @@ log = logging.getLogger("steep.dedup")
 # Records per batch of the MinHash signature pass (a task of a worker process or of a Ray task); fixed, so
 # batches do not depend on the worker count. ~0.25 s per batch on the T0 corpus (~8,500 records/s on one core).
 SIGNATURE_BATCH_RECORDS = 2000
-
-# Texts embedded at once in the semantic pass (few embedding calls and log lines).
-EMBED_CHUNK_RECORDS = 16384
 
 
 # --- the stage ----------------------------------------------------------------
@@ -160,21 +159,16 @@ def _read_columns(path: Path, params: _params.Scoped) -> _Columns:
     fields = params.common.embedding.fields
     ids: list[str] = []
     order: list[tuple[int, str, int, str]] = []
-    texts: list[tuple[str, str | None, str]] = []
 
     def parts() -> Iterator[list[tuple[str, str | None, str]]]:
-        for batch in iter_records(path):
+        for batch in rebatched(iter_records(path), SIGNATURE_BATCH_RECORDS):
+            texts = []
             for r in batch:
                 ids.append(r["id"])
                 order.append(order_key(r))
-                text = record_text(r)
-                emb_text = record_text(r, fields)
+                text, emb_text = record_text(r), record_text(r, fields)
                 texts.append((text, None if emb_text == text else emb_text, r["output"]))
-                if len(texts) == SIGNATURE_BATCH_RECORDS:
-                    yield texts[:]
-                    texts.clear()
-        if texts:
-            yield texts[:]
+            yield texts
 
     sign = functools.partial(
         text_keys,
@@ -235,27 +229,16 @@ def _embed_members(path: Path, cols: _Columns, members: list[int], params: _para
     """(len(members), D) embeddings of `members` (input-order indices), read from the input a batch at a time."""
     fields = params.common.embedding.fields
     row_of_position = {int(cols.position[m]): r for r, m in enumerate(members)}
-    parts: list[np.ndarray] = []
+    embedder = Embedder(params.common.embedding, cache)
     rows: list[int] = []
-    texts: list[str] = []
-    position = 0
-    for batch in iter_records(path):
-        for rec in batch:
-            r = row_of_position.get(position)
-            position += 1
-            if r is None:
-                continue
+    for position, rec in enumerate(itertools.chain.from_iterable(iter_records(path))):
+        r = row_of_position.get(position)
+        if r is not None:
             rows.append(r)
-            texts.append(record_text(rec, fields))
-            if len(texts) >= EMBED_CHUNK_RECORDS:
-                parts.append(embed(texts, params.common.embedding, cache))
-                texts = []
-    if texts:
-        parts.append(embed(texts, params.common.embedding, cache))
-    if not parts:
-        return np.zeros((0, 0), dtype=np.float32)
-    emb = np.empty((len(members), parts[0].shape[1]), dtype=np.float32)
-    emb[np.array(rows, dtype=np.int64)] = np.concatenate(parts)
+            embedder.add([record_text(rec, fields)])
+    vectors = embedder.vectors()
+    emb = np.empty((len(members), vectors.shape[1]), dtype=np.float32)
+    emb[np.array(rows, dtype=np.int64)] = vectors
     return emb
 
 

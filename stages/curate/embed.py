@@ -257,3 +257,37 @@ def embed(
     dim = next(iter(found.values())).shape[0] if found else 0
     out = np.stack([found[k] for k in keys]) if keys else np.zeros((0, dim), dtype=np.float32)
     return out
+
+
+# Texts embedded at once by :class:`Embedder`: few embedding calls and log lines, and memory bounded by the chunk.
+EMBED_CHUNK_TEXTS = 16384
+
+
+class Embedder:
+    """:func:`embed` of texts that come a few at a time (a stage streaming its records), EMBED_CHUNK_TEXTS at once.
+
+    ``add`` the texts in order, then ``vectors()``: the (N, D) rows of all of them, as one :func:`embed` call
+    would give (a vector depends on its own text only).
+    """
+
+    def __init__(self, params: Embedding, cache_dir: str | Path) -> None:
+        self.params, self.cache_dir = params, cache_dir
+        self.parts: list[np.ndarray] = []
+        self.texts: list[str] = []
+
+    def add(self, texts: list[str]) -> None:
+        self.texts.extend(texts)
+        if len(self.texts) >= EMBED_CHUNK_TEXTS:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self.texts:
+            # (n, D) unit grid vectors; cache hits are logged, not put in metrics (they depend on the cache)
+            self.parts.append(embed(self.texts, self.params, self.cache_dir))
+            self.texts = []
+
+    def vectors(self) -> np.ndarray:
+        """(N, D) float32 rows of every text added, in order (the parts are let go)."""
+        self._flush()
+        parts, self.parts = self.parts, []
+        return np.concatenate(parts) if parts else np.zeros((0, 0), dtype=np.float32)

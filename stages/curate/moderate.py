@@ -85,8 +85,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from stages.core import cli
 from stages.core import io as _io
 from stages.core import params as _params
@@ -100,12 +98,13 @@ from stages.core.records import (
     RecordWriter,
     iter_records,
     order_key,
+    rebatched,
     record_count,
     record_files,
     record_text,
 )
 from stages.curate import cleanlab_checks
-from stages.curate.embed import embed
+from stages.curate.embed import Embedder, embed
 from stages.curate.rules import RULES, check_records
 
 NAME = "moderate"  # in the rejects' stage column
@@ -175,21 +174,16 @@ def flag_codes(cfg: Moderate) -> list[str]:
     return [*codes, "pii_subject"]
 
 
-# Kept records whose texts are embedded at once (cleanlab's vectors): few embedding calls and log lines.
-EMBED_CHUNK_RECORDS = 16384
-
-
 class _Kept:
     """What cleanlab needs of the records the rules kept, gathered batch by batch: compact columns and vectors."""
 
     def __init__(self, embedding: Embedding, cache_dir: str | Path, enabled: bool) -> None:
-        self.embedding, self.cache_dir, self.enabled = embedding, cache_dir, enabled
+        self.embedding, self.enabled = embedding, enabled
         self.sources: list[str] = []
         self.labels: list[str | None] = []
         self.ids: list[str] = []
         self.order: list[tuple[int, str, int, str]] = []
-        self.vectors: list[np.ndarray] = []
-        self.texts: list[str] = []
+        self.embedder = Embedder(embedding, cache_dir)
 
     def add(self, records: list[Record]) -> None:
         for r in records:
@@ -197,27 +191,17 @@ class _Kept:
             self.labels.append(r["meta"].get("label"))
             self.ids.append(r["id"])
             self.order.append(order_key(r))
-            if self.enabled:
-                self.texts.append(record_text(r, self.embedding.fields))
-        if len(self.texts) >= EMBED_CHUNK_RECORDS:
-            self.flush()
-
-    def flush(self) -> None:
-        if self.texts:
-            # (N, D) unit grid vectors; cache hits are logged, not put in metrics (they depend on the cache)
-            self.vectors.append(embed(self.texts, self.embedding, self.cache_dir))
-            self.texts = []
+        if self.enabled:
+            self.embedder.add([record_text(r, self.embedding.fields) for r in records])
 
     def scores(self, cfg: Cleanlab, seed: int) -> tuple[list[dict[str, Any]], dict[str, int]]:
         """Cleanlab's scores per kept record (in the order added) and the flag counts."""
-        self.flush()
         n = len(self.ids)
         if not cfg.enable or n == 0:
             return [{} for _ in range(n)], dict.fromkeys(cleanlab_checks.COUNTS, 0)
         start = time.perf_counter()
         order = sorted(range(n), key=self.order.__getitem__)  # input order, as the checks expect
-        vectors = np.concatenate(self.vectors)[order]
-        self.vectors = []
+        vectors = self.embedder.vectors()[order]
         in_order, counts = cleanlab_checks.cleanlab_scores(
             vectors,
             [self.sources[i] for i in order],
@@ -237,14 +221,7 @@ class _Kept:
 def _batches(files: list[Path], size: int) -> Iterator[list[Record]]:
     """The records of the pulled files, file by file, in batches of `size` (the last of a file may be shorter)."""
     for f in files:
-        batch: list[Record] = []
-        for chunk in iter_records(f):
-            batch.extend(chunk)
-            while len(batch) >= size:
-                yield batch[:size]
-                batch = batch[size:]
-        if batch:
-            yield batch
+        yield from rebatched(iter_records(f), size)
 
 
 def moderate_files(

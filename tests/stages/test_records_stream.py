@@ -105,3 +105,17 @@ def test_stages_write_the_same_bytes_when_their_writers_spill(tmp_path: Path, mo
     names = ("moderated.parquet", "rejected/moderate.parquet", "curated.parquet", "rejected/dedup.parquet")
     for name in names:
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
+
+
+def test_rebatched_cuts_the_same_batches_however_the_input_was_cut() -> None:
+    """rebatched gives lists of `size` items (the last shorter), the same for any input chunking."""
+    from stages.core.records import rebatched
+
+    items = list(range(23))
+    for cuts in ([23], [1] * 23, [5, 0, 7, 11], [2, 21]):
+        chunks, lo = [], 0
+        for c in cuts:
+            chunks.append(items[lo : lo + c])
+            lo += c
+        assert list(rebatched(iter(chunks), 5)) == [items[i : i + 5] for i in range(0, 23, 5)]
+    assert list(rebatched(iter([]), 5)) == []

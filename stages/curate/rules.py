@@ -250,14 +250,10 @@ def wrong_language(record: Record, cfg: Moderate) -> Verdict:
     return KEEP
 
 
-def toxic(record: Record, cfg: Moderate) -> Verdict:
-    """Drop a record that teaches offensive text: an output, assistant turn or document paragraph scored so.
-
-    The request is not scored (a review to classify may be rude; the label is not), and a task that asks to
-    handle offensive text (``toxicity.task_patterns``: "censor the profanity") is not toxic data.
-    """
+def _toxic_parts(record: Record, cfg: Moderate) -> list[tuple[str, str]]:
+    """(where, text) of what :func:`toxic` scores: none for a task about offensive text."""
     if any(re.search(p, _request_text(record)) for p in cfg.toxicity.task_patterns) and record["kind"] != "document":
-        return KEEP
+        return []
     parts: list[tuple[str, str]] = []
     if record["kind"] == "document":
         # a long document dilutes a bag-of-words score: score its paragraphs
@@ -265,7 +261,16 @@ def toxic(record: Record, cfg: Moderate) -> Verdict:
         parts = [(f"text paragraph {i + 1}", p) for i, p in enumerate(paras)]
     else:
         parts = [(w, t) for w, t in _answers(record) if t]
-    parts = [(w, t) for w, t in parts if len(t.split()) >= cfg.toxicity.min_words]
+    return [(w, t) for w, t in parts if len(t.split()) >= cfg.toxicity.min_words]
+
+
+def toxic(record: Record, cfg: Moderate) -> Verdict:
+    """Drop a record that teaches offensive text: an output, assistant turn or document paragraph scored so.
+
+    The request is not scored (a review to classify may be rude; the label is not), and a task that asks to
+    handle offensive text (``toxicity.task_patterns``: "censor the profanity") is not toxic data.
+    """
+    parts = _toxic_parts(record, cfg)
     probs = signals.toxicity([t for _, t in parts])
     if probs:
         i = int(np.argmax(probs))
@@ -363,4 +368,8 @@ def check_records(records: Sequence[Record], cfg: Moderate) -> list[tuple[Record
 
     Module level (not in the stage), so a worker process or a Ray task imports this module, not the stage's.
     """
-    return [check_record(record, cfg) for record in records]
+    # the texts the toxic rule will score, scored in one call (as given: a text that normalization changes
+    # is scored when its rule runs)
+    texts = [t for r in records for _, t in _toxic_parts(r, cfg)] if cfg.actions["toxic"] != "off" else []
+    with signals.toxicity_batch(texts):
+        return [check_record(record, cfg) for record in records]

@@ -237,3 +237,24 @@ def test_mojibake_is_repaired_and_the_record_kept(cfg):
     assert out["meta"]["moderate"]["normalized"] == ["encoding"]
     # what ftfy cannot explain stays a defect
     assert rules.check_record(rec("Say hi.", "Hi\x07 there, nice to meet you."), cfg)[1] == "control_characters"
+
+
+def test_toxicity_scored_in_one_call_per_batch(cfg: Moderate, monkeypatch: pytest.MonkeyPatch) -> None:
+    """check_records scores a batch's texts in one call, with the bits of one call per text and the same verdicts."""
+    from stages.curate import signals
+
+    records = [
+        rec("Reply to the customer.", "You are a stupid idiot and I hate you, shut up you moron."),
+        rec("Reply to the customer.", "Thank you for writing to us, we will send a new kettle this week."),
+        rec("Censor the profanity in this review.", "This damn thing is a piece of crap."),
+        rec("Summarize the meeting notes.", "The team agreed to ship the release on Friday after the last tests."),
+    ]
+    one_by_one = [rules.check_record(r, cfg) for r in records]
+    texts = [r["output"] for r in records]
+    assert signals.toxicity(texts) == [signals.toxicity([t])[0] for t in texts]
+    calls: list[int] = []
+    predict = signals._predict
+    monkeypatch.setattr(signals, "_predict", lambda ts: calls.append(len(ts)) or predict(ts))
+    assert rules.check_records(records, cfg) == one_by_one
+    assert ["toxic" in r["meta"]["moderate"]["flags"] for r, _, _ in one_by_one] == [True, False, False, False]
+    assert calls == [3]  # the censoring task is not scored; nothing is scored again record by record

@@ -209,7 +209,7 @@ def toxicity(texts: list[str]) -> list[float]:
     A text scored in advance by :func:`toxicity_batch` is looked up; the others are scored here, all in one call.
     """
     missing = [t for t in dict.fromkeys(texts) if t not in _known_toxicity]
-    scored = dict(zip(missing, _predict(missing), strict=True))
+    scored = dict(zip(missing, _predict(missing), strict=True)) if missing else {}
     return [_known_toxicity[t] if t in _known_toxicity else scored[t] for t in texts]
 
 

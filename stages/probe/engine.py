@@ -43,6 +43,7 @@ from tqdm import tqdm
 from stages.core import code as _code
 from stages.core import io as _io
 from stages.core.cache import JsonCache
+from stages.probe import behaviour as _behaviour
 from stages.probe import scorers as _scorers
 from stages.probe.cache import key, version
 from stages.probe.harness import quiet_harness
@@ -195,8 +196,20 @@ class Engine:
 
     # --- generate (generation, knowledge, showcase) ---------------------------------------------------------------
 
-    def generate(self, prompts: list[str], desc: str) -> tuple[list[str], list[str]]:
-        """Greedy generations for user prompts rendered through the template; returns (rendered, generated)."""
+    @cached_property
+    def end_ids(self) -> set[int]:
+        """The tokens that end an answer: the tokenizer's EOS, the generation config's, the template's end of turn."""
+        tok = self.tokenizer
+        eos = {tok.eos_token_id} if tok.eos_token_id is not None else set()
+        cfg_eos = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
+        eos |= set(cfg_eos if isinstance(cfg_eos, list) else [cfg_eos] if cfg_eos is not None else [])
+        return eos | _behaviour.end_of_turn_ids(self.settings.template.format, tok)
+
+    def _generate(self, prompts: list[str], desc: str) -> tuple[list[str], list[list[int]]]:
+        """Greedy decoding of user prompts rendered through the template: (rendered prompts, new token ids each).
+
+        Decoding stops at an end token (:attr:`end_ids`), at an Alpaca stop string, or after max_new_tokens.
+        """
         import torch
         from transformers import GenerationConfig
 
@@ -204,10 +217,7 @@ class Engine:
         rendered = [render(p, self.settings.template, tok) for p in prompts]
         prefix = _lm.leading_specials(tok)
         enc = [encode_prompt(tok, r, prefix) for r in rendered]
-        model = self.model
-        eos = {tok.eos_token_id} if tok.eos_token_id is not None else set()
-        cfg_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-        eos |= set(cfg_eos if isinstance(cfg_eos, list) else [cfg_eos] if cfg_eos is not None else [])
+        model, eos = self.model, self.end_ids
         stops = ALPACA_STOP if self.settings.template.format == "alpaca" else ()
         config = GenerationConfig(
             do_sample=False,
@@ -218,7 +228,7 @@ class Engine:
         )
         # longest first (less padding per batch); results go back to prompt order
         order = sorted(range(len(enc)), key=lambda i: (-len(enc[i]), i))
-        out = [""] * len(enc)
+        out: list[list[int]] = [[] for _ in enc]
         bs = self.settings.batch_size
         bar = tqdm(total=len(order), desc=desc, unit="item", mininterval=2, disable=None)
         for start in range(0, len(order), bs):
@@ -238,15 +248,26 @@ class Engine:
                 )
             for r, i in enumerate(batch):
                 new = gen[r, width:].tolist()
-                end = next((k for k, t in enumerate(new) if t in eos), len(new))
-                out[i] = cut_at_stop(tok.decode(new[:end], skip_special_tokens=True), stops).strip()
+                end = next((k for k, t in enumerate(new) if t in eos), None)
+                # up to and with the first end token; a row cut by a stop string or the budget ends in padding
+                out[i] = new[: end + 1] if end is not None else new
             bar.update(len(batch))
         bar.close()
         return rendered, out
 
+    def generate(self, prompts: list[str], desc: str) -> tuple[list[str], list[str]]:
+        """Greedy generations for user prompts rendered through the template; returns (rendered, generated)."""
+        rendered, new = self._generate(prompts, desc)
+        stops = ALPACA_STOP if self.settings.template.format == "alpaca" else ()
+        eos = self.end_ids
+        texts = [self.tokenizer.decode([t for t in ids if t not in eos], skip_special_tokens=True) for ids in new]
+        return rendered, [cut_at_stop(t, stops).strip() for t in texts]
+
     def generated(self, task: TaskData) -> list[Row]:
         """Per-item rows of a task of a generated type (generation, knowledge): greedy generations, scored."""
         spec = task.spec
+        if spec.documents:
+            return self.behaviour(task)
         question = spec.fields[0]  # the prompt (generation) or the question (knowledge)
         refs = [spec.reference_of(it) for _, it in task.items]
         rendered, preds = self.generate([it[question] for _, it in task.items], desc=task.name)
@@ -255,6 +276,11 @@ class Engine:
             {"item": index, "prompt": prompt, "reference": ref, "prediction": pred, "scores": sc}
             for (index, _), prompt, ref, pred, sc in zip(task.items, rendered, refs, preds, scores, strict=True)
         ]
+
+    def behaviour(self, task: TaskData) -> list[Row]:
+        """Per-item rows of a chat_behaviour task: each answer as generated (special tokens kept), and its checks."""
+        rendered, new = self._generate([it["prompt"] for _, it in task.items], desc=task.name)
+        return _behaviour.rows(task, rendered, new, self.end_ids, self.tokenizer, self.settings.template)
 
     def showcase(self) -> list[Row]:
         """Greedy generations for the showcase prompts (no scores)."""
@@ -294,6 +320,8 @@ class Engine:
         """The cache key of a task's per-item results (only what changes them, as its type says)."""
         spec = t.spec
         entry = {"type": t.type, "fields": dict(sorted((t.task.fields or {}).items())), "file": t.sha256}
+        if spec.documents:
+            entry |= {"documents": key({"documents": list(t.documents)}), "words": t.task.min_verbatim_words}
         if t.task.limit is not None:
             entry["limit"] = t.task.limit
         payload = self._base_key() | {"task": entry}

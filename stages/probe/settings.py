@@ -75,9 +75,11 @@ def settings(params: _params.Scoped, variant: str) -> Settings:
 
 
 def local_paths(params: _params.Scoped, variant: str | None, inputs: Mapping[str, Path]) -> list[tuple[str, str]]:
-    """The local files and folders ``probe.tasks`` names (task files, harness include folders), with who names
-    them: the baseline and probe stages' ``local_paths`` (each must be a dvc.yaml dependency of the stage)."""
+    """The local files and folders ``probe.tasks`` names (task files, harness include folders, chat_behaviour
+    documents), with who names them: the baseline and probe stages' ``local_paths`` (each must be a dvc.yaml
+    dependency of the stage)."""
     tasks = params.probe.tasks
     out = [(t.path, f"probe.tasks {t.name!r}") for t in tasks if t.path is not None]
+    out += [(d, f"probe.tasks {t.name!r} (documents)") for t in tasks for d in t.documents or []]
     out += [(t.harness_include, f"probe.tasks {t.name!r} (harness_include)") for t in tasks if t.harness_include]
     return out

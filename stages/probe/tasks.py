@@ -3,15 +3,16 @@
 Task files (``probe.tasks``): JSONL, one item per non-blank line; an item's index is its 0-based line number in the
 file (``limit``: the first that many items only). Every file is read and checked before any model is loaded; a bad
 file stops the stage naming the file, the line and the fix. ``fields`` maps each type's canonical names (the
-registry, ``stages/probe/types.py``) to the file's. A multiple-choice task may instead name an lm-evaluation-harness
-task (``harness_task``, e.g. ``arc_easy``): its items are the harness's own rendering of its documents
-(``stages/probe/harness.py``), read before any model is loaded too.
+registry, ``stages/probe/types.py``) to the file's; a chat_behaviour task's ``documents`` are read here too. A
+multiple-choice task may instead name an lm-evaluation-harness task (``harness_task``, e.g. ``arc_easy``): its items
+are the harness's own rendering of its documents (``stages/probe/harness.py``), read before any model is loaded too.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,9 @@ from stages.core.io import StageError
 from stages.core.params.probe import ProbeTask
 from stages.probe import harness as _harness
 from stages.probe import types as _types
+
+# The document files a chat_behaviour task reads from a folder: text, as the pull stage reads documents.
+DOCUMENT_SUFFIXES = (".md", ".txt")
 
 
 @dataclass(frozen=True)
@@ -35,6 +39,7 @@ class TaskData:
         prompt: multiple_choice: the prompt, ``{question}`` filled in (None: ``probe.multiple_choice_prompt``; a
             harness task's question is its whole rendered context: ``"{question}"``).
         delimiter: multiple_choice: what goes before each choice.
+        documents: chat_behaviour: (path, text) of each document its answers must not recite.
     """
 
     task: ProbeTask
@@ -42,6 +47,7 @@ class TaskData:
     sha256: str
     prompt: str | None = None
     delimiter: str = " "
+    documents: tuple[tuple[str, str], ...] = ()
 
     @property
     def name(self) -> str:
@@ -98,6 +104,25 @@ def _check_item(task: ProbeTask, obj: Any, where: str) -> dict[str, Any]:
     return out
 
 
+def read_documents(paths: Iterable[str], where: str) -> list[tuple[str, str]]:
+    """(path, text) of every document file: the files named, and the .md / .txt files under the folders named."""
+    out = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            files = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in DOCUMENT_SUFFIXES)
+        elif p.is_file():
+            files = [p]
+        else:
+            raise StageError(f"{p}: document path of {where} not found; give files or folders of .md / .txt "
+                             "documents (relative to the project root)")  # fmt: skip
+        for f in files:
+            try:
+                out.append((f.as_posix(), f.read_text(encoding="utf-8")))
+            except UnicodeDecodeError as e:
+                raise StageError(f"{f}: document of {where} is not UTF-8 text ({e})") from None
+    return out
+
+
 def read_task(task: ProbeTask) -> TaskData:
     """Read and check a task file (path relative to the working directory, the project root) or a harness task."""
     if task.harness_task is not None:
@@ -121,7 +146,10 @@ def read_task(task: ProbeTask) -> TaskData:
             break
     if not items:
         raise StageError(f"{path}: task {task.name!r} has no items; add at least one JSON line")
-    return TaskData(task, tuple(items), hashlib.sha256(raw).hexdigest(), prompt=task.prompt)
+    documents = ()
+    if _types.get(task.type).documents:
+        documents = tuple(read_documents(task.documents or [], f"probe task {task.name!r}"))
+    return TaskData(task, tuple(items), hashlib.sha256(raw).hexdigest(), prompt=task.prompt, documents=documents)
 
 
 def check_tasks(tasks: tuple[ProbeTask, ...] | list[ProbeTask]) -> None:

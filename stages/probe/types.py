@@ -1,14 +1,15 @@
 """The probe task types, in one registry: what each type's items hold, how it is evaluated and scored.
 
 A type is one :class:`TaskType` entry of :data:`TYPES` (``multiple_choice``, ``perplexity``, ``generation``,
-``knowledge``); the task files, the engine, the cache key, the statistics, the stages and the report read a type
-from here, and nowhere else says what a type is. Task files, by type (``fields`` maps these canonical names to the
-file's):
+``knowledge``, ``chat_behaviour``); the task files, the engine, the cache key, the statistics, the stages and the
+report read a type from here, and nowhere else says what a type is. Task files, by type (``fields`` maps these
+canonical names to the file's):
 
     multiple_choice  question (text), choices (a list of at least 2 texts), answer (the 0-based index of the right one)
     perplexity       text
     generation       prompt, reference
     knowledge        question, answer
+    chat_behaviour   prompt (an ordinary user prompt); the entry also names ``documents`` and ``min_verbatim_words``
 
 How a type's items are evaluated (``evaluator``):
 
@@ -17,7 +18,8 @@ How a type's items are evaluated (``evaluator``):
 * ``rolling``: the harness's ``loglikelihood_rolling``: per item the summed negative log-likelihood (nats) of the
   text's tokens, its token count and its UTF-8 byte count.
 * ``generate``: greedy decoding through the variant's template; generation scores ROUGE-L F1, sentence BLEU and
-  BERTScore F1 per item, knowledge exact, contains and ROUGE-L (``stages/probe/scorers.py``).
+  BERTScore F1 per item, knowledge exact, contains and ROUGE-L (``stages/probe/scorers.py``), chat_behaviour
+  ended, no_turn_spill, not_verbatim and chat_ok, all four (``stages/probe/behaviour.py``).
 
 How a task score is computed from the per-item scores (``Metric.aggregate``): ``mean`` of the item score of the
 same name; ``corpus_bleu``: sacrebleu's corpus BLEU of the summed segment statistics; ``token_perplexity``
@@ -73,6 +75,8 @@ class TaskType:
         paired_test: ``mcnemar``: an exact McNemar test on the 0/1 ``acc`` of base and adapted; None: no test.
         harness_task: whether a task of this type may name an lm-evaluation-harness task instead of a file.
         prompt: whether a task of this type may set its own ``prompt`` (``{question}`` filled in).
+        documents: whether a task of this type names ``documents`` and ``min_verbatim_words`` (chat_behaviour: the
+            text its answers must not recite), part of its cache key.
     """
 
     name: str
@@ -88,6 +92,7 @@ class TaskType:
     paired_test: Literal["mcnemar"] | None = None
     harness_task: bool = False
     prompt: bool = False
+    documents: bool = False
 
     @property
     def metric_names(self) -> tuple[str, ...]:
@@ -167,6 +172,22 @@ TYPES: dict[str, TaskType] = {
             reference="answer",
             libraries=("rouge_score",),
         ),
+        TaskType(
+            name="chat_behaviour",
+            fields=("prompt",),
+            example=_DEMO,
+            evaluator="generate",
+            item_scores=("ended", "no_turn_spill", "not_verbatim", "chat_ok"),
+            metrics=(
+                Metric("chat_ok", True, "mean"),
+                Metric("ended", True, "mean"),
+                Metric("no_turn_spill", True, "mean"),
+                Metric("not_verbatim", True, "mean"),
+            ),
+            main="chat_ok",
+            reference=None,
+            documents=True,
+        ),
     )
 }
 
@@ -203,6 +224,13 @@ def check_task(task: Any) -> list[str]:
     if task.prompt is not None and not t.prompt:
         allowed = sorted(n for n, x in TYPES.items() if x.prompt)
         problems.append(f"{where}: prompt applies to types {allowed} only (got {t.name})")
+    given = [k for k in ("documents", "min_verbatim_words") if getattr(task, k) is not None]
+    if t.documents and len(given) < 2:
+        problems.append(f"{where}: a {t.name} task names documents (files or folders of .md / .txt documents its "
+                        "answers must not recite; [] for none) and min_verbatim_words (e.g. 12)")  # fmt: skip
+    if given and not t.documents:
+        allowed = sorted(n for n, x in TYPES.items() if x.documents)
+        problems.append(f"{where}: {', '.join(given)} apply to types {allowed} only (got {t.name})")
     if task.harness_task is None and set(task.fields or {}) != set(t.fields):
         problems.append(
             f"{where}.fields ({t.name}): must map exactly {sorted(t.fields)} to the file's field names, e.g. "

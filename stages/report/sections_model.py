@@ -11,6 +11,7 @@ from stages.probe.types import HIGHER_IS_BETTER, SHOWCASE
 from stages.report.document import Code, Doc
 from stages.report.inputs import Run, not_found
 from stages.report.plots import plot_deltas, plot_losses
+from stages.report.sections_chat import section_chat
 from stages.report.text import CLIP_LONG, clip, fmt_count, fmt_num, fmt_p, question_of
 
 
@@ -105,7 +106,8 @@ def section_probe(doc: Doc, run: Run, per_task: int) -> None:
     doc.p(
         "Each task scored on the pretrained model (base) and the fine-tuned one (adapted, the adapter on its "
         "base as trained), on the same items. Main metric per type: multiple choice `acc`, perplexity "
-        "`bits_per_byte` (lower is better), generation `rougeL`, knowledge `contains`. The interval is a paired "
+        "`bits_per_byte` (lower is better), generation `rougeL`, knowledge `contains`, chat behaviour `chat_ok` "
+        "(answers that end their turn, write no next turn and recite no document). The interval is a paired "
         "bootstrap over items (level `probe.confidence`); McNemar's exact test on multiple-choice accuracy. "
         "**forgetting**: the main metric got worse by more than `probe.forgetting_threshold` and the interval "
         "excludes zero; **gain**: the same, better."
@@ -192,6 +194,7 @@ def section_probe(doc: Doc, run: Run, per_task: int) -> None:
         doc.p(f"No per-item probe results ({missing} not found): no knowledge-gain examples or side-by-side answers.")
         return
     section_knowledge(doc, run, per_task)
+    section_chat(doc, run, per_task)
     section_side_by_side(doc, run, per_task)
 
 

@@ -17,7 +17,7 @@ class ProbeTask(Section):
     """
 
     name: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
-    # a type of the registry: multiple_choice, perplexity, generation, knowledge
+    # a type of the registry: multiple_choice, perplexity, generation, knowledge, chat_behaviour
     type: str = Field(min_length=1)
     # a local JSONL task: its path (relative to the project root) and
     # the canonical names of the type (its registry entry's fields) -> the file's field names
@@ -33,6 +33,10 @@ class ProbeTask(Section):
     harness_include: str | None = None
     # harness tasks: few-shot examples per item (None: the task's own num_fewshot, else 0), as lm-eval --num_fewshot
     num_fewshot: int | None = Field(default=None, ge=0)
+    # chat_behaviour only: files or folders of .md / .txt documents an answer must not recite, and the shortest run
+    # of consecutive words that counts as recited
+    documents: list[str] | None = None
+    min_verbatim_words: int | None = Field(default=None, ge=4)
     # evaluate the first `limit` items only (None: all)
     limit: int | None = Field(default=None, gt=0)
 

@@ -16,6 +16,11 @@ Run: ``dvc repro train@chat`` (= ``python -m stages.variant.train --params param
     --model models/chat/base --data data/tokenized/chat --out models/chat/adapter
     --checkpoints .steep_cache/checkpoints/chat --metrics metrics/train_chat.json --live dvclive/train_chat``).
 
+Schedule. ``max_steps`` optimizer steps, or with ``max_steps: 0`` ``epochs`` passes over the train split (which the
+tokenize stage's mixture may already repeat per source and kind); ``optimizer``, ``weight_decay`` and
+``max_grad_norm`` are transformers' ``optim``, ``weight_decay`` and ``max_grad_norm``. Rows the tokenize stage packed
+(``use_packing``) train padding-free: one flattened row a batch, attention kept within each example.
+
 Processes. ``num_processes: 1`` trains in this process (CUDA when present, else CPU). ``num_processes: N > 1``
 relaunches the same command under ``torchrun --standalone --nproc_per_node N`` (DDP: NCCL on CUDA, gloo on CPU);
 rank 0 writes every output.

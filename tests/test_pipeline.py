@@ -117,6 +117,9 @@ def _use_tiny_models(repo: Path) -> None:
         tiny_llama(out, make_tokenizer(out), max_positions=2048)
         raw["variants"][variant]["model"] = {"source": f"tiny_models/{variant}", "dtype": "float32"}
         raw["train"][variant].update(TINY_TRAIN)
+    # Knowledge infusion into the chat model: documents as plain text, three passes over them beside the rest.
+    raw["template"]["chat"]["documents_as"] = "text"
+    raw["tokenize"]["chat"]["mixture"] = {"sources": {}, "kinds": {"document": 3}}
     raw["synthesize"]["generator"] = {"source": "tiny_models/chat", "dtype": "float32"}
     for section, values in TINY_SYNTHESIZE.items():
         raw["synthesize"][section].update(values)
@@ -412,6 +415,33 @@ def test_masks_cover_exactly_the_responses(repo: Path, variant: str, end: str) -
         assert -100 in row["labels"]  # the prompt is masked
         checked += 1
     assert checked >= 30  # tiny byte-level vocabularies: most examples exceed max_tokens and are skipped
+
+
+def test_chat_trains_on_documents_as_text_three_times(repo: Path) -> None:
+    """documents_as: text for the chat variant, with a mixture of 3 passes over the documents, end to end."""
+    from datasets import load_from_disk
+    from transformers import AutoTokenizer
+
+    start = AutoTokenizer.from_pretrained(repo / "models/chat/base").convert_tokens_to_ids("<|im_start|>")
+    documents = {r["id"]: r for r in read_records(repo / "data/curated.parquet") if r["kind"] == "document"}
+    assert documents
+    template = json.loads((repo / "metrics/template_chat.json").read_text())
+    assert template["kept_document"] == len(documents) and "dropped_document_skipped" not in template
+    m = json.loads((repo / "metrics/tokenize_chat.json").read_text())
+    copies: dict[str, int] = {}
+    document_tokens = 0
+    for row in load_from_disk(str(repo / "data/tokenized/chat"))["train"]:
+        example = row["ids"][0].split("#")[0]  # <record id>/<chunk>, the same for each of its copies
+        if example.split("/")[0] not in documents:
+            continue
+        copies[example] = copies.get(example, 0) + 1
+        document_tokens += len(row["input_ids"])
+        # plain text: no chat template around it, every token but the first trained
+        assert start not in row["input_ids"] and row["labels"] == [-100, *row["input_ids"][1:]]
+    assert copies and set(copies.values()) == {3}, copies  # each document chunk three times, no more
+    assert m["train_tokens_document"] == document_tokens > 0
+    assert m["train_tokens"] == sum(m[f"train_tokens_{k}"] for k in ("instruction", "conversation", "qa", "document"))
+    assert json.loads((repo / "metrics/train_chat.json").read_text())["steps"] > 0
 
 
 def yaml_params(repo: Path) -> dict:

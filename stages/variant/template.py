@@ -29,8 +29,9 @@ Formats (``template.<variant>.format``):
   response segment: the span the template adds for it, from after the generation prompt to the end of the turn
   (its end-of-turn token included, so the model learns to stop). Spans come from rendering each prefix of the
   conversation; a template whose renderings are not prefixes of one another (one that rewrites earlier turns)
-  stops the stage. A document becomes a user turn ``document_prompt`` answered by the document with
-  ``documents_as: user_assistant``, or is dropped (``document_skipped``).
+  stops the stage. A document is one response segment of plain causal-LM text, outside the chat template (knowledge
+  infusion, as in ``alpaca``) with ``documents_as: text``; a user turn ``document_prompt`` answered by the document
+  with ``documents_as: user_assistant``; or dropped (``document_skipped``).
 
 Drop reasons: ``duplicate_input`` (a record whose id an earlier ``--in`` file already holds),
 ``document_skipped`` (documents_as says so), ``no_assistant_turn`` (a conversation with no assistant
@@ -149,6 +150,8 @@ def render_chat(record: _records.Record, p: ChatTemplate, tokenizer: Any) -> lis
     if record["kind"] == "document":
         if p.documents_as == "skip":
             return "document_skipped"
+        if p.documents_as == "text":  # no template, no system turn: the text as the model would read it anywhere
+            return [_response(record["text"])]
         messages = [{"role": "user", "content": p.document_prompt}, {"role": "assistant", "content": record["text"]}]
     else:
         messages = _records.as_messages(record)

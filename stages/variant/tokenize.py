@@ -5,15 +5,18 @@ Inputs: ``--in`` (``data/templated/<variant>.parquet``, rows of ``stages.variant
 Outputs: ``--out`` (``data/tokenized/<variant>``), a ``datasets.DatasetDict`` saved with ``save_to_disk``, splits
     ``train`` and ``validation`` (either may be empty), one row per training sequence::
 
-        ids             ["<record id>/<chunk>", ...]: the examples in the sequence (one, or several when packed)
+        ids             ["<record id>/<chunk>[#<copy>]", ...]: the examples in the sequence (one, or several when
+                        packed); ``#<copy>`` marks the mixture's repeats (copy 1 and later)
         input_ids       token ids, at most max_tokens                                 # (T,)
         attention_mask  1 on tokens, 0 on padding                                     # (T,)
         labels          the token id where the loss is taken, -100 elsewhere          # (T,)
         position_ids    0.. within each example, restarting at every packed example   # (T,)
+        seq_lengths     the length of each example in the sequence (and of its padding)  # (n examples,)
 
 ``--metrics`` (``metrics/tokenize_<variant>.json``): total, kept, dropped_<reason> (per templated row), the
     longest example (tokens, before truncation, and its id), truncated and chunked rows, and per split the examples,
-    sequences, tokens (padding excluded) and trainable tokens (labels not -100).
+    sequences, tokens (padding excluded) and trainable tokens (labels not -100); after the mixture, the train tokens
+    per kind (``train_tokens_<kind>``) and per source (``train_tokens_source_<source>``).
 Run: ``dvc repro tokenize@chat`` (= ``python -m stages.variant.tokenize --params params.yaml --variant chat
     --in data/templated/chat.parquet --model models/chat/base --out data/tokenized/chat
     --metrics metrics/tokenize_chat.json``).
@@ -35,11 +38,21 @@ one-token last chunk) is dropped; a row none of whose examples is left is counte
 Split. A row goes to validation when the first 8 bytes of sha256(id), read as an integer, fall below
 ``validation_ratio`` of 2**64: the same row always lands in the same split, whatever rows are added.
 
+Mixture. ``mixture`` repeats train rows: a row of source s and kind k goes into the train split
+``sources[s] * kinds[k]`` times (1 for a source or kind not listed), as passes over the data (every first copy in id
+order, then every second copy, ...), so ``kinds: {document: 20}`` is twenty passes over the documents per epoch
+beside one over the rest. A fractional factor adds its extra copy to the rows whose seeded hash of the id falls
+below the fraction (``common.seed``: the same rows on every run); a row left with no copy is counted as
+``mixture_subsample``. Validation rows are never repeated, and a row's copies all stay in its split. A source name
+no row has stops the stage (a typo would otherwise change nothing).
+
 Packing and padding. With ``use_packing``, examples (in id order) are placed greedily into sequences of at most
 max_tokens, a new sequence started when the next example does not fit; ``position_ids`` restart at each example so
-that an attention implementation that honours them (flash-attention varlen, TRL's padding-free collator) keeps
-examples apart. With ``use_padding``, each sequence is padded on the right to max_tokens (the tokenizer's pad
-token, else its EOS) with attention_mask 0 and labels -100.
+that an attention implementation that honours them keeps examples apart: the train stage sees packed rows (a
+``seq_lengths`` of more than one entry) and trains padding-free, where TRL's collator rebuilds the position ids from
+``seq_lengths`` and transformers masks attention block-diagonally, one block per example. With ``use_padding``,
+each sequence is padded on the right to max_tokens (the tokenizer's pad token, else its EOS) with attention_mask 0
+and labels -100.
 
 Determinism. Rows are sorted by id, each split is saved as one shard, and the dataset fingerprints are hashes of the
 content, so the same inputs and params give the same bytes.
@@ -58,13 +71,13 @@ from stages.core import cli
 from stages.core import io as _io
 from stages.core import params as _params
 from stages.core.io import StageError
-from stages.core.params.tokenize import TokenizeParams
+from stages.core.params.tokenize import KINDS, TokenizeParams
 from stages.variant.lm import leading_specials, load_tokenizer, read_templated
 
 log = logging.getLogger("steep.tokenize")
 
 STAGE = cli.Stage(
-    params=("tokenize.${key}",),
+    params=("common.seed", "tokenize.${key}"),
     inputs={"in": "templated rows (Parquet)", "model": "the variant's checkpoint directory (its tokenizer)"},
     outputs={"out": "DatasetDict directory to write"},
 )
@@ -151,21 +164,49 @@ def sequences(examples: list[Example], p: TokenizeParams, pad: int) -> list[dict
     rows = []
     for group in groups:
         row: dict[str, list[Any]] = {"ids": [], "input_ids": [], "attention_mask": [], "labels": []}
-        row["position_ids"] = []
+        row["position_ids"], row["seq_lengths"] = [], []
         for ex in group:
             row["ids"].append(ex.id)
             row["input_ids"] += ex.input_ids
             row["labels"] += ex.labels
             row["attention_mask"] += [1] * len(ex.input_ids)
             row["position_ids"] += list(range(len(ex.input_ids)))
+            row["seq_lengths"].append(len(ex.input_ids))
         if p.use_padding:
             missing = p.max_tokens - len(row["input_ids"])
+            row["seq_lengths"] += [missing] if missing else []
             row["input_ids"] += [pad] * missing
             row["labels"] += [IGNORE] * missing
             row["attention_mask"] += [0] * missing
             row["position_ids"] += [0] * missing
         rows.append(row)
     return rows
+
+
+# --- the mixture ----------------------------------------------------------------------------------------------------
+
+
+def copies_of(record_id: str, factor: float, seed: int) -> int:
+    """How many times a row goes into the train split: floor(factor), plus one more copy when a seeded hash of its
+    id, read as a fraction of 2**64, falls below the factor's fractional part (so 0.5 keeps a stable half)."""
+    whole = int(factor)
+    if factor == whole:
+        return whole
+    h = int.from_bytes(hashlib.sha256(f"{seed}\0mixture\0{record_id}".encode()).digest()[:8], "big")
+    return whole + (h < (factor - whole) * 2**64)
+
+
+def mix(rows: list[tuple[dict[str, Any], list[Example]]], counts: list[int]) -> list[Example]:
+    """The train examples of `rows` (in id order) repeated `counts` times each, as passes: every copy-0 example,
+    then every copy-1, ... A repeated example's id gets ``#<copy>`` (copy 1 and later), so that every sequence of
+    the dataset stays traceable; the copies of a row share its split (the split is decided per row id).
+    """
+    out: list[Example] = []
+    for k in range(max(counts, default=0)):
+        for (_, built), n in zip(rows, counts, strict=True):
+            if k < n:
+                out += [ex if k == 0 else Example(f"{ex.id}#{k}", ex.input_ids, ex.labels) for ex in built]
+    return out
 
 
 # --- the stage ------------------------------------------------------------------------------------------------------
@@ -182,6 +223,7 @@ def _features() -> Any:
             "attention_mask": ints,
             "labels": ints,
             "position_ids": ints,
+            "seq_lengths": ints,
         }
     )
 
@@ -206,14 +248,15 @@ def run(params: _params.Scoped, *, variant: str, inputs: dict[str, Path], output
     """Tokenize ``inputs["in"]`` with the tokenizer of ``inputs["model"]`` into ``outputs["out"]``; return metrics.
 
     Args:
-        params: the scoped params (``tokenize.<variant>``).
+        params: the scoped params (``common.seed``, ``tokenize.<variant>``).
         variant: the variant tokenized for.
         inputs: ``{"in": templated Parquet, "model": checkpoint directory}``.
         outputs: ``{"out": DatasetDict directory}``.
 
     Returns:
-        Metrics: total, kept, dropped_no_trainable_tokens, longest_tokens, longest_id, truncated, chunked, and
-        <split>_examples, <split>_sequences, <split>_tokens, <split>_trainable_tokens for train and validation.
+        Metrics: total, kept, dropped_no_trainable_tokens, dropped_mixture_subsample, longest_tokens, longest_id,
+        truncated, chunked, <split>_examples, <split>_sequences, <split>_tokens, <split>_trainable_tokens for train
+        and validation, train_tokens_<kind> and train_tokens_source_<source> (after the mixture).
     """
     spec: TokenizeParams = _params.get(params, f"tokenize.{variant}")
     rows = sorted(read_templated(inputs["in"]), key=lambda r: r["id"])
@@ -230,8 +273,15 @@ def run(params: _params.Scoped, *, variant: str, inputs: dict[str, Path], output
     texts = [seg["text"] for row in rows for seg in row["segments"]]
     flat = tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
 
-    examples: dict[str, list[Example]] = {s: [] for s in SPLITS}
-    dropped: Counter[str] = Counter()
+    unknown = sorted(set(spec.mixture.sources) - {row["source"] for row in rows})
+    if unknown:
+        raise StageError(
+            f"tokenize.{variant}.mixture.sources names {unknown}, which no templated row has; "
+            f"sources present: {sorted({row['source'] for row in rows})}"
+        )
+    seed: int = params.common.seed
+    built_rows: dict[str, list[tuple[dict[str, Any], list[Example]]]] = {s: [] for s in SPLITS}
+    dropped: Counter[str] = Counter({"no_trainable_tokens": 0, "mixture_subsample": 0})
     counts: Counter[str] = Counter()
     longest, longest_id = 0, ""
     at = 0
@@ -246,10 +296,21 @@ def run(params: _params.Scoped, *, variant: str, inputs: dict[str, Path], output
         if not built:
             dropped["no_trainable_tokens"] += 1
             continue
-        split = split_of(row["id"], spec.validation_ratio)
-        examples[split] += built
-        counts[f"{split}_examples"] += len(built)
+        built_rows[split_of(row["id"], spec.validation_ratio)].append((row, built))
 
+    # The mixture repeats train rows only: validation measures each row once, whatever the mixture.
+    mixture = spec.mixture
+    copies = [copies_of(row["id"], mixture.factor(row["source"], row["kind"]), seed) for row, _ in built_rows["train"]]
+    dropped["mixture_subsample"] = copies.count(0)
+    mixed_tokens: Counter[str] = Counter()
+    for (row, built), n in zip(built_rows["train"], copies, strict=True):
+        tokens = n * sum(len(ex.input_ids) for ex in built)
+        mixed_tokens[f"train_tokens_{row['kind']}"] += tokens
+        mixed_tokens[f"train_tokens_source_{row['source']}"] += tokens
+    examples = {"train": mix(built_rows["train"], copies)}
+    examples["validation"] = mix(built_rows["validation"], [1] * len(built_rows["validation"]))
+    for s in SPLITS:
+        counts[f"{s}_examples"] = len(examples[s])
     splits = {s: sequences(examples[s], spec, pad if pad is not None else 0) for s in SPLITS}
     for s, seqs in splits.items():
         counts[f"{s}_sequences"] = len(seqs)
@@ -263,6 +324,9 @@ def run(params: _params.Scoped, *, variant: str, inputs: dict[str, Path], output
     for s in SPLITS:
         for what in ("examples", "sequences", "tokens", "trainable_tokens"):
             extra[f"{s}_{what}"] = counts[f"{s}_{what}"]
+    # After the mixture (padding excluded): per kind (every kind, 0 if none) and per source present in train.
+    extra |= {f"train_tokens_{k}": mixed_tokens[f"train_tokens_{k}"] for k in KINDS}
+    extra |= {k: v for k, v in sorted(mixed_tokens.items()) if k.startswith("train_tokens_source_")}
     return _io.drop_metrics(len(rows), kept, dropped, **extra)
 
 

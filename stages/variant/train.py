@@ -16,6 +16,11 @@ Run: ``dvc repro train@chat`` (= ``python -m stages.variant.train --params param
     --model models/chat/base --data data/tokenized/chat --out models/chat/adapter
     --checkpoints .steep_cache/checkpoints/chat --metrics metrics/train_chat.json --live dvclive/train_chat``).
 
+Schedule. ``max_steps`` optimizer steps, or with ``max_steps: 0`` ``epochs`` passes over the train split (which the
+tokenize stage's mixture may already repeat per source and kind); ``optimizer``, ``weight_decay`` and
+``max_grad_norm`` are transformers' ``optim``, ``weight_decay`` and ``max_grad_norm``. Rows the tokenize stage packed
+(``use_packing``) train padding-free: one flattened row a batch, attention kept within each example.
+
 Processes. ``num_processes: 1`` trains in this process (CUDA when present, else CPU). ``num_processes: N > 1``
 relaunches the same command under ``torchrun --standalone --nproc_per_node N`` (DDP: NCCL on CUDA, gloo on CPU);
 rank 0 writes every output.
@@ -148,22 +153,39 @@ def _setup_tokenizer(model_dir: Path) -> Any:
 def _setup_model(model_dir: Path, spec: TrainSpec, device: str, local_rank: int, is_main: bool) -> Any:
     """The (quantized) base model with a trainable LoRA adapter."""
     model = add_adapter(load_base(model_dir, spec, device, local_rank), spec)
+    # Training reads no KV cache; and with one, transformers skips the block-diagonal mask of packed rows
+    # (position ids restarting), so packed examples would attend to one another.
+    model.config.use_cache = False
     if is_main:
         trainable, total = model.get_nb_trainable_parameters()
         log.info("trainable parameters: %d of %d (%.2f%%)", trainable, total, 100 * trainable / total)
     return model
 
 
-def _setup_args(spec: TrainSpec, seed: int, checkpoints: Path, device: str, world: int) -> Any:
-    """The SFTConfig: schedule, evaluation, checkpointing and precision from `spec`; data used as tokenized."""
+def is_packed(data: Any) -> bool:
+    """Whether the tokenize stage packed several examples into a row (a ``seq_lengths`` of more than one entry)."""
+    split = data["train"]
+    return "seq_lengths" in split.column_names and any(len(n) > 1 for n in split["seq_lengths"])
+
+
+def _setup_args(spec: TrainSpec, seed: int, checkpoints: Path, device: str, world: int, packed: bool) -> Any:
+    """The SFTConfig: schedule, optimizer, evaluation, checkpointing and precision from `spec`; data used as
+    tokenized (`packed`: padding-free, each packed example attending to itself only)."""
     from trl import SFTConfig
 
     bf16 = spec.compute_dtype == "bfloat16"
+    if device == "cpu" and spec.optimizer.startswith("paged_"):
+        log.info("optimizer %s: bitsandbytes has no paged memory on CPU and runs it unpaged", spec.optimizer)
     return SFTConfig(
         output_dir=str(checkpoints),
         seed=seed,
         data_seed=seed,
-        max_steps=spec.max_steps,
+        # max_steps -1: the number of steps follows from num_train_epochs (exactly one of the two is set)
+        max_steps=spec.max_steps or -1,
+        num_train_epochs=spec.epochs or 1.0,
+        optim=spec.optimizer,
+        weight_decay=spec.weight_decay,
+        max_grad_norm=spec.max_grad_norm,
         per_device_train_batch_size=spec.per_device_batch_size,
         per_device_eval_batch_size=spec.per_device_batch_size,
         gradient_accumulation_steps=spec.gradient_accumulation_steps,
@@ -187,13 +209,16 @@ def _setup_args(spec: TrainSpec, seed: int, checkpoints: Path, device: str, worl
         ddp_backend=("nccl" if device == "cuda" else "gloo") if world > 1 else None,
         ddp_find_unused_parameters=False,
         include_num_input_tokens_seen="non_padding",
-        # The data is tokenized, labelled (-100 on prompts) and truncated upstream: trl must neither
+        # The data is tokenized, labelled (-100 on prompts), truncated and packed upstream: trl must neither
         # re-tokenize, truncate, pack nor rebuild labels. Its collator pads input_ids / labels (-100) and
         # builds attention_mask from the lengths (right padding), so the stored attention_mask is not needed.
+        # Packed rows train padding-free instead: the collator flattens the batch into one row with position ids
+        # restarting at each example (from seq_lengths), and transformers masks attention block-diagonally from
+        # them, so that no example attends to its neighbour in a packed row.
         dataset_kwargs={"skip_prepare_dataset": True},
         max_length=None,
         packing=False,
-        padding_free=False,
+        padding_free=packed,
         report_to="none",
         disable_tqdm=True,
     )
@@ -233,7 +258,7 @@ def _metrics(
         "first_eval_loss": evals[0]["eval_loss"],
         "best_step": best_step,
         "steps": state.global_step,
-        "stopped_early": state.global_step < spec.max_steps,
+        "stopped_early": state.global_step < state.max_steps,
         "tokens_per_s": round((state.num_input_tokens_seen - seen) / out.metrics["train_runtime"], 1),
         "peak_memory_mb": round(training.peak_memory_mb(device), 1),
         "resumed": resume is not None,
@@ -317,7 +342,7 @@ def run(
     )
     tokenizer = _setup_tokenizer(model_dir)
     model = _setup_model(model_dir, spec, device, local_rank, is_main)
-    args = _setup_args(spec, seed, checkpoints, device, world)
+    args = _setup_args(spec, seed, checkpoints, device, world, is_packed(data))
     trainer = _setup_trainer(spec, args, model, tokenizer, data, device)
 
     resumed_state = json.loads((resume / "trainer_state.json").read_text()) if resume else {}

@@ -46,7 +46,8 @@ TRAIN = {"quantization": "nf4_4bit", "compute_dtype": "float32"}
 TRAIN_SPEC = {
     **TRAIN,
     "lora_rank": 4, "lora_alpha": 8, "lora_dropout": 0.0, "target_modules": "all-linear", "learning_rate": 0.001,
-    "lr_scheduler": "linear", "warmup_ratio": 0.0, "max_steps": 1, "per_device_batch_size": 1,
+    "lr_scheduler": "linear", "warmup_ratio": 0.0, "max_steps": 1, "epochs": 0,
+    "optimizer": "adamw_torch_fused", "weight_decay": 0.0, "max_grad_norm": 1.0, "per_device_batch_size": 1,
     "gradient_accumulation_steps": 1, "log_every_steps": 1, "eval_every_steps": 1, "save_every_steps": 1,
     "early_stopping_patience": 0, "max_checkpoints": 1, "use_gradient_checkpointing": False, "num_processes": 1,
 }  # fmt: skip

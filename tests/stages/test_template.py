@@ -201,6 +201,19 @@ def test_chat_system_prompt_and_documents(tmp_path: Path, params_file: Path, tok
     assert metrics["kept_document"] == 1 and "dropped_document_skipped" not in metrics
 
 
+def test_chat_documents_as_text_are_plain_text(tmp_path: Path, params_file: Path, tokenizers: dict[str, Path]) -> None:
+    """Knowledge infusion for a chat model: the document alone, outside the template, all of it trained."""
+    params = load_params(params_file, "chat")
+    prompts = params.prompts.model_copy(update={"system": "You are steep."})
+    params = params.model_copy(update={"prompts": prompts, "documents_as": "text"})
+    rows, metrics = render(tmp_path, params, tokenizers["chat"])
+    seg = by_content(rows, records())
+    assert seg["document"] == [{"text": "Steep curates data.\n\nIt fine-tunes small models.", "train": True}]
+    # The other records still go through the chat template, with the system turn.
+    assert seg["no_input"][0]["text"].startswith("<|im_start|>system\nYou are steep.<|im_end|>")
+    assert metrics["kept_document"] == 1 and "dropped_document_skipped" not in metrics
+
+
 def test_template_that_rewrites_earlier_turns_stops_the_stage(
     tmp_path: Path, params_file: Path, tokenizers: dict[str, Path]
 ) -> None:

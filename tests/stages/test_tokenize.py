@@ -42,6 +42,7 @@ PARAMS = {
             "use_packing": False,
             "use_padding": False,
             "validation_ratio": 0.05,
+            "mixture": {"sources": {}, "kinds": {}},
         },
         "chat": {
             "max_tokens": 1024,
@@ -51,6 +52,7 @@ PARAMS = {
             "use_packing": False,
             "use_padding": False,
             "validation_ratio": 0.05,
+            "mixture": {"sources": {}, "kinds": {}},
         },
     }
 }
@@ -72,15 +74,18 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def params_for(variant: str, **changes: Any) -> tokenize.TokenizeParams:
+    """The proposed section of `variant`, with `changes` (``mixture`` as a dict)."""
     return tokenize.TokenizeParams.model_validate({**PARAMS["tokenize"][variant], **changes})
 
 
-def templated(tmp_path: Path, variant: str, model: Path, recs: list[_records.Record] | None = None) -> Path:
-    """Curated records rendered by the template stage with the proposed params."""
+def templated(
+    tmp_path: Path, variant: str, model: Path, recs: list[_records.Record] | None = None, changes: Any = None
+) -> Path:
+    """Curated records rendered by the template stage with the proposed params (and `changes` to them)."""
     src, out = tmp_path / "curated.parquet", tmp_path / f"templated-{variant}.parquet"
     _records.write_records(src, records() if recs is None else recs)
     tparams = FORMATS[TEMPLATE_PARAMS["template"][variant]["format"]]
-    tparams = tparams.model_validate(TEMPLATE_PARAMS["template"][variant])
+    tparams = tparams.model_validate({**TEMPLATE_PARAMS["template"][variant], **(changes or {})})
     template.run(
         _params.of({"template.v": tparams}), variant="v", inputs={"in": src, "model": model}, outputs={"out": out}
     )
@@ -88,14 +93,23 @@ def templated(tmp_path: Path, variant: str, model: Path, recs: list[_records.Rec
 
 
 def tokenized(
-    tmp_path: Path, variant: str, model: Path, params: tokenize.TokenizeParams, recs: list[Any] | None = None
+    tmp_path: Path,
+    variant: str,
+    model: Path,
+    params: tokenize.TokenizeParams,
+    recs: list[Any] | None = None,
+    template_params: Any = None,
+    seed: int = 0,
 ) -> tuple[dict[str, list[dict[str, Any]]], dict[str, Any]]:
     from datasets import load_from_disk
 
-    src = templated(tmp_path, variant, model, recs)
+    src = templated(tmp_path, variant, model, recs, template_params)
     out = tmp_path / f"tokenized-{variant}"
     metrics = tokenize.run(
-        _params.of({"tokenize.v": params}), variant="v", inputs={"in": src, "model": model}, outputs={"out": out}
+        _params.of({"common.seed": seed, "tokenize.v": params}),
+        variant="v",
+        inputs={"in": src, "model": model},
+        outputs={"out": out},
     )
     dd = load_from_disk(str(out))
     return {s: dd[s].to_list() for s in tokenize.SPLITS}, metrics
@@ -273,24 +287,112 @@ def test_split_is_stable_when_records_are_added(tmp_path: Path, models: dict[str
     assert 0.27 < ratio < 0.33
 
 
+# --- documents as text for a chat model, the mixture ----------------------------------------------------------------
+
+
+def test_chat_documents_as_text_train_every_token(tmp_path: Path, models: dict[str, Path]) -> None:
+    """A chat model's document as plain text: no template tokens, cut into max_tokens blocks, each trained whole."""
+    tok = variant_lm.load_tokenizer(models["chat"])
+    doc = records()[5]
+    p = params_for("chat", max_tokens=8, validation_ratio=0.0)
+    rows, metrics = tokenized(tmp_path, "chat", models["chat"], p, [doc], {"documents_as": "text"})
+    blocks = rows["train"]
+    assert decode(tok, [t for r in blocks for t in r["input_ids"]]) == DOCUMENT  # no <|im_start|>, no EOS
+    assert len(blocks) > 1 and all(len(r["input_ids"]) <= 8 for r in blocks)
+    assert all(r["labels"] == [IGNORE, *r["input_ids"][1:]] for r in blocks)
+    assert metrics["chunked"] == 1 and metrics["train_tokens_document"] == metrics["train_tokens"]
+
+
+def mixture_records(n: int) -> list[_records.Record]:
+    """`n` instructions of source ``chat`` and `n` documents of source ``docs``."""
+    out = []
+    for i in range(n):
+        meta = {**META, "row": i}
+        out.append(
+            _records.make_record(
+                source="chat", kind="instruction", meta=meta, instruction=f"Question {i}?", output=f"Answer {i}."
+            )
+        )
+        out.append(_records.make_record(source="docs", kind="document", meta=meta, text=f"Fact number {i} is true."))
+    return out
+
+
+def test_mixture_repeats_train_rows_as_declared(tmp_path: Path, models: dict[str, Path]) -> None:
+    recs = mixture_records(30)
+    runs = {}
+    for name, mixture in {
+        "plain": {"sources": {}, "kinds": {}},
+        "docs_x3": {"sources": {}, "kinds": {"document": 3}},
+        "replay": {"sources": {"chat": 2}, "kinds": {"document": 3, "instruction": 0.5}},
+    }.items():
+        (tmp_path / name).mkdir()
+        p = params_for("base", validation_ratio=0.2, mixture=mixture)
+        runs[name] = tokenized(tmp_path / name, "base", models["base"], p, recs)
+    (plain, m1), (x3, m3), (_, mr) = runs["plain"], runs["docs_x3"], runs["replay"]
+    assert m1["train_tokens_document"] > 0 and m1["train_tokens_instruction"] > 0
+    assert m1["train_tokens"] == m1["train_tokens_document"] + m1["train_tokens_instruction"]
+    # Documents x3: three times the document tokens in train, the instructions and validation untouched.
+    assert m3["train_tokens_document"] == 3 * m1["train_tokens_document"]
+    assert m3["train_tokens_source_docs"] == m3["train_tokens_document"]
+    assert m3["train_tokens_instruction"] == m1["train_tokens_instruction"] == m1["train_tokens_source_chat"]
+    assert m3["train_tokens"] == m3["train_tokens_document"] + m3["train_tokens_instruction"]
+    assert x3["validation"] == plain["validation"] and m3["validation_tokens"] == m1["validation_tokens"]
+    # As passes: the first pass is the unmixed train split, then the copies, each marked with its copy number.
+    ids = [r["ids"][0] for r in x3["train"]]
+    assert ids[: len(plain["train"])] == [r["ids"][0] for r in plain["train"]]
+    assert sorted(i for i in ids if "#" in i) == sorted(
+        f"{i}#{k}" for i in ids if "#" not in i for k in (1, 2) if x3_kind(i, recs) == "document"
+    )
+    # A repeated row never straddles the split: no record id is in both.
+    record_ids = {s: {i.split("/")[0] for r in x3[s] for i in r["ids"]} for s in tokenize.SPLITS}
+    assert record_ids["validation"] and not record_ids["train"] & record_ids["validation"]
+    # Replay: chat x2 times instruction x0.5 is x1, documents x3; a fraction alone drops a seeded share.
+    assert mr["train_tokens_instruction"] == m1["train_tokens_instruction"]
+    assert mr["train_tokens_document"] == m3["train_tokens_document"] and mr["dropped_mixture_subsample"] == 0
+    half = params_for("base", validation_ratio=0.2, mixture={"sources": {}, "kinds": {"instruction": 0.5}})
+    kept = {}
+    for seed in (0, 0, 1):
+        d = tmp_path / f"half{len(kept)}-{seed}"
+        d.mkdir()
+        rows, m = tokenized(d, "base", models["base"], half, recs, seed=seed)
+        kept[len(kept)] = {r["ids"][0] for r in rows["train"]}
+        n_train = m1["train_examples"] - m1["train_examples"] // 2  # documents + instructions in train
+        assert 0 < m["dropped_mixture_subsample"] < n_train and m["kept"] == m["total"] - m["dropped_mixture_subsample"]
+        assert m["train_tokens_document"] == m1["train_tokens_document"]
+    assert kept[0] == kept[1] and kept[0] != kept[2]  # the same rows for the same seed
+
+
+def x3_kind(example_id: str, recs: list[_records.Record]) -> str:
+    return {r["id"]: r["kind"] for r in recs}[example_id.split("/")[0]]
+
+
+def test_mixture_source_that_no_row_has_stops_the_stage(tmp_path: Path, models: dict[str, Path]) -> None:
+    p = params_for("base", mixture={"sources": {"dcos": 3}, "kinds": {}})
+    with pytest.raises(StageError, match=r"mixture.sources names \['dcos'\], which no templated row has; sources "):
+        tokenized(tmp_path, "base", models["base"], p, mixture_records(2))
+
+
 # --- params, inputs, the command line -------------------------------------------------------------------------------
 
 
 def test_params_errors_list_every_problem(tmp_path: Path) -> None:
     raw = copy.deepcopy(PARAMS)
     raw["tokenize"]["chat"] |= {"max_tokens": 1, "truncation_side": "middle", "use_packing": "maybe", "pad": 1}
+    raw["tokenize"]["chat"]["mixture"] = {"sources": {"docs": 0}, "kinds": {"documents": 2}}
     del raw["tokenize"]["chat"]["validation_ratio"]
     path = write_params(tmp_path / "params.yaml", **raw)
     with pytest.raises(StageError) as err:
         load_params(path, "chat")
     msg = str(err.value)
-    assert "5 problem(s)" in msg
+    assert "7 problem(s)" in msg
+    assert "tokenize.chat.mixture.sources.docs: Input should be greater than 0 (got 0)" in msg
+    assert "tokenize.chat.mixture.kinds.documents.[key]: Input should be 'instruction', 'conversation', 'qa' or" in msg
     assert "tokenize.chat.max_tokens: Input should be greater than or equal to 2 (got 1)" in msg
     assert "tokenize.chat.truncation_side: Input should be 'left' or 'right' (got 'middle')" in msg
     assert "tokenize.chat.use_packing:" in msg and "tokenize.chat.validation_ratio: required key is missing" in msg
     assert "tokenize.chat.pad: unknown key (value 1); allowed here: ['max_tokens'" in msg
     # The whole file is validated: a bad chat entry stops the base variant too; a valid file gives each its own.
-    with pytest.raises(StageError, match=r"5 problem\(s\)"):
+    with pytest.raises(StageError, match=r"7 problem\(s\)"):
         load_params(path, "base")
     write_params(path, **PARAMS)
     assert load_params(path, "base") == params_for("base")
@@ -303,7 +405,7 @@ def test_bad_inputs(tmp_path: Path, models: dict[str, Path]) -> None:
     p = params_for("chat")
     with pytest.raises(StageError, match=r"templated.parquet: cannot read templated rows .*rerun `dvc repro template`"):
         tokenize.run(
-            _params.of({"tokenize.v": p}),
+            _params.of({"common.seed": 0, "tokenize.v": p}),
             variant="v",
             inputs={"in": bad, "model": models["chat"]},
             outputs={"out": tmp_path / "out"},
@@ -317,7 +419,7 @@ def test_bad_inputs(tmp_path: Path, models: dict[str, Path]) -> None:
     del tok
     with pytest.raises(StageError, match=r"no-eos: the tokenizer has no EOS token; set use_eos: false"):
         tokenize.run(
-            _params.of({"tokenize.v": params_for("chat", use_eos=True)}),
+            _params.of({"common.seed": 0, "tokenize.v": params_for("chat", use_eos=True)}),
             variant="v",
             inputs={"in": src, "model": no_eos},
             outputs={"out": bad},

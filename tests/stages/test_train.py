@@ -45,6 +45,10 @@ SPEC: dict[str, Any] = {
     "lr_scheduler": "linear",
     "warmup_ratio": 0.0,
     "max_steps": 20,
+    "epochs": 0,
+    "optimizer": "adamw_torch_fused",
+    "weight_decay": 0.0,
+    "max_grad_norm": 1.0,
     "per_device_batch_size": 8,
     "gradient_accumulation_steps": 1,
     "log_every_steps": 2,
@@ -163,6 +167,83 @@ def test_batch_keeps_precomputed_labels(tiny: dict[str, Path]) -> None:
     assert batch["labels"][1, 10:].tolist() == [-100] * 6 and batch["attention_mask"][1].sum() == 10
 
 
+def test_epochs_optimizer_weight_decay_and_clipping(tiny: dict[str, Path], tmp_path: Path) -> None:
+    """max_steps 0: `epochs` passes over the train split (67 rows, batch 8: 9 steps a pass); 8-bit AdamW on CPU."""
+    knobs = {"max_steps": 0, "epochs": 2, "optimizer": "adamw_8bit", "weight_decay": 0.1, "max_grad_norm": 0.5}
+    spec = train.TrainSpec.model_validate({**SPEC, **knobs})
+    args = train._setup_args(spec, 0, tmp_path / "ckpt", "cpu", 1, packed=False)
+    assert (args.max_steps, args.num_train_epochs, args.optim) == (-1, 2, "adamw_8bit")
+    assert (args.weight_decay, args.max_grad_norm, args.padding_free) == (0.1, 0.5, False)
+    m = _run(tiny, tmp_path, quantization="none", eval_every_steps=3, save_every_steps=9, **knobs)
+    assert m["steps"] == 18 and not m["stopped_early"] and m["eval_loss"] < m["first_eval_loss"], m
+    # The demo's defaults are transformers': fused AdamW, no weight decay, clipping at 1.
+    default = train._setup_args(train.TrainSpec.model_validate(SPEC), 0, tmp_path, "cpu", 1, packed=False)
+    assert (default.optim, default.weight_decay, default.max_grad_norm, default.max_steps) == (
+        "adamw_torch_fused",
+        0.0,
+        1.0,
+        20,
+    )
+
+
+def _packed(rows: Any, per_row: int) -> Any:
+    """`rows` packed `per_row` at a time, as the tokenize stage writes them (position ids restart, seq_lengths)."""
+    from datasets import Dataset
+
+    out = []
+    for i in range(0, len(rows), per_row):
+        group = [rows[j] for j in range(i, min(i + per_row, len(rows)))]
+        out.append(
+            {
+                "input_ids": [t for r in group for t in r["input_ids"]],
+                "attention_mask": [1 for r in group for _ in r["input_ids"]],
+                "labels": [t for r in group for t in r["labels"]],
+                "position_ids": [k for r in group for k in range(len(r["input_ids"]))],
+                "seq_lengths": [len(r["input_ids"]) for r in group],
+            }
+        )
+    return Dataset.from_list(out)
+
+
+def test_packed_rows_train_padding_free_each_example_apart(tiny: dict[str, Path], tmp_path: Path) -> None:
+    """A packed row's loss is its examples' loss as if each were alone: no example attends to its neighbour.
+
+    Only without a KV cache: with one (``use_cache``, on by default even in training), transformers 5 skips the
+    block-diagonal mask, which is why the stage turns the cache off.
+    """
+    import torch
+    from datasets import DatasetDict, load_from_disk
+    from transformers import AutoModelForCausalLM
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    data = load_from_disk(str(tiny["data"]))
+    rows = [dict(r) for r in data["train"].select(range(3))]
+    packed = _packed(rows, 3)
+    assert train.is_packed(DatasetDict({"train": packed})) and not train.is_packed(data)
+    model = AutoModelForCausalLM.from_pretrained(tiny["model"]).eval()
+
+    def loss_sum(batch: dict[str, Any]) -> float:
+        with torch.no_grad():
+            logits = model(**{k: v for k, v in batch.items() if k != "labels"}, use_cache=False).logits[0, :-1]
+        labels = batch["labels"][0, 1:]
+        keep = labels != -100
+        return float(torch.nn.functional.cross_entropy(logits[keep], labels[keep], reduction="sum"))
+
+    collate = DataCollatorForLanguageModeling(pad_token_id=0, padding_free=True)
+    together = loss_sum(collate([dict(packed[0])]))
+    apart = sum(loss_sum(DataCollatorForLanguageModeling(pad_token_id=0)([r])) for r in rows)
+    assert abs(together - apart) < 1e-3  # float32 sums of ~45 token losses (~206)
+    # Without padding-free, the packed row is one long sequence: the examples see each other and the loss differs.
+    plain = DataCollatorForLanguageModeling(pad_token_id=0)([{k: packed[0][k] for k in ("input_ids", "labels")}])
+    assert abs(loss_sum(plain) - apart) > 0.02  # a random model: ~0.056
+
+    # The stage trains on packed data padding-free (67 rows, 3 a row: 23 packed rows).
+    root = tmp_path / "packed"
+    DatasetDict({"train": _packed(data["train"], 3), "validation": data["validation"]}).save_to_disk(str(root))
+    m = _run({"model": tiny["model"], "data": root}, tmp_path, quantization="none", max_steps=10)
+    assert m["steps"] == 10 and m["eval_loss"] < m["first_eval_loss"], m
+
+
 # --- resume after a kill ------------------------------------------------------
 
 
@@ -229,6 +310,18 @@ def test_params_errors_list_every_problem(tmp_path: Path) -> None:
     assert "3 problem(s)" in msg
     assert "train.chat.quantization:" in msg and "'nf4_4bit'" in msg and "'fp4'" in msg
     assert "train.chat.lora_rank:" in msg and "train.chat.typo: unknown key (value 1)" in msg
+    for both in ({"max_steps": 0, "epochs": 0}, {"max_steps": 10, "epochs": 2}):
+        write_params(path, train={"chat": {**SPEC, **both}})
+        with pytest.raises(StageError, match=r"set exactly one of max_steps \(\d+\) and epochs \(\d\.0\), the other 0"):
+            load_spec(path, "chat")
+    write_params(path, train={"chat": {**SPEC, "optimizer": "adam", "weight_decay": -1, "max_grad_norm": -0.5}})
+    with pytest.raises(StageError) as err:
+        load_spec(path, "chat")
+    msg = str(err.value)
+    assert "3 problem(s)" in msg and "train.chat.optimizer: Input should be 'adamw_torch_fused', " in msg
+    assert "'paged_adamw_8bit'" in msg and "(got 'adam')" in msg
+    assert "train.chat.weight_decay: Input should be greater than or equal to 0 (got -1)" in msg
+    assert "train.chat.max_grad_norm: Input should be greater than or equal to 0 (got -0.5)" in msg
     write_params(path, train={"chat": {**SPEC, "save_every_steps": 7}})
     with pytest.raises(StageError, match=r"save_every_steps \(7\) must be a multiple of eval_every_steps \(5\)"):
         load_spec(path, "chat")

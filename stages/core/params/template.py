@@ -52,7 +52,8 @@ class ChatTemplate(Section):
 
     format: Literal["chat_template"]
     prompts: ChatPrompts
-    documents_as: Literal["user_assistant", "skip"]
+    # text: plain causal-LM text (knowledge infusion), as in alpaca; user_assistant: document_prompt answered by it
+    documents_as: Literal["text", "user_assistant", "skip"]
     document_prompt: str = Field(min_length=1)
 
 

@@ -10,6 +10,17 @@ from stages.core.params.base import Section
 
 QUANTIZATIONS = ("nf4_4bit", "int8", "none")
 SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")
+# transformers' `optim` names that run here: the torch ones anywhere; bitsandbytes' 8-bit (and paged) ones on CUDA and,
+# with bitsandbytes >= 0.49, on CPU too (a paged optimizer falls back to unpaged memory there, with a warning).
+OPTIMIZERS = (
+    "adamw_torch_fused",
+    "adamw_torch",
+    "adafactor",
+    "sgd",
+    "adamw_8bit",
+    "paged_adamw_8bit",
+    "paged_adamw_32bit",
+)
 
 
 class TrainSpec(Section):
@@ -24,7 +35,13 @@ class TrainSpec(Section):
     learning_rate: float = Field(gt=0)
     lr_scheduler: Literal[SCHEDULERS]  # type: ignore[valid-type]
     warmup_ratio: float = Field(ge=0, lt=1)
-    max_steps: int = Field(gt=0)
+    # Optimizer steps; 0: train `epochs` passes over the train split instead (exactly one of the two is set).
+    max_steps: int = Field(ge=0)
+    epochs: float = Field(ge=0, allow_inf_nan=False)
+    optimizer: Literal[OPTIMIZERS]  # type: ignore[valid-type]
+    weight_decay: float = Field(ge=0, allow_inf_nan=False)
+    # the gradient norm clipped to; 0: no clipping
+    max_grad_norm: float = Field(ge=0, allow_inf_nan=False)
     per_device_batch_size: int = Field(gt=0)
     gradient_accumulation_steps: int = Field(gt=0)
     log_every_steps: int = Field(gt=0)
@@ -39,6 +56,12 @@ class TrainSpec(Section):
 
     @model_validator(mode="after")
     def _check(self) -> TrainSpec:
+        if (self.max_steps > 0) == (self.epochs > 0):
+            raise ValueError(
+                f"set exactly one of max_steps ({self.max_steps}) and epochs ({self.epochs}), the other 0: "
+                "max_steps: 100, epochs: 0 trains 100 optimizer steps; max_steps: 0, epochs: 20 trains 20 passes "
+                "over the train split"
+            )
         if self.save_every_steps % self.eval_every_steps:
             raise ValueError(
                 f"save_every_steps ({self.save_every_steps}) must be a multiple of eval_every_steps "

@@ -203,6 +203,8 @@ def _params_for(**over: Any) -> Any:
         "synthesize.documents.max_chunk_chars": 300,
         "synthesize.documents.min_chunk_chars": 100,
         "synthesize.documents.samples_per_chunk": 2,
+        # off by default (params.yaml); the tests run both generators
+        "synthesize.self_instruct.enable": True,
         "synthesize.self_instruct.num_prompts": 2,
         **over,
     }

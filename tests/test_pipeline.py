@@ -292,7 +292,8 @@ def test_another_cpus_kernels_give_the_same_curation_bytes(repo: Path) -> None:
         ("pull.web.timeout_s", 5, ["pull"]),
         # synthesize applies moderate's rules to every generated pair
         ("moderate.toxicity.max_probability", 0.7, ["moderate", "synthesize"]),
-        ("dedup.minhash.jaccard_threshold", 0.6, ["dedup"]),
+        # synthesize runs dedup's MinHash on its pairs (and its references)
+        ("dedup.minhash.jaccard_threshold", 0.6, ["dedup", "synthesize"]),
         ("synthesize.filters.max_rouge_l", 0.6, ["synthesize"]),
         # the generator's model: its own checkpoint (synthesize follows when the checkpoint's bytes change)
         ("synthesize.generator.dtype", "bfloat16", ["generator"]),

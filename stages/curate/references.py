@@ -17,6 +17,7 @@ from stages.core import io as _io
 from stages.core import params as _params
 from stages.core.io import StageError
 from stages.core.params.dedup import Dedup, Reference
+from stages.core.params.dedup import MinHash as MinHashParams
 from stages.core.records import clean_text
 from stages.curate.embed import cosine, embed
 from stages.curate.minhash import NearDuplicateIndex, exact_key, normalize_text, signatures_of
@@ -84,25 +85,8 @@ def reference_overlaps(
     if not references:
         return {}
     cfg: Dedup = params.dedup
-    found: dict[int, str] = {}
+    found = lexical_overlaps(keys, alive, references, index, cfg.minhash, params.common.seed)
     where = [f"{r.path}:{r.line}" for r in references]
-    # exact
-    ref_by_key: dict[str, int] = {}
-    for r, ref in enumerate(references):
-        ref_by_key.setdefault(exact_key(ref.text), r)
-    for i in alive:
-        if keys[i] in ref_by_key:
-            found[i] = f"overlaps {where[ref_by_key[keys[i]]]} (exact)"
-    # MinHash: query the records' LSH index with each reference signature
-    ref_sigs, ref_has = signatures_of([r.text for r in references], cfg.minhash, params.common.seed)
-    members = np.array([i for i in alive if i not in found and index.has_text[i]], dtype=np.int64)
-    best: dict[int, tuple[float, int]] = {}
-    for r in np.flatnonzero(ref_has):
-        for i, score in index.matches(ref_sigs[r], members):
-            if i not in best or score > best[i][0]:
-                best[i] = (score, int(r))
-    for i, (score, r) in best.items():
-        found[i] = f"overlaps {where[r]} (minhash, jaccard {score:.3f})"
     # cosine
     if cfg.semantic.enable:
         rest = [i for i in alive if i not in found and i in emb_rows]
@@ -116,4 +100,47 @@ def reference_overlaps(
                     score = float(sims[c, r])
                     if score >= cfg.semantic.cosine_threshold:
                         found[rest[lo + c]] = f"overlaps {where[r]} (semantic, cosine {score:.3f})"
+    return found
+
+
+def lexical_overlaps(
+    keys: list[str],
+    alive: list[int],
+    references: list[ReferenceText],
+    index: NearDuplicateIndex,
+    minhash: MinHashParams,
+    seed: int,
+) -> dict[int, str]:
+    """The exact and MinHash part of :func:`reference_overlaps` (synthesize runs it without embeddings).
+
+    Args:
+        keys: exact keys (:func:`stages.curate.minhash.exact_key`) of every indexed record.
+        alive: the indices of `index` to check.
+        references: the reference texts.
+        index: the records' LSH index (signatures of ``minhash`` params and ``seed``).
+        minhash: ``dedup.minhash``; seed: ``common.seed``.
+
+    Returns:
+        index -> detail (file:line, method, score): exact first, then MinHash (the closest reference, then the
+        first in file order).
+    """
+    found: dict[int, str] = {}
+    where = [f"{r.path}:{r.line}" for r in references]
+    # exact
+    ref_by_key: dict[str, int] = {}
+    for r, ref in enumerate(references):
+        ref_by_key.setdefault(exact_key(ref.text), r)
+    for i in alive:
+        if keys[i] in ref_by_key:
+            found[i] = f"overlaps {where[ref_by_key[keys[i]]]} (exact)"
+    # MinHash: query the records' LSH index with each reference signature
+    ref_sigs, ref_has = signatures_of([r.text for r in references], minhash, seed)
+    members = np.array([i for i in alive if i not in found and index.has_text[i]], dtype=np.int64)
+    best: dict[int, tuple[float, int]] = {}
+    for r in np.flatnonzero(ref_has):
+        for i, score in index.matches(ref_sigs[r], members):
+            if i not in best or score > best[i][0]:
+                best[i] = (score, int(r))
+    for i, (score, r) in best.items():
+        found[i] = f"overlaps {where[r]} (minhash, jaccard {score:.3f})"
     return found

@@ -1,8 +1,9 @@
 """Synthesize: Alpaca-style instruction pairs from the curated documents and from seed tasks, with a local LLM.
 
-Inputs: ``--in`` (``data/curated.parquet``): its documents are the corpus the grounded pairs come from, and its
-    instruction pairs join the pool generated instructions must be novel against; ``--model`` (a directory made by the
-    ``models`` stage, ``models/chat/base`` by default): the generator; ``--seed-tasks``
+Inputs: ``--in`` (``data/curated.parquet``): its documents are the corpus the grounded pairs come from, its
+    instruction pairs join the pool generated instructions must be novel against, and every record is what a pair
+    must not copy; the reference files of ``dedup.references`` (held-out probe items); ``--model`` (a directory
+    made by the ``generator`` stage, ``models/generator``): the generator; ``--seed-tasks``
     (``synthesize.self_instruct.seed_tasks``, Self-Instruct's ``seed_tasks.jsonl`` format).
 Outputs: ``--out`` (``data/synthetic.parquet``), kept pairs as ``instruction`` records of
     ``stages.core.records``, sorted by id, each with ``meta.synthesize``: the generator (``documents`` |
@@ -42,7 +43,12 @@ filters of Self-Instruct/Alpaca: ``instruction_too_short`` / ``instruction_too_l
 ``blacklisted_word``, ``ungrounded_answer`` (document pairs: too few of the answer's content words in the chunk),
 then moderate's rules (the same ``stages.curate.rules.check_record``, with its reason codes: ``canned_response``,
 ``pii_email``, ...), then ``not_novel`` (ROUGE-L F1 above ``max_rouge_l`` against the seed instructions, the curated
-instructions and the pairs kept before it, in call-id order).
+instructions and the pairs kept before it, in call-id order), then dedup's methods on the kept pairs
+(:mod:`stages.curate.decontaminate`, with ``dedup.minhash`` and ``dedup.references``, under dedup's reason codes):
+``exact_duplicate`` and ``minhash_duplicate`` against the curated records and the earlier pairs, and
+``reference_overlap`` against the held-out reference texts, so that no generated pair restates a probe item. Those
+three are always in the metrics (0 when nothing matched), as in dedup's; ``flagged_minhash_duplicate`` counts the
+near copies kept with ``dedup.minhash.action: flag``.
 """
 
 from __future__ import annotations
@@ -62,6 +68,8 @@ from stages.core.cache import JsonCache
 from stages.core.io import StageError
 from stages.core.records import Record
 from stages.curate import rules
+from stages.curate.decontaminate import REASONS as DEDUP_REASONS
+from stages.curate.decontaminate import decontaminate
 from stages.curate.generation import (
     Call,
     cache_key,
@@ -73,13 +81,15 @@ from stages.curate.generation import (
 )
 from stages.curate.llm import STOP, generate, load_generator
 from stages.curate.pairs import Novelty, check_pair, lead_label, parse_completion
+from stages.curate.references import read_references
 
 log = logging.getLogger("steep.synthesize")
 
 
 def _local_paths(params: _params.Scoped, variant: str | None, inputs: Mapping[str, Path]) -> list[tuple[str, str]]:
-    """The seed tasks file (a dependency of the stage in dvc.yaml)."""
-    return [(params.synthesize.self_instruct.seed_tasks, "synthesize.self_instruct.seed_tasks")]
+    """The seed tasks file and the reference files (dependencies of the stage in dvc.yaml)."""
+    refs = [(ref.path, "dedup.references") for ref in params.dedup.references]
+    return [(params.synthesize.self_instruct.seed_tasks, "synthesize.self_instruct.seed_tasks"), *refs]
 
 
 STAGE = cli.Stage(
@@ -87,6 +97,9 @@ STAGE = cli.Stage(
     params=(
         "common.seed",
         "moderate",
+        # dedup's methods and references, run on the pairs (stages.curate.decontaminate)
+        "dedup.minhash",
+        "dedup.references",
         "synthesize.generation",
         "synthesize.documents",
         "synthesize.self_instruct",
@@ -152,6 +165,7 @@ def run(
             f"{cfg.self_instruct.seed_tasks}; make dvc.yaml and params.yaml name the same file"
         )
     records = _records.read_records(inputs["in"])
+    references = read_references(params.dedup.references)
     calls: list[Call] = []
     if cfg.documents.enable:
         calls += document_calls(records, cfg.documents, seed)
@@ -233,6 +247,18 @@ def run(
             kept[rec["id"]] = rec
             novelty.add(rec["instruction"])
 
+    # dedup's methods on the pairs kept so far, in the order they were kept (the earlier of two copies stays)
+    found = decontaminate(list(kept.values()), records, references, params.dedup.minhash, seed)
+    dropped.update(dict.fromkeys(DEDUP_REASONS, 0))  # always in the metrics, as dedup's reasons are in its own
+    for i, rec in enumerate(list(kept.values())):
+        if i in found.dropped:
+            del kept[rec["id"]]
+            reject(rec, *found.dropped[i])
+        elif i in found.flagged:
+            reason, detail = found.flagged[i]
+            rec["meta"]["synthesize"]["flags"] = {reason: detail}
+    log.info("decontaminated against %d reference texts and %d curated records", len(references), len(records))
+
     with _io.atomic_outputs(outputs["out"], outputs["rejects"]) as (out, rej):
         _records.write_records(out, list(kept.values()))
         _records.write_rejects(rej, rejects)
@@ -247,6 +273,7 @@ def run(
         acceptance_rate=round(len(kept) / total, 4) if total else 0.0,
         kept_documents=kept_by["documents"],
         kept_self_instruct=kept_by["self_instruct"],
+        flagged_minhash_duplicate=len(found.flagged),
     )
 
 

@@ -203,6 +203,8 @@ def _params_for(**over: Any) -> Any:
         "synthesize.documents.max_chunk_chars": 300,
         "synthesize.documents.min_chunk_chars": 100,
         "synthesize.documents.samples_per_chunk": 2,
+        # off by default (params.yaml); the tests run both generators
+        "synthesize.self_instruct.enable": True,
         "synthesize.self_instruct.num_prompts": 2,
         **over,
     }
@@ -250,7 +252,9 @@ def _counts_add_up(m: dict[str, Any], out: Path) -> None:
     assert m["total"] == m["kept"] + sum(dropped.values())
     assert pq.read_table(out / "synthetic.parquet").num_rows == m["kept"]
     reasons = pq.read_table(out / "rejected.parquet").column("reason").to_pylist()
-    assert {f"dropped_{r}": reasons.count(r) for r in set(reasons)} == dropped
+    assert {f"dropped_{r}": reasons.count(r) for r in set(reasons)} == {k: v for k, v in dropped.items() if v}
+    # dedup's reasons are always counted, as in dedup's own metrics
+    assert {f"dropped_{r}" for r in ("exact_duplicate", "minhash_duplicate", "reference_overlap")} <= set(dropped)
 
 
 OTHER = (
@@ -340,6 +344,9 @@ def test_recorded_completions_go_through_every_filter(model_dir: Path, tmp_path:
         "dropped_blacklisted_word": 1,
         "dropped_canned_response": 1,
         "dropped_ungrounded_answer": 1,
+        "dropped_exact_duplicate": 0,
+        "dropped_minhash_duplicate": 0,
+        "dropped_reference_overlap": 0,
     }
     kept = _records.read_records(tmp_path / "out" / "synthetic.parquet")
     assert len(kept) == 1 and kept[0]["instruction"].startswith("Which file formats can a source be")
@@ -371,3 +378,77 @@ def test_lead_label_is_the_prompts_last_label() -> None:
     assert pairs.lead_label(p.documents.prompt) == "Question:"
     assert pairs.lead_label(p.self_instruct.prompt) == "Instruction:"
     assert pairs.lead_label("Write a question.") == ""
+
+
+LONG_ANSWER = (
+    "Each record keeps its provenance from the first stage on: the source file it came from, the line or row inside "
+    "that file, the sha256 of the file, the filters it passed and the cluster it was put in by the dedup stage."
+)
+
+
+def test_pairs_are_decontaminated_with_dedups_methods(model_dir: Path, tmp_path: Path) -> None:
+    """Pairs that restate a probe item, copy a curated record or copy each other are dropped under dedup's reasons."""
+    params = _params_for(**{"synthesize.documents.enable": False, "synthesize.self_instruct.num_prompts": 5})
+    conversation = _records.make_record(
+        source="demo",
+        kind="conversation",
+        messages=[
+            {"role": "user", "content": "Which stage writes the curated records?"},
+            {"role": "assistant", "content": "The dedup stage writes them, after moderate."},
+        ],
+        meta={"source_file": "c.jsonl", "row": 1, "source_index": 0},
+    )
+    curated = _docs(tmp_path, [], extra=[conversation])
+    seeds = generation.read_seed_tasks(ROOT / "data/sources/seed_tasks.jsonl")
+    calls = generation.self_instruct_calls(seeds, params.synthesize.self_instruct, params.common.seed)
+    fp = _io.fingerprint(model_dir)
+    code = generation.completion_code()
+    ids = [generation.call_id(fp, params.synthesize.generation, c) for c in calls]
+    completions = [
+        # a probe item of general_qa.jsonl, line 1, word for word (punctuation aside)
+        " What is the capital of Japan?\nInput:\nOutput: the capital of Japan is Tokyo",
+        # a probe item of steep_knowledge.jsonl, line 18, asked again with a longer answer
+        " Which DVC command shows all of steep's experiments side by side with their params and metrics?\nInput:\n"
+        "Output: dvc exp show, in the project root",
+        # the curated conversation as a pair (conversations are not in the ROUGE-L pool)
+        " Which stage writes the curated records\nInput:\nOutput: The dedup stage writes them after moderate!",
+        # a good pair, and a near copy of it whose instruction is new enough for ROUGE-L, but not its whole text
+        f" Explain what provenance a record keeps.\nInput:\nOutput: {LONG_ANSWER}",
+        f" Tell me which details travel with every record.\nInput:\nOutput: {LONG_ANSWER}",
+    ]
+    cache = JsonCache(tmp_path / "cache")
+    for call_id, text in zip(ids, completions, strict=True):
+        cache.put(generation.cache_key(call_id, code), {"completion": text, "new_tokens": 40, "finished": True})
+    m = _run(params, curated, model_dir, tmp_path / "out", tmp_path / "cache")
+    assert m["model_calls"] == 0 and m["pairs_parsed"] == 5
+    assert {k: v for k, v in m.items() if k.startswith("dropped_")} == {
+        "dropped_reference_overlap": 2,
+        "dropped_exact_duplicate": 1,
+        "dropped_minhash_duplicate": 1,
+    }
+    assert m["kept"] == 1 and m["flagged_minhash_duplicate"] == 0
+    _counts_add_up(m, tmp_path / "out")
+    rejects = pq.read_table(tmp_path / "out" / "rejected.parquet").to_pylist()
+    details = sorted((r["reason"], r["detail"]) for r in rejects)
+    assert details[0] == ("exact_duplicate", f"duplicate of curated record {conversation['id']}")
+    kept = _records.read_records(tmp_path / "out" / "synthetic.parquet")
+    # the earlier of the two near copies (in call-id order) stays, the other names it
+    assert re.fullmatch(rf"duplicate of synthetic pair {kept[0]['id']} \(jaccard 0\.\d+\)", details[1][1])
+    assert details[2:] == [
+        ("reference_overlap", "overlaps data/sources/heldout/general_qa.jsonl:1 (exact)"),
+        ("reference_overlap", details[3][1]),
+    ]
+    probe = r"overlaps data/sources/heldout/steep_knowledge.jsonl:\d+ \(minhash, jaccard 0\.\d+\)"
+    assert re.fullmatch(probe, details[3][1])
+
+    # with dedup.minhash.action flag, the near copy stays, flagged; references and exact copies still drop
+    flag = _params_for(
+        **{
+            "synthesize.documents.enable": False,
+            "synthesize.self_instruct.num_prompts": 5,
+            "dedup.minhash.action": "flag",
+        }
+    )
+    m = _run(flag, curated, model_dir, tmp_path / "flag", tmp_path / "cache")
+    assert (m["kept"], m["dropped_minhash_duplicate"], m["flagged_minhash_duplicate"]) == (2, 0, 1)
+    assert m["dropped_reference_overlap"] == 2 and m["dropped_exact_duplicate"] == 1

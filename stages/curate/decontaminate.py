@@ -1,0 +1,113 @@
+"""Synthetic pairs against the references, the curated records and each other: dedup's methods, for synthesize.
+
+A shared module, not a stage: the synthesize stage runs :func:`decontaminate` on the pairs that passed its own
+filters, so that a generated pair that restates a held-out probe item, copies a curated record or another generated
+pair does not reach training (synthesize runs after dedup, which never sees its pairs). The methods and thresholds
+are dedup's (:mod:`stages.curate.dedup`), in its order, with its reason codes:
+
+1. ``exact_duplicate``: the pair's normalized text (:func:`stages.curate.minhash.exact_key`) equals a curated
+   record's or an earlier pair's.
+2. ``minhash_duplicate``: MinHash + LSH with ``dedup.minhash`` (shingles, permutations seeded with ``common.seed``,
+   ``jaccard_threshold``, and ``output_jaccard_threshold`` on the outputs when both have one) against the curated
+   records and the earlier pairs; matches chain (union-find), curated records come first, so a pair survives only
+   when its cluster holds no curated record and no earlier pair. With ``dedup.minhash.action: flag`` the pair stays,
+   flagged.
+3. ``reference_overlap``: the exact and MinHash checks of dedup's reference pass
+   (:func:`stages.curate.references.lexical_overlaps`) against every text of ``dedup.references``.
+
+Dedup's semantic pass (sentence embeddings) is not run here: it would load the embedding model into the generating
+stage for a few hundred pairs, and ROUGE-L novelty (``synthesize.filters.max_rouge_l``) already covers paraphrased
+instructions among the pairs and against the curated ones.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from stages.core.params.dedup import MinHash as MinHashParams
+from stages.core.records import Record, record_text
+from stages.curate.clustering import clusters
+from stages.curate.minhash import NearDuplicateIndex, exact_key, signatures_of
+from stages.curate.references import ReferenceText, lexical_overlaps
+
+REASONS = ("exact_duplicate", "minhash_duplicate", "reference_overlap")
+
+
+@dataclass
+class Decontaminated:
+    """What :func:`decontaminate` found: drops and flags by the pair's index in its input."""
+
+    dropped: dict[int, tuple[str, str]] = field(default_factory=dict)  # pair index -> (reason, detail)
+    flagged: dict[int, tuple[str, str]] = field(default_factory=dict)  # pair index -> (reason, detail)
+
+
+def decontaminate(
+    pairs: Sequence[Record],
+    curated: Sequence[Record],
+    references: list[ReferenceText],
+    minhash: MinHashParams,
+    seed: int,
+) -> Decontaminated:
+    """Check `pairs` (in the order they were kept) against `curated`, `references` and each other.
+
+    Args:
+        pairs: the synthetic pair records, earliest first (an earlier pair survives a later copy).
+        curated: the curated records (dedup's output); never dropped here, they only make pairs duplicates.
+        references: the texts of ``dedup.references``.
+        minhash: ``dedup.minhash``.
+        seed: ``common.seed`` (MinHash permutations, as in dedup).
+
+    Returns:
+        The dropped pairs (a pair is dropped once, under the first reason that applies) and the flagged ones.
+    """
+    out = Decontaminated()
+    if not pairs:
+        return out
+    records = [*curated, *pairs]  # index: curated first, then the pairs in their order
+    n_cur = len(curated)
+    texts = [record_text(r) for r in records]
+    keys = [exact_key(t) for t in texts]
+    ids = [r["id"] for r in records]
+
+    # 1. exact: against every curated record and the earlier surviving pairs
+    first: dict[str, int] = {}
+    for i in range(n_cur):
+        first.setdefault(keys[i], i)
+    for i in range(n_cur, len(records)):
+        j = first.setdefault(keys[i], i)
+        if j != i:
+            where = "curated record" if j < n_cur else "synthetic pair"
+            out.dropped[i - n_cur] = ("exact_duplicate", f"duplicate of {where} {ids[j]}")
+    alive = [i for i in range(n_cur, len(records)) if i - n_cur not in out.dropped]
+
+    # 2. MinHash + LSH over curated records and pairs; only matches that touch a pair count
+    sigs, has_text = signatures_of(texts, minhash, seed)
+    out_sigs, has_output = signatures_of([r["output"] for r in records], minhash, seed)
+    index = NearDuplicateIndex.build_from(sigs, has_text, minhash, seed)
+    members = [i for i in range(n_cur) if has_text[i]] + [i for i in alive if has_text[i]]
+    found = [
+        (i, j, s)
+        for i, j, s in index.pairs(np.array(members, dtype=np.int64))
+        if j >= n_cur  # i < j: a match with at least one pair
+        and (
+            not (has_output[i] and has_output[j])
+            or (out_sigs[i] == out_sigs[j]).mean() >= minhash.output_jaccard_threshold
+        )
+    ]
+    _, matched = clusters(members, found, range(len(records)))
+    for i, match in sorted(matched.items()):
+        if i < n_cur:
+            continue
+        where = "curated record" if match.survivor < n_cur else "synthetic pair"
+        detail = f"duplicate of {where} {ids[match.survivor]} (jaccard {match.score:.3f})"
+        target = out.flagged if minhash.action == "flag" else out.dropped
+        target[i - n_cur] = ("minhash_duplicate", detail)
+    alive = [i for i in alive if i - n_cur not in out.dropped]
+
+    # 3. references: exact and MinHash, as dedup's reference pass
+    for i, detail in lexical_overlaps(keys, alive, references, index, minhash, seed).items():
+        out.dropped[i - n_cur] = ("reference_overlap", detail)
+    return out

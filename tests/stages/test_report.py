@@ -56,7 +56,11 @@ INPUT_FLAGS = {
     "live_dir": "dvclive",
     "probe_dir": "data/probe",
 }
-OUTPUTS = {"md": Path("metrics/report.md"), "html": Path("metrics/report.html")}
+OUTPUTS = {
+    "md": Path("metrics/report.md"),
+    "html": Path("metrics/report.html"),
+    "headline": Path("metrics/headline.json"),
+}
 
 
 def _json(path: Path, data: dict[str, Any]) -> None:
@@ -727,6 +731,7 @@ def test_command_line(fixture_dir: Path) -> None:
     cmd += ["--metrics-dir", "metrics", "--rejects-dir", "data/rejected", "--moderated", "data/moderated.parquet"]
     cmd += ["--synthetic", "data/synthetic.parquet"]
     cmd += ["--live-dir", "dvclive", "--probe-dir", "data/probe", "--md", "out/report.md", "--html", "out/report.html"]
+    cmd += ["--headline", "out/headline.json"]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     done = subprocess.run(cmd, cwd=fixture_dir, env=env, capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr

@@ -508,4 +508,7 @@ def test_metrics_diff_across_commits_shows_the_probe_deltas_move(repo: Path) -> 
     diff = json.loads(_dvc(repo, "metrics", "diff", "HEAD~1", "--json").stdout)
     moved = diff.get("metrics/probe_chat.json", {})
     assert any(k.endswith(".delta") and v["diff"] for k, v in moved.items()), moved
+    headline = diff.get("metrics/headline.json", {})  # the one-screen comparison: the chat numbers moved, base not
+    assert headline.get("chat.eval_loss", {}).get("diff"), headline
+    assert not [k for k in headline if k.startswith("base.")], headline
     assert "metrics/probe_base.json" not in diff and "metrics/baseline_chat.json" not in diff

@@ -52,11 +52,18 @@ def _run(lab: Any, issue_types: dict[str, dict[str, Any]], **inputs: Any) -> Non
             log.warning("cleanlab %s check: %s", "/".join(issue_types), str(w.message).splitlines()[0])
 
 
-def _datalab(n: int, labels: list[str] | None, seed: int) -> Any:
+def _datalab(n: int, labels: list[Any] | None, seed: int, classes: list[str] | None = None) -> Any:
+    """A Datalab over `n` rows with their `labels` (or none); with `classes`, the labels are codes into that list
+    (a ``ClassLabel``), so that the label map holds every class even where some do not occur among the rows."""
     from cleanlab import Datalab
 
     np.random.seed(seed)  # cleanlab draws from numpy's global generator in places
-    data = {"label": labels} if labels is not None else {"row": list(range(n))}
+    data: Any = {"label": labels} if labels is not None else {"row": list(range(n))}
+    if classes is not None:
+        import datasets
+
+        features = datasets.Features({"label": datasets.ClassLabel(names=classes)})
+        data = datasets.Dataset.from_dict(data, features=features)
     return Datalab(data=data, label_name="label" if labels is not None else None, verbosity=0)
 
 
@@ -293,8 +300,6 @@ def _label_issues(
     per-class thresholds that decide ``is_label_issue`` are estimated on the chunk's rows instead of all of them.
     1M records of 283 classes: 17 chunks of 2.2 GB / 17 each, instead of several 2.2 GB copies at once.
     """
-    import datasets
-
     n = len(codes)
     parts = -(-n * len(classes) // LABEL_CELLS)
     chunks = (
@@ -303,13 +308,8 @@ def _label_issues(
         else [np.sort(c) for c in np.array_split(np.random.default_rng(seed).permutation(n), parts)]
     )
     label_score, is_issue, predicted = np.empty(n), np.zeros(n, dtype=bool), [""] * n
-    features = datasets.Features({"label": datasets.ClassLabel(names=classes)})
     for rows in chunks:
-        from cleanlab import Datalab
-
-        np.random.seed(seed)  # cleanlab draws from numpy's global generator in places
-        data = datasets.Dataset.from_dict({"label": codes[rows].tolist()}, features=features)
-        lab = Datalab(data=data, label_name="label", verbosity=0)
+        lab = _datalab(len(rows), codes[rows].tolist(), seed, classes)
         _run(lab, {"label": {}}, pred_probs=_vote(codes, neighbours[rows], rows, len(classes)))
         issues = lab.get_issues("label")
         label_score[rows] = issues["label_score"].to_numpy()

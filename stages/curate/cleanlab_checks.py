@@ -20,6 +20,7 @@ benchmarks/results/cleanlab_knn.json).
 from __future__ import annotations
 
 import logging
+import sys
 import warnings
 from collections.abc import Sequence
 from typing import Any
@@ -28,6 +29,7 @@ import numpy as np
 from scipy.sparse import csr_matrix
 
 from stages.core.params.moderate import Ann, Cleanlab
+from stages.curate.graph_checks import Scores, first
 from stages.curate.knn import knn_graph
 
 log = logging.getLogger("steep.moderate")
@@ -109,23 +111,12 @@ def knn_issues(
         graph = knn_graph(vectors, max(c["k"] for c in issue_types.values()), ann, seed=seed)
     for name, check in issue_types.items():
         if name != "label":
-            _run(lab, {name: {**check, "metric": "cosine"}}, knn_graph=_first(graph, check["k"]))
+            _run(lab, {name: {**check, "metric": "cosine"}}, knn_graph=first(graph, check["k"]))
     if "label" in issue_types:
         k = issue_types["label"]["k"]
-        neighbours = _first(graph, k).indices.reshape(len(vectors), k)
+        neighbours = first(graph, k).indices.reshape(len(vectors), k)
         _run(lab, {"label": issue_types["label"]}, pred_probs=_vote(np.asarray(lab.labels), neighbours))
     return _collect(lab, issue_types)
-
-
-def _first(graph: csr_matrix, k: int) -> csr_matrix:
-    """The graph of each row's first `k` neighbours (rows sorted nearest first)."""
-    n = graph.shape[0]
-    wide = graph.indptr[1] - graph.indptr[0]
-    if k == wide:
-        return graph
-    data = graph.data.reshape(n, wide)[:, :k].ravel()
-    indices = graph.indices.reshape(n, wide)[:, :k].ravel()
-    return csr_matrix((data, indices, np.arange(0, n * k + 1, k)), shape=(n, n))
 
 
 def _vote(labels: np.ndarray, neighbours: np.ndarray, rows: np.ndarray | None = None, classes: int = 0) -> np.ndarray:
@@ -155,8 +146,12 @@ def cleanlab_scores(
     cfg: Cleanlab,
     *,
     seed: int,
-) -> tuple[list[dict[str, Any]], dict[str, int]]:
+) -> tuple[Scores, dict[str, int]]:
     """Cleanlab's checks over (N, D) unit `vectors`, one source at a time.
+
+    The outlier and near-duplicate checks are Datalab's, computed from the source's graph by
+    :mod:`stages.curate.graph_checks` (equal to Datalab's own on that graph); the label check is Datalab's, in
+    chunks (:func:`_label_issues`).
 
     Args:
         vectors: the records' grid embeddings, one row per record, in input order.
@@ -170,48 +165,36 @@ def cleanlab_scores(
         ``(scores, counts)``: per record the entries of its ``meta.moderate.cleanlab`` (``outlier_score``,
         ``is_outlier``, ``near_duplicate_score``, ``is_near_duplicate``, ``near_duplicate_of`` for a
         near-duplicate, ``label_score``, ``is_label_issue``, ``predicted_label`` where labels are checked, or
-        ``skipped`` with the reason), and the counts of flags (``flagged_cleanlab_*``).
+        ``skipped`` with the reason: :class:`stages.curate.graph_checks.Scores`, a dict per record when read),
+        and the counts of flags (``flagged_cleanlab_*``).
     """
     n = len(vectors)
-    scores: list[dict[str, Any]] = [{} for _ in range(n)]
+    scores = Scores(ids)
     counts = dict.fromkeys(COUNTS, 0)
     if not cfg.enable or n == 0:
         return scores, counts
     by_source: dict[str, list[int]] = {}
     for i, s in enumerate(sources):
         by_source.setdefault(s, []).append(i)
-    checks = {
-        "outlier": {"k": cfg.outlier_k, "threshold": cfg.outlier_threshold},
-        "near_duplicate": {"k": cfg.near_duplicate_k, "threshold": cfg.near_duplicate_threshold},
-    }
-    for source, idx in by_source.items():
+    for source, members in by_source.items():
+        idx = np.asarray(members, dtype=np.int64)
         if len(idx) < cfg.min_records:
             note = f"source has {len(idx)} records (< cleanlab.min_records {cfg.min_records})"
             log.info("cleanlab: %s skipped: %s", source, note)
-            for i in idx:
-                scores[i]["skipped"] = note
+            scores.skipped[idx] = note
             continue
         rows = vectors if len(idx) == len(vectors) else vectors[idx]  # one source: no copy
-        all_labeled = all(labels[i] is not None for i in idx)
+        all_labeled = all(labels[i] is not None for i in members)
         k = max(cfg.outlier_k, cfg.near_duplicate_k, cfg.label_k if all_labeled else 0)
         graph = knn_graph(rows, min(k, len(idx) - 1), cfg.ann, seed=seed)  # one graph for every check
-        found = knn_issues(rows, checks, None, cfg.ann, seed, graph)
-        out, dup = found["outlier"], found["near_duplicate"]
-        for j, i in enumerate(idx):
-            row = {
-                "outlier_score": round(float(out["outlier_score"].iloc[j]), 6),
-                "is_outlier": bool(out["is_outlier_issue"].iloc[j]),
-                "near_duplicate_score": round(float(dup["near_duplicate_score"].iloc[j]), 6),
-                "is_near_duplicate": bool(dup["is_near_duplicate_issue"].iloc[j]),
-            }
-            if row["is_near_duplicate"]:
-                row["near_duplicate_of"] = sorted(ids[idx[int(m)]] for m in found["near_duplicate_sets"][j])
-            scores[i].update(row)
-            counts["flagged_cleanlab_outlier"] += row["is_outlier"]
-            counts["flagged_cleanlab_near_duplicate"] += row["is_near_duplicate"]
-        n_out, n_dup = int(out["is_outlier_issue"].sum()), int(dup["is_near_duplicate_issue"].sum())
+        outlier = (cfg.outlier_k, cfg.outlier_threshold)
+        scores.set_checks(idx, graph, outlier, (cfg.near_duplicate_k, cfg.near_duplicate_threshold))
+        n_out, n_dup = int(scores.is_outlier[idx].sum()), int(scores.is_duplicate[idx].sum())
+        counts["flagged_cleanlab_outlier"] += n_out
+        counts["flagged_cleanlab_near_duplicate"] += n_dup
         summary = f"{n_out} outliers, {n_dup} near-duplicates in {len(idx)} records"
-        _label_check(vectors, idx, labels, cfg, seed, scores, counts, source, summary, graph if all_labeled else None)
+        graph = graph if all_labeled else None
+        _label_check(vectors, members, labels, cfg, seed, scores, counts, source, summary, graph)
     return scores, counts
 
 
@@ -221,7 +204,7 @@ def _label_check(
     labels: Sequence[str | None],
     cfg: Cleanlab,
     seed: int,
-    scores: list[dict[str, Any]],
+    scores: Scores,
     counts: dict[str, int],
     source: str,
     summary: str,
@@ -241,33 +224,31 @@ def _label_check(
         return
     note = ""
     classes, codes = np.unique(np.array(given, dtype=object).astype(str), return_inverse=True)  # Datalab's map
+    del given
     if len(labeled) < cfg.min_records or len(classes) < 2:
         note = f"{len(labeled)} labeled records, {len(classes)} distinct labels (need {cfg.min_records}, 2)"
     else:
         rows = vectors if len(labeled) == len(vectors) else vectors[labeled]
         if graph is None:
             graph = knn_graph(rows, cfg.label_k, cfg.ann, seed=seed)
-        neighbours = _first(graph, cfg.label_k).indices.reshape(len(labeled), cfg.label_k)
+        neighbours = first(graph, cfg.label_k).indices.reshape(len(labeled), cfg.label_k)
         accuracy = float((_predicted(codes, neighbours) == codes).mean())
         if accuracy < cfg.min_label_vote_accuracy:
             note = (
                 f"the {cfg.label_k}-NN vote predicts the given label for {accuracy:.3f} of the records "
                 f"(< cleanlab.min_label_vote_accuracy {cfg.min_label_vote_accuracy}): labels not told apart"
             )
+    at = np.asarray(labeled, dtype=np.int64)
     if note:
         log.info("cleanlab: %s: %s; label check skipped: %s", source, summary, note)
-        for i in labeled:
-            scores[i]["skipped"] = f"label check: {note}"
+        scores.skipped[at] = f"label check: {note}"
         return
-    label_score, is_issue, predicted = _label_issues(codes, [str(c) for c in classes], neighbours, seed)
-    for j, i in enumerate(labeled):
-        scores[i].update(
-            {
-                "label_score": round(float(label_score[j]), 6),
-                "is_label_issue": bool(is_issue[j]),
-                "predicted_label": predicted[j],
-            }
-        )
+    names = [str(c) for c in classes]
+    label_score, is_issue, predicted = _label_issues(codes, names, neighbours, seed)
+    scores.labeled[at] = True
+    scores.label[at] = label_score
+    scores.is_label_issue[at] = is_issue
+    scores.predicted[at] = predicted
     counts["flagged_cleanlab_label_issue"] += int(is_issue.sum())
     log.info("cleanlab: %s: %s, %d label issues (vote accuracy %.3f)", source, summary, int(is_issue.sum()), accuracy)
 
@@ -315,5 +296,5 @@ def _label_issues(
         label_score[rows] = issues["label_score"].to_numpy()
         is_issue[rows] = issues["is_label_issue"].to_numpy()
         for r, p in zip(rows.tolist(), issues["predicted_label"], strict=True):
-            predicted[r] = str(p)
+            predicted[r] = sys.intern(str(p))  # one string per class, not per row
     return label_score, is_issue, predicted

@@ -286,8 +286,23 @@ class Embedder:
             self.parts.append(embed(self.texts, self.params, self.cache_dir))
             self.texts = []
 
-    def vectors(self) -> np.ndarray:
-        """(N, D) float32 rows of every text added, in order (the parts are let go)."""
+    def vectors(self, order: np.ndarray | None = None) -> np.ndarray:
+        """(N, D) float32 rows of every text added, in the order added, or row i the text ``order[i]``: each
+        part is let go once placed, so the rows are held about once, not twice (a concatenation, then a copy)."""
         self._flush()
         parts, self.parts = self.parts, []
-        return np.concatenate(parts) if parts else np.zeros((0, 0), dtype=np.float32)
+        if not parts:
+            return np.zeros((0, 0), dtype=np.float32)
+        n = sum(len(p) for p in parts)
+        at = np.arange(n)
+        if order is not None:
+            at[order] = np.arange(n)  # where each added text's row goes
+        out = np.empty((n, parts[0].shape[1]), dtype=np.float32)
+        lo = 0
+        parts.reverse()
+        while parts:
+            part = parts.pop()
+            out[at[lo : lo + len(part)]] = part
+            lo += len(part)
+            del part
+        return out

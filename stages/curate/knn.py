@@ -45,6 +45,8 @@ log = logging.getLogger("steep.knn")
 BLOCK_ELEMENTS = 2**23
 # Columns per block of the exact pass.
 TILE = 8192
+# Rows whose squared norms are computed at once.
+SQ_ROWS = 65536
 # Distances below this are checked for exact duplicates (distinct grid vectors lie ~4.5e-13 apart at least).
 TINY = 2.0**-30
 
@@ -87,8 +89,10 @@ class _Space:
         if metric not in ("cosine", "euclidean"):
             raise ValueError(f"metric must be cosine or euclidean, got {metric!r}")
         self.x, self.metric = x, metric
-        x64 = x.astype(np.float64)
-        self.sq = np.einsum("nd,nd->n", x64, x64)  # exact: sums of 42-bit products below 2**53
+        self.sq = np.empty(len(x))
+        for lo in range(0, len(x), SQ_ROWS):  # no (N, D) float64 copy at once (2 GiB at 1M x 256)
+            x64 = x[lo : lo + SQ_ROWS].astype(np.float64)
+            self.sq[lo : lo + SQ_ROWS] = np.einsum("nd,nd->n", x64, x64)  # exact: 42-bit products below 2**53
         norms = np.sqrt(self.sq)
         # a zero vector is at cosine distance 1 from every other (sklearn's normalize leaves it zero)
         self.norms = np.where(norms > 0, norms, np.inf)
@@ -155,23 +159,6 @@ def _exact(space: _Space, rows: np.ndarray, best_d: np.ndarray, best_i: np.ndarr
             _merge(space, rows[a : a + step], cols, best_d, best_i)
 
 
-class _Quantized:
-    """Rows of the vectors as :func:`stages.curate.semantic.quantize` gives them, computed when indexed.
-
-    :func:`stages.curate.semantic.kmeans` only indexes its input (to draw its sample), so it runs on this
-    without an (N, D) float64 copy of the quantized vectors (2 GiB at 1M x 256).
-    """
-
-    def __init__(self, x: np.ndarray):
-        self.x = x
-
-    def __len__(self) -> int:
-        return len(self.x)
-
-    def __getitem__(self, idx: np.ndarray) -> np.ndarray:
-        return semantic.quantize(self.x[idx])
-
-
 def _ivf(space: _Space, ann: Ann, seed: int, best_d: np.ndarray, best_i: np.ndarray) -> None:
     """The k nearest of every row among the rows of its ``ann.probe_lists`` nearest inverted lists."""
     import faiss
@@ -179,7 +166,7 @@ def _ivf(space: _Space, ann: Ann, seed: int, best_d: np.ndarray, best_i: np.ndar
     x = space.x
     n, dim = x.shape
     lists = max(1, min(n // ann.records_per_list, n))
-    centroids = semantic.kmeans(_Quantized(x), lists, ann.kmeans_iterations, seed, ann.kmeans_sample_per_list)
+    centroids = semantic.kmeans(semantic.Quantized(x), lists, ann.kmeans_iterations, seed, ann.kmeans_sample_per_list)
     quantizer = faiss.IndexFlatIP(dim)
     quantizer.add(centroids.astype(np.float32))
     probes = min(ann.probe_lists, lists)

@@ -79,11 +79,14 @@ give the same bytes.
 from __future__ import annotations
 
 import functools
+import itertools
 import logging
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from stages.core import cli
 from stages.core import io as _io
@@ -97,7 +100,6 @@ from stages.core.records import (
     RecordSpool,
     RecordWriter,
     iter_records,
-    order_key,
     rebatched,
     record_count,
     record_files,
@@ -175,33 +177,51 @@ def flag_codes(cfg: Moderate) -> list[str]:
 
 
 class _Kept:
-    """What cleanlab needs of the records the rules kept, gathered batch by batch: compact columns and vectors."""
+    """What cleanlab needs of the records the rules kept, gathered batch by batch in compact columns: each
+    record's source and label (one string object per distinct value), id, position in the input (NumPy
+    columns) and embedding (float32 rows), a few hundred bytes a record besides its vector."""
 
     def __init__(self, embedding: Embedding, cache_dir: str | Path, enabled: bool) -> None:
         self.embedding, self.enabled = embedding, enabled
         self.sources: list[str] = []
         self.labels: list[str | None] = []
         self.ids: list[str] = []
-        self.order: list[tuple[int, str, int, str]] = []
+        self.values: dict[str, str] = {}  # one object per distinct source, label and file name
+        self.keys: list[np.ndarray] = []  # per batch: (source_index, file, row): the first three of order_key
         self.embedder = Embedder(embedding, cache_dir)
+
+    def _one(self, value: str | None) -> str | None:
+        return None if value is None else self.values.setdefault(value, value)
 
     def add(self, records: list[Record]) -> None:
         for r in records:
-            self.sources.append(r["source"])
-            self.labels.append(r["meta"].get("label"))
+            self.sources.append(self._one(r["source"]))  # type: ignore[arg-type]
+            self.labels.append(self._one(r["meta"].get("label")))
             self.ids.append(r["id"])
-            self.order.append(order_key(r))
+        keys = [(r["meta"]["source_index"], self._one(r["meta"]["source_file"]), r["meta"]["row"]) for r in records]
+        self.keys.append(np.array(keys, dtype=[("source", "i8"), ("file", object), ("row", "i8")]))
         if self.enabled:
             self.embedder.add([record_text(r, self.embedding.fields) for r in records])
 
-    def scores(self, cfg: Cleanlab, seed: int) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    def _order(self) -> np.ndarray:
+        """Indices of the records added, sorted by :func:`order_key` (input order, as the checks expect)."""
+        if not self.keys:
+            return np.zeros(0, dtype=np.int64)
+        keys = np.concatenate(self.keys)
+        files = sorted(set(keys["file"].tolist()))
+        rank = {f: i for i, f in enumerate(files)}
+        file_rank = np.array([rank[f] for f in keys["file"].tolist()], dtype=np.int64)
+        return np.lexsort((np.array(self.ids), keys["row"], file_rank, keys["source"]))
+
+    def scores(self, cfg: Cleanlab, seed: int) -> tuple[Iterator[dict[str, Any]], dict[str, int]]:
         """Cleanlab's scores per kept record (in the order added) and the flag counts."""
         n = len(self.ids)
         if not cfg.enable or n == 0:
-            return [{} for _ in range(n)], dict.fromkeys(cleanlab_checks.COUNTS, 0)
+            return itertools.repeat({}, n), dict.fromkeys(cleanlab_checks.COUNTS, 0)
         start = time.perf_counter()
-        order = sorted(range(n), key=self.order.__getitem__)  # input order, as the checks expect
-        vectors = self.embedder.vectors()[order]
+        order = self._order()
+        self.keys = []
+        vectors = self.embedder.vectors(order)
         in_order, counts = cleanlab_checks.cleanlab_scores(
             vectors,
             [self.sources[i] for i in order],
@@ -210,12 +230,12 @@ class _Kept:
             cfg,
             seed=seed,
         )
-        scores: list[dict[str, Any]] = [{} for _ in range(n)]
-        for j, i in enumerate(order):
-            scores[i] = in_order[j]
+        del vectors
+        at = np.empty(n, dtype=np.int64)
+        at[order] = np.arange(n)  # where each added record sits in the checks' order
         elapsed = time.perf_counter() - start
         log.info("cleanlab: %d records in %.2f s (%.0f records/s)", n, elapsed, n / max(elapsed, 1e-9))
-        return scores, counts
+        return (in_order[j] for j in at.tolist()), counts
 
 
 def _batches(files: list[Path], size: int) -> Iterator[list[Record]]:

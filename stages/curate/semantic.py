@@ -137,6 +137,23 @@ def quantize(emb: np.ndarray) -> np.ndarray:
     return np.rint(np.asarray(emb, dtype=np.float64) * 2.0**QUANT_BITS)
 
 
+class Quantized:
+    """Rows of `x` as :func:`quantize` gives them, computed when indexed.
+
+    :func:`kmeans` only indexes its input (to draw its sample), so it runs on this without an (N, D) float64
+    copy of the quantized vectors (2 GiB at 1M x 256).
+    """
+
+    def __init__(self, x: np.ndarray):
+        self.x = x
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, idx: np.ndarray) -> np.ndarray:
+        return quantize(self.x[idx])
+
+
 def _assign(x: np.ndarray, centroids: np.ndarray) -> np.ndarray:
     """Index of the centroid of largest dot product for each row (the first on ties), exact in float64."""
     out = np.empty(len(x), dtype=np.int64)
@@ -193,12 +210,13 @@ def ann_pairs(emb: np.ndarray, threshold: float, cfg: Semantic, seed: int) -> Pa
 
     ann = cfg.ann
     n, dim = emb.shape
-    q = quantize(emb)
     lists = max(1, min(n // ann.records_per_list, n))
-    centroids = kmeans(q, lists, ann.kmeans_iterations, seed, ann.kmeans_sample_per_list)
+    centroids = kmeans(Quantized(emb), lists, ann.kmeans_iterations, seed, ann.kmeans_sample_per_list)
     quantizer = faiss.IndexFlatIP(dim)
     quantizer.add(centroids.astype(np.float32))
-    q32 = q.astype(np.float32)  # exact: integers below 2**12
+    q32 = np.empty((n, dim), dtype=np.float32)  # no (N, D) float64 copy (2 GiB at 1M x 256)
+    for lo in range(0, n, QUERY_BATCH):
+        q32[lo : lo + QUERY_BATCH] = quantize(emb[lo : lo + QUERY_BATCH])  # exact: integers below 2**12
     probes = min(ann.probe_lists, lists)
     _, probe = quantizer.search(q32, probes)  # (N, probes) list ids, nearest first; exact scores
     members, member_bounds = _lists(probe[:, 0], lists)

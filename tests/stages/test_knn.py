@@ -19,7 +19,7 @@ import pytest
 from stages.core import params as _params
 from stages.core.io import StageError
 from stages.core.params.dedup import Ann
-from stages.curate import cleanlab_checks, knn
+from stages.curate import cleanlab_checks, graph_checks, knn
 from stages.curate.embed import snap
 from tests.stages.test_semantic import planted
 
@@ -104,6 +104,41 @@ def test_exact_path_scores_equal_cleanlabs_own_search(emb: np.ndarray) -> None:
     _, group, size = np.unique(emb, axis=0, return_inverse=True, return_counts=True)
     copied = set(np.nonzero(size[group.ravel()] > 1)[0].tolist())
     assert all(i in copied or (a | b) & copied for i, (a, b) in enumerate(sets) if a != b)
+
+
+def test_graph_checks_equal_datalab_on_the_same_graph(emb: np.ndarray, exact) -> None:
+    """graph_checks' outlier and near-duplicate checks: Datalab's scores, flags and sets on the same graph, bit for
+    bit (the stage uses them: no Datalab, no per-row arrays and Python loop, at a million records)."""
+    checks = {"outlier": {"k": K, "threshold": 0.55}, "near_duplicate": {"k": 5, "threshold": 0.5}}
+    ref = cleanlab_checks.knn_issues(emb, checks, None, config(), 1234, exact)
+    score, flag = graph_checks.outlier_issues(graph_checks.first(exact, K), 0.55)
+    assert np.array_equal(score, ref["outlier"]["outlier_score"].to_numpy())
+    assert np.array_equal(flag, ref["outlier"]["is_outlier_issue"].to_numpy()) and flag.sum() > 0
+    score, flag, sets = graph_checks.near_duplicate_issues(graph_checks.first(exact, 5), 0.5)
+    assert np.array_equal(score, ref["near_duplicate"]["near_duplicate_score"].to_numpy())
+    assert np.array_equal(flag, ref["near_duplicate"]["is_near_duplicate_issue"].to_numpy()) and flag.sum() > 100
+    theirs = [sorted(map(int, s)) for s in ref["near_duplicate_sets"]]
+    ours = [sets.indices[sets.indptr[i] : sets.indptr[i + 1]].tolist() for i in range(len(emb))]
+    assert ours == theirs
+
+
+def test_scores_read_like_the_dicts_they_replace(emb: np.ndarray) -> None:
+    """cleanlab_scores' Scores: per row the keys, order and rounding of meta.moderate.cleanlab; a small source is
+    skipped with its note; near_duplicate_of names the ids of the row's set."""
+    cfg = _params.load(ROOT / "params.yaml", ["moderate"]).moderate.cleanlab
+    sources = ["big"] * (len(emb) - 5) + ["tiny"] * 5
+    ids = [f"id{i:05d}" for i in range(len(emb))]
+    scores, counts = cleanlab_checks.cleanlab_scores(emb, sources, [None] * len(emb), ids, cfg, seed=1234)
+    assert len(scores) == len(emb) and len(list(scores)) == len(emb)
+    assert list(scores[0]) == ["outlier_score", "is_outlier", "near_duplicate_score", "is_near_duplicate"]
+    assert scores[len(emb) - 1] == {"skipped": f"source has 5 records (< cleanlab.min_records {cfg.min_records})"}
+    dup = scores[11]  # one of a group of exact copies (rows 10-13)
+    assert dup["is_near_duplicate"] and {"id00010", "id00012", "id00013"} <= set(dup["near_duplicate_of"])
+    assert dup["near_duplicate_of"] == sorted(dup["near_duplicate_of"]) and "id00011" not in dup["near_duplicate_of"]
+    assert counts["flagged_cleanlab_near_duplicate"] == sum(s.get("is_near_duplicate", False) for s in scores)
+    assert all(round(s["outlier_score"], 6) == s["outlier_score"] for s in scores if "outlier_score" in s)
+    with pytest.raises(IndexError):
+        scores[len(emb)]
 
 
 def test_label_check_equals_cleanlabs_own(emb: np.ndarray) -> None:

@@ -8,7 +8,10 @@ its kind alone: Datalab's outlier check (``outlier_k``, ``outlier_threshold``) a
 records, and its label check on the records of a source that carry a label (pull's ``label_field``), kept only
 where the labels' k-NN vote tells them apart (``min_label_vote_accuracy``).
 
-Scores are rounded to 6 decimals. Datalab never searches neighbours itself (all pairs, O(N² D): hours at
+The outlier and near-duplicate checks are computed from the source's graph by :mod:`stages.curate.graph_checks`
+(Datalab's formulas on the same arrays, equal to Datalab's results bit for bit, without its per-row tables and
+sets: a million records fit), the label check by Datalab itself in chunks (:func:`_label_issues`). Scores are
+rounded to 6 decimals. Datalab never searches neighbours itself (all pairs, O(N² D): hours at
 1M records): :func:`knn_issues` hands it the graph of :func:`stages.curate.knn.knn_graph` (exact below
 ``cleanlab.ann.min_records`` records of a source, an IVF index from there on), whose distances are exact
 float64 cosines of the grid vectors of :mod:`stages.curate.embed`, the same bits on every CPU and thread

@@ -12,12 +12,13 @@ are dedup's (:mod:`stages.curate.dedup`), in its order, with its reason codes:
    records and the earlier pairs; matches chain (union-find), curated records come first, so a pair survives only
    when its cluster holds no curated record and no earlier pair. With ``dedup.minhash.action: flag`` the pair stays,
    flagged.
-3. ``reference_overlap``: the exact and MinHash checks of dedup's reference pass
+3. ``semantic_duplicate``: cosine of the grid sentence embeddings (``common.embedding``, through dedup's cache) at
+   least ``dedup.semantic.cosine_threshold``, with ``dedup.semantic``'s exact or IVF pass, against the curated
+   records and the earlier pairs, chained as MinHash's matches; ``dedup.semantic.action: flag`` (the default: the
+   static embeddings' threshold does not reach 0.9 precision on T0) flags the pair, ``drop`` drops it. Skipped
+   when ``dedup.semantic.enable`` is false.
+4. ``reference_overlap``: the exact and MinHash checks of dedup's reference pass
    (:func:`stages.curate.references.lexical_overlaps`) against every text of ``dedup.references``.
-
-Dedup's semantic pass (sentence embeddings) is not run here: it would load the embedding model into the generating
-stage for a few hundred pairs, and ROUGE-L novelty (``synthesize.filters.max_rouge_l``) already covers paraphrased
-instructions among the pairs and against the curated ones.
 """
 
 from __future__ import annotations
@@ -28,12 +29,14 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from stages.core.params.dedup import MinHash as MinHashParams
+from stages.core.params.dedup import Semantic
 from stages.core.records import Record, record_text
 from stages.curate.clustering import clusters
 from stages.curate.minhash import NearDuplicateIndex, exact_key, signatures_of
 from stages.curate.references import ReferenceText, lexical_overlaps
+from stages.curate.semantic import cosine_pairs
 
-REASONS = ("exact_duplicate", "minhash_duplicate", "reference_overlap")
+REASONS = ("exact_duplicate", "minhash_duplicate", "semantic_duplicate", "reference_overlap")
 
 
 @dataclass
@@ -41,7 +44,7 @@ class Decontaminated:
     """What :func:`decontaminate` found: drops and flags by the pair's index in its input."""
 
     dropped: dict[int, tuple[str, str]] = field(default_factory=dict)  # pair index -> (reason, detail)
-    flagged: dict[int, tuple[str, str]] = field(default_factory=dict)  # pair index -> (reason, detail)
+    flagged: dict[int, dict[str, str]] = field(default_factory=dict)  # pair index -> {reason: detail}
 
 
 def decontaminate(
@@ -50,6 +53,8 @@ def decontaminate(
     references: list[ReferenceText],
     minhash: MinHashParams,
     seed: int,
+    semantic: Semantic | None = None,
+    vectors: np.ndarray | None = None,
 ) -> Decontaminated:
     """Check `pairs` (in the order they were kept) against `curated`, `references` and each other.
 
@@ -59,6 +64,8 @@ def decontaminate(
         references: the texts of ``dedup.references``.
         minhash: ``dedup.minhash``.
         seed: ``common.seed`` (MinHash permutations, as in dedup).
+        semantic: ``dedup.semantic`` (None: no semantic pass).
+        vectors: the grid embeddings of `curated` then `pairs`, one row each (needed when `semantic` is enabled).
 
     Returns:
         The dropped pairs (a pair is dropped once, under the first reason that applies) and the flagged ones.
@@ -103,11 +110,32 @@ def decontaminate(
             continue
         where = "curated record" if match.survivor < n_cur else "synthetic pair"
         detail = f"duplicate of {where} {ids[match.survivor]} (jaccard {match.score:.3f})"
-        target = out.flagged if minhash.action == "flag" else out.dropped
-        target[i - n_cur] = ("minhash_duplicate", detail)
+        _found(out, i - n_cur, "minhash_duplicate", detail, minhash.action)
     alive = [i for i in alive if i - n_cur not in out.dropped]
 
-    # 3. references: exact and MinHash, as dedup's reference pass
+    # 3. semantic: exact cosines of the embeddings, over curated records and pairs; only matches that touch a pair
+    if semantic is not None and semantic.enable:
+        if vectors is None or len(vectors) != len(records):
+            raise ValueError(f"semantic decontamination needs {len(records)} vectors, got {vectors is not None}")
+        members = [i for i in range(n_cur) if texts[i].strip()] + [i for i in alive if texts[i].strip()]
+        near = cosine_pairs(vectors[members], semantic.cosine_threshold, semantic, seed)
+        found = [(members[a], members[b], c) for a, b, c in near if members[b] >= n_cur]
+        _, matched = clusters(members, found, range(len(records)))
+        for i, match in sorted(matched.items()):
+            if i >= n_cur:
+                where = "curated record" if match.survivor < n_cur else "synthetic pair"
+                detail = f"duplicate of {where} {ids[match.survivor]} (cosine {match.score:.3f})"
+                _found(out, i - n_cur, "semantic_duplicate", detail, semantic.action)
+        alive = [i for i in alive if i - n_cur not in out.dropped]
+
+    # 4. references: exact and MinHash, as dedup's reference pass
     for i, detail in lexical_overlaps(keys, alive, references, index, minhash, seed).items():
         out.dropped[i - n_cur] = ("reference_overlap", detail)
     return out
+
+
+def _found(out: Decontaminated, pair: int, reason: str, detail: str, action: str) -> None:
+    if action == "flag":
+        out.flagged.setdefault(pair, {})[reason] = detail
+    else:
+        out.dropped[pair] = (reason, detail)

@@ -267,6 +267,8 @@ class NearDuplicateIndex:
 
 def signatures_of(texts: Sequence[str], params: MinHashParams, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Normalize, shingle and sign `texts`: signatures (N, P) uint32 and a (N,) mask of texts with words."""
+    if not texts:  # no references (dedup.references: []), no pairs
+        return np.zeros((0, params.num_permutations), dtype=np.uint32), np.zeros(0, dtype=bool)
     hashes, offsets = shingle_hashes([normalize_text(t).split() for t in texts], params.shingle_words)
     return signatures(hashes, offsets, params.num_permutations, seed), np.diff(offsets) > 0
 

@@ -44,11 +44,13 @@ filters of Self-Instruct/Alpaca: ``instruction_too_short`` / ``instruction_too_l
 then moderate's rules (the same ``stages.curate.rules.check_record``, with its reason codes: ``canned_response``,
 ``pii_email``, ...), then ``not_novel`` (ROUGE-L F1 above ``max_rouge_l`` against the seed instructions, the curated
 instructions and the pairs kept before it, in call-id order), then dedup's methods on the kept pairs
-(:mod:`stages.curate.decontaminate`, with ``dedup.minhash`` and ``dedup.references``, under dedup's reason codes):
-``exact_duplicate`` and ``minhash_duplicate`` against the curated records and the earlier pairs, and
-``reference_overlap`` against the held-out reference texts, so that no generated pair restates a probe item. Those
-three are always in the metrics (0 when nothing matched), as in dedup's; ``flagged_minhash_duplicate`` counts the
-near copies kept with ``dedup.minhash.action: flag``.
+(:mod:`stages.curate.decontaminate`, with ``dedup.minhash``, ``dedup.semantic`` and ``dedup.references``, under
+dedup's reason codes): ``exact_duplicate``, ``minhash_duplicate`` and ``semantic_duplicate`` against the curated
+records and the earlier pairs, and ``reference_overlap`` against the held-out reference texts, so that no generated
+pair restates a probe item. Those four are always in the metrics (0 when nothing matched), as in dedup's;
+``flagged_minhash_duplicate`` and ``flagged_semantic_duplicate`` count the copies kept with ``action: flag``
+(``meta.synthesize.flags``). The semantic pass embeds with ``common.embedding`` through dedup's embedding cache
+(``--embeddings``), so the curated records' vectors are cache hits.
 """
 
 from __future__ import annotations
@@ -66,10 +68,11 @@ from stages.core import params as _params
 from stages.core import records as _records
 from stages.core.cache import JsonCache
 from stages.core.io import StageError
-from stages.core.records import Record
+from stages.core.records import Record, record_text
 from stages.curate import rules
 from stages.curate.decontaminate import REASONS as DEDUP_REASONS
 from stages.curate.decontaminate import decontaminate
+from stages.curate.embed import embed
 from stages.curate.generation import (
     Call,
     cache_key,
@@ -96,9 +99,11 @@ STAGE = cli.Stage(
     # synthesize.generator is the generator stage's: this stage reads its checkpoint (--model), not its source
     params=(
         "common.seed",
+        "common.embedding",
         "moderate",
         # dedup's methods and references, run on the pairs (stages.curate.decontaminate)
         "dedup.minhash",
+        "dedup.semantic",
         "dedup.references",
         "synthesize.generation",
         "synthesize.documents",
@@ -111,7 +116,7 @@ STAGE = cli.Stage(
         "seed_tasks": "seed tasks (Self-Instruct seed_tasks.jsonl format)",
     },
     outputs={"out": "kept pairs (parquet)", "rejects": "rejected pairs (parquet)"},
-    options={"cache": "generation cache directory"},
+    options={"cache": "generation cache directory", "embeddings": "embedding cache directory (dedup's)"},
     local_paths=_local_paths,
 )
 PARAMS = list(STAGE.params)
@@ -146,6 +151,7 @@ def run(
     inputs: dict[str, Path],
     outputs: dict[str, Path],
     cache: Path,
+    embeddings: Path | None = None,
     generator: tuple[Any, Any] | None = None,
 ) -> dict[str, Any]:
     """Generate, parse and filter the pairs; write the kept records, the rejects and return the metrics.
@@ -155,6 +161,7 @@ def run(
         inputs: ``in`` (curated records), ``model`` (the generator's directory), ``seed_tasks``.
         outputs: ``out`` (kept pairs), ``rejects``.
         cache: the generation cache directory.
+        embeddings: the embedding cache directory (dedup's); None: a cache under `cache`.
         generator: an already loaded (model, tokenizer), used instead of loading ``inputs["model"]`` (tests).
     """
     cfg = params.synthesize
@@ -248,15 +255,20 @@ def run(
             novelty.add(rec["instruction"])
 
     # dedup's methods on the pairs kept so far, in the order they were kept (the earlier of two copies stays)
-    found = decontaminate(list(kept.values()), records, references, params.dedup.minhash, seed)
+    pairs = list(kept.values())
+    vectors = None
+    if params.dedup.semantic.enable and pairs:
+        emb = params.common.embedding
+        texts = [record_text(r, emb.fields) for r in [*records, *pairs]]
+        vectors = embed(texts, emb, embeddings if embeddings is not None else Path(cache) / "embeddings")
+    found = decontaminate(pairs, records, references, params.dedup.minhash, seed, params.dedup.semantic, vectors)
     dropped.update(dict.fromkeys(DEDUP_REASONS, 0))  # always in the metrics, as dedup's reasons are in its own
     for i, rec in enumerate(list(kept.values())):
         if i in found.dropped:
             del kept[rec["id"]]
             reject(rec, *found.dropped[i])
         elif i in found.flagged:
-            reason, detail = found.flagged[i]
-            rec["meta"]["synthesize"]["flags"] = {reason: detail}
+            rec["meta"]["synthesize"]["flags"] = dict(found.flagged[i])
     log.info("decontaminated against %d reference texts and %d curated records", len(references), len(records))
 
     with _io.atomic_outputs(outputs["out"], outputs["rejects"]) as (out, rej):
@@ -273,7 +285,8 @@ def run(
         acceptance_rate=round(len(kept) / total, 4) if total else 0.0,
         kept_documents=kept_by["documents"],
         kept_self_instruct=kept_by["self_instruct"],
-        flagged_minhash_duplicate=len(found.flagged),
+        flagged_minhash_duplicate=sum("minhash_duplicate" in f for f in found.flagged.values()),
+        flagged_semantic_duplicate=sum("semantic_duplicate" in f for f in found.flagged.values()),
     )
 
 

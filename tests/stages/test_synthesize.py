@@ -346,6 +346,7 @@ def test_recorded_completions_go_through_every_filter(model_dir: Path, tmp_path:
         "dropped_ungrounded_answer": 1,
         "dropped_exact_duplicate": 0,
         "dropped_minhash_duplicate": 0,
+        "dropped_semantic_duplicate": 0,
         "dropped_reference_overlap": 0,
     }
     kept = _records.read_records(tmp_path / "out" / "synthetic.parquet")
@@ -425,8 +426,9 @@ def test_pairs_are_decontaminated_with_dedups_methods(model_dir: Path, tmp_path:
         "dropped_reference_overlap": 2,
         "dropped_exact_duplicate": 1,
         "dropped_minhash_duplicate": 1,
+        "dropped_semantic_duplicate": 0,
     }
-    assert m["kept"] == 1 and m["flagged_minhash_duplicate"] == 0
+    assert m["kept"] == 1 and m["flagged_minhash_duplicate"] == 0 and m["flagged_semantic_duplicate"] == 0
     _counts_add_up(m, tmp_path / "out")
     rejects = pq.read_table(tmp_path / "out" / "rejected.parquet").to_pylist()
     details = sorted((r["reason"], r["detail"]) for r in rejects)
@@ -452,3 +454,41 @@ def test_pairs_are_decontaminated_with_dedups_methods(model_dir: Path, tmp_path:
     m = _run(flag, curated, model_dir, tmp_path / "flag", tmp_path / "cache")
     assert (m["kept"], m["dropped_minhash_duplicate"], m["flagged_minhash_duplicate"]) == (2, 0, 1)
     assert m["dropped_reference_overlap"] == 2 and m["dropped_exact_duplicate"] == 1
+
+
+def test_semantic_decontamination_flags_or_drops_a_reworded_copy(tmp_path: Path) -> None:
+    """A pair with a curated record's words in another order: not an exact or MinHash copy, but its static embedding
+    is nearly the record's (a weighted mean of nearly the same token vectors), so dedup's semantic pass finds it:
+    flagged with dedup.semantic.action flag (the default), dropped with drop; an unrelated pair is left alone."""
+    from stages.curate.decontaminate import decontaminate
+    from stages.curate.embed import embed
+
+    def record(instruction: str, output: str, row: int) -> _records.Record:
+        meta = {"source_file": "x.jsonl", "row": row, "source_index": 0}
+        return _records.make_record(
+            source="demo", kind="instruction", instruction=instruction, output=output, meta=meta
+        )
+
+    first = "Pull, moderate, dedup and synthesize run first."
+    curated = [record("Name the stages that run before training.", first, 1)]
+    pairs = [
+        record("Before training, name the stages that run.", "First pull, moderate, dedup and synthesize run.", 2),
+        record("How many probe tasks does the demo define?", "Five: general_mc, general_text and three others.", 3),
+    ]
+    for action, where in (("flag", "flagged"), ("drop", "dropped")):
+        params = _params_for(**{"dedup.semantic.action": action})
+        emb = params.common.embedding
+        vectors = embed([_records.record_text(r, emb.fields) for r in curated + pairs], emb, tmp_path / "emb")
+        found = decontaminate(pairs, curated, [], params.dedup.minhash, 1234, params.dedup.semantic, vectors)
+        if where == "flagged":
+            assert list(found.flagged) == [0] and list(found.flagged[0]) == ["semantic_duplicate"]
+            assert not found.dropped
+            detail = found.flagged[0]["semantic_duplicate"]
+        else:
+            assert list(found.dropped) == [0] and found.dropped[0][0] == "semantic_duplicate"
+            assert not found.flagged
+            detail = found.dropped[0][1]
+        # cosine 0.989 (>= dedup.semantic.cosine_threshold 0.98)
+        assert re.fullmatch(rf"duplicate of curated record {curated[0]['id']} \(cosine 0\.9[89]\d\)", detail)
+        without = decontaminate(pairs, curated, [], params.dedup.minhash, 1234)  # no semantic pass: not caught
+        assert not without.dropped and not without.flagged

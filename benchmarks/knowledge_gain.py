@@ -20,8 +20,8 @@ against passes over the documents.
 
 Run (from the project root)::
 
-    nice -n 10 .venv/bin/python benchmarks/knowledge_gain.py --passes 4 --points 2 \
-        --set tokenize.chat.mixture.kinds.instruction 0.5 --threads 1    # README's run: ~30 min on 2 busy cores
+    nice -n 5 .venv/bin/python benchmarks/knowledge_gain.py --passes 12 --points 3 \
+        --set tokenize.chat.mixture.kinds.instruction 0.5 --threads 2    # README's run: 54 min on 2 busy cores
     .venv/bin/python benchmarks/knowledge_gain.py --passes 1 --points 2 --quick   # plumbing: 2 steps
 
 ``--threads 1`` on a shared machine: with two torch threads per process on two busy cores, steps stall (one thread

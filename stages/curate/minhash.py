@@ -198,7 +198,7 @@ class NearDuplicateIndex:
         indexed = np.flatnonzero(has_text)
         order, sorted_keys = [], []
         for band in range(bands):
-            keys = _band_keys(sigs[indexed], band, rows)
+            keys = _band_keys(sigs, band, rows)[indexed]  # the band's columns only: no (N, P) copy per band
             perm = np.argsort(keys, kind="stable")
             order.append(indexed[perm])
             sorted_keys.append(keys[perm])

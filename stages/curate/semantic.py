@@ -68,12 +68,12 @@ def cosine_pairs(emb: np.ndarray, threshold: float, cfg: Semantic, seed: int) ->
 
 def _verified(emb: np.ndarray, i: np.ndarray, j: np.ndarray, threshold: float) -> Pairs:
     """The candidate pairs ``(i[k], j[k])`` (i < j, sorted, distinct) whose exact cosine is >= threshold."""
-    x = np.asarray(emb, dtype=np.float64)
     keep_i, keep_j, keep_s = [], [], []
     for lo in range(0, len(i), VERIFY_BATCH):
         a, b = i[lo : lo + VERIFY_BATCH], j[lo : lo + VERIFY_BATCH]
-        # row-wise dot products of grid vectors: exact in any order, like cosine()
-        s = np.einsum("nd,nd->n", x[a], x[b])
+        # row-wise dot products of grid vectors: exact in any order, like cosine(); float64 rows of the batch
+        # only (an (N, D) float64 copy is 2 GiB at 1M x 256)
+        s = np.einsum("nd,nd->n", emb[a].astype(np.float64), emb[b].astype(np.float64))
         hit = s >= threshold
         keep_i.append(a[hit])
         keep_j.append(b[hit])
@@ -236,7 +236,9 @@ def ann_pairs(emb: np.ndarray, threshold: float, cfg: Semantic, seed: int) -> Pa
                 i, j = r[hit_r], c[hit_c]
                 cand_i.append(np.minimum(i, j)[i != j])
                 cand_j.append(np.maximum(i, j)[i != j])
+    del q32, probe, members, queries  # the index is done with: verification needs the vectors only
     i, j = _sorted_unique(cand_i, cand_j, n)
+    del cand_i, cand_j
     pairs = _verified(emb, i, j, threshold)
     log.info("semantic (ann): %d lists, %d probed, %d candidate pairs, %d pairs", lists, probes, len(i), len(pairs))
     return pairs

@@ -130,18 +130,43 @@ def run_stage(project: Path, stage: str, log: Path, env_extra: dict[str, str] | 
         proc = subprocess.Popen(cmd, cwd=project, env=env, stdout=out, stderr=subprocess.STDOUT)
         ps = psutil.Process(proc.pid)
         peak = 0
+        samples: list[tuple[int, int]] = []  # (bytes of the log written, RSS of the tree) every 0.1 s
         while proc.poll() is None:
             try:
                 rss = ps.memory_info().rss + sum(c.memory_info().rss for c in ps.children(recursive=True))
                 peak = max(peak, rss)
-            except psutil.Error:
+                samples.append((log.stat().st_size, rss))
+            except (psutil.Error, OSError):
                 pass
             time.sleep(0.1)
     seconds = time.perf_counter() - start
     if proc.returncode != 0:
         raise SystemExit(f"{stage} failed in {project} (see {log})")
     metrics = json.loads((project / "metrics" / f"{stage}.json").read_text(encoding="utf-8"))
-    return {"seconds": round(seconds, 1), "peak_rss_gb": round(peak / 2**30, 2), "metrics": metrics}
+    return {
+        "seconds": round(seconds, 1),
+        "peak_rss_gb": round(peak / 2**30, 2),
+        "peak_by_phase": peak_by_phase(log, samples),
+        "metrics": metrics,
+    }
+
+
+def peak_by_phase(log: Path, samples: list[tuple[int, int]]) -> list[tuple[str, float]]:
+    """The peak RSS (GB) of the process tree while each log line was the last one written: the memory of the
+    phase that ends with the next line (lines of no phase are kept, so that a peak is never lost)."""
+    text = log.read_bytes() if log.exists() else b""
+    ends, out, start = [], [], 0
+    for line in text.split(b"\n"):
+        start += len(line) + 1
+        ends.append((start, line.decode("utf-8", errors="replace")[:160]))
+    peaks: dict[int, int] = {}
+    for size, rss in samples:
+        k = next((k for k, (end, _) in enumerate(ends) if end > size), len(ends) - 1)  # the line being written
+        peaks[k] = max(peaks.get(k, 0), rss)
+    for k in sorted(peaks):
+        last = ends[k - 1][1] if k else "(start)"
+        out.append((f"after: {last}", round(peaks[k] / 2**30, 2)))
+    return out
 
 
 def md5s(project: Path) -> dict[str, str]:

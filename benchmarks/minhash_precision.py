@@ -90,11 +90,11 @@ class Corpus:
     def __init__(self, records: list[dict[str, Any]], params: _params.Scoped) -> None:
         cfg, seed = params.dedup.minhash, params.common.seed
         self.records, self.params = records, params
-        rows: list[tuple[str, bool, bool, np.ndarray]] = []
+        rows: list[tuple[str, bool, bool, np.ndarray, np.ndarray, bool]] = []
         for lo in range(0, len(records), dedup.SIGNATURE_BATCH_RECORDS):
             batch = records[lo : lo + dedup.SIGNATURE_BATCH_RECORDS]
             rows += dedup.text_keys(
-                [(record_text(r), None) for r in batch], cfg.shingle_words, cfg.num_permutations, seed
+                [(record_text(r), None, r["output"]) for r in batch], cfg.shingle_words, cfg.num_permutations, seed
             )
         self.keys = [r[0] for r in rows]
         self.has_words = np.array([r[1] for r in rows], dtype=bool)

@@ -459,7 +459,7 @@ def test_synthesize_rerun_makes_no_model_call(repo: Path, tmp_path: Path) -> Non
     cmd = (
         "python -m stages.curate.synthesize --params params.yaml --in data/curated.parquet --model models/chat/base "
         f"--seed-tasks data/sources/seed_tasks.jsonl --out {out} --rejects {tmp_path / 'rejected.parquet'} "
-        f"--metrics {tmp_path / 'm.json'} --cache .steep_cache/synthesize"
+        f"--metrics {tmp_path / 'm.json'} --cache .steep_cache/synthesize --embeddings .steep_cache/embeddings"
     )
     proc = _run(cmd.split(), repo)
     m = json.loads((tmp_path / "m.json").read_text())

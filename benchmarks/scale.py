@@ -32,7 +32,9 @@ Writes ``benchmarks/results/scale.json`` and prints a table.
 from __future__ import annotations
 
 import argparse
+import bisect
 import hashlib
+import itertools
 import json
 import os
 import random
@@ -154,17 +156,15 @@ def run_stage(project: Path, stage: str, log: Path, env_extra: dict[str, str] | 
 def peak_by_phase(log: Path, samples: list[tuple[int, int]]) -> list[tuple[str, float]]:
     """The peak RSS (GB) of the process tree while each log line was the last one written: the memory of the
     phase that ends with the next line (lines of no phase are kept, so that a peak is never lost)."""
-    text = log.read_bytes() if log.exists() else b""
-    ends, out, start = [], [], 0
-    for line in text.split(b"\n"):
-        start += len(line) + 1
-        ends.append((start, line.decode("utf-8", errors="replace")[:160]))
+    lines = (log.read_bytes() if log.exists() else b"").split(b"\n")
+    ends = list(itertools.accumulate(len(line) + 1 for line in lines))  # byte offset after each line
     peaks: dict[int, int] = {}
     for size, rss in samples:
-        k = next((k for k, (end, _) in enumerate(ends) if end > size), len(ends) - 1)  # the line being written
+        k = min(bisect.bisect_right(ends, size), len(ends) - 1)  # the line being written
         peaks[k] = max(peaks.get(k, 0), rss)
+    out = []
     for k in sorted(peaks):
-        last = ends[k - 1][1] if k else "(start)"
+        last = lines[k - 1].decode("utf-8", errors="replace")[:160] if k else "(start)"
         out.append((f"after: {last}", round(peaks[k] / 2**30, 2)))
     return out
 

@@ -104,28 +104,18 @@ def decontaminate(
             or (out_sigs[i] == out_sigs[j]).mean() >= minhash.output_jaccard_threshold
         )
     ]
-    _, matched = clusters(members, found, range(len(records)))
-    for i, match in sorted(matched.items()):
-        if i < n_cur:
-            continue
-        where = "curated record" if match.survivor < n_cur else "synthetic pair"
-        detail = f"duplicate of {where} {ids[match.survivor]} (jaccard {match.score:.3f})"
-        _found(out, i - n_cur, "minhash_duplicate", detail, minhash.action)
+    _chained(out, members, found, ids, n_cur, ("minhash_duplicate", "jaccard", minhash.action))
     alive = [i for i in alive if i - n_cur not in out.dropped]
 
     # 3. semantic: exact cosines of the embeddings, over curated records and pairs; only matches that touch a pair
     if semantic is not None and semantic.enable:
         if vectors is None or len(vectors) != len(records):
-            raise ValueError(f"semantic decontamination needs {len(records)} vectors, got {vectors is not None}")
+            got = "none" if vectors is None else len(vectors)
+            raise ValueError(f"semantic decontamination needs {len(records)} vectors (curated, then pairs), got {got}")
         members = [i for i in range(n_cur) if texts[i].strip()] + [i for i in alive if texts[i].strip()]
         near = cosine_pairs(vectors[members], semantic.cosine_threshold, semantic, seed)
         found = [(members[a], members[b], c) for a, b, c in near if members[b] >= n_cur]
-        _, matched = clusters(members, found, range(len(records)))
-        for i, match in sorted(matched.items()):
-            if i >= n_cur:
-                where = "curated record" if match.survivor < n_cur else "synthetic pair"
-                detail = f"duplicate of {where} {ids[match.survivor]} (cosine {match.score:.3f})"
-                _found(out, i - n_cur, "semantic_duplicate", detail, semantic.action)
+        _chained(out, members, found, ids, n_cur, ("semantic_duplicate", "cosine", semantic.action))
         alive = [i for i in alive if i - n_cur not in out.dropped]
 
     # 4. references: exact and MinHash, as dedup's reference pass
@@ -134,8 +124,24 @@ def decontaminate(
     return out
 
 
-def _found(out: Decontaminated, pair: int, reason: str, detail: str, action: str) -> None:
-    if action == "flag":
-        out.flagged.setdefault(pair, {})[reason] = detail
-    else:
-        out.dropped[pair] = (reason, detail)
+def _chained(
+    out: Decontaminated,
+    members: list[int],
+    found: list[tuple[int, int, float]],
+    ids: list[str],
+    n_cur: int,
+    method: tuple[str, str, str],
+) -> None:
+    """Cluster `members` by the matches `found` (union-find, the earliest record survives: curated records come
+    first) and drop or flag every pair that is not its cluster's survivor; `method`: (reason, score name, action)."""
+    reason, score, action = method
+    _, matched = clusters(members, found, range(len(ids)))
+    for i, match in sorted(matched.items()):
+        if i < n_cur:
+            continue
+        where = "curated record" if match.survivor < n_cur else "synthetic pair"
+        detail = f"duplicate of {where} {ids[match.survivor]} ({score} {match.score:.3f})"
+        if action == "flag":
+            out.flagged.setdefault(i - n_cur, {})[reason] = detail
+        else:
+            out.dropped[i - n_cur] = (reason, detail)

@@ -100,6 +100,7 @@ from stages.core.records import (
     RecordSpool,
     RecordWriter,
     iter_records,
+    order_key,
     rebatched,
     record_count,
     record_files,
@@ -198,7 +199,7 @@ class _Kept:
             self.sources.append(self._one(r["source"]))  # type: ignore[arg-type]
             self.labels.append(self._one(r["meta"].get("label")))
             self.ids.append(r["id"])
-        keys = [(r["meta"]["source_index"], self._one(r["meta"]["source_file"]), r["meta"]["row"]) for r in records]
+        keys = [(source, self._one(file), row) for source, file, row, _ in map(order_key, records)]
         self.keys.append(np.array(keys, dtype=[("source", "i8"), ("file", object), ("row", "i8")]))
         if self.enabled:
             self.embedder.add([record_text(r, self.embedding.fields) for r in records])

@@ -18,7 +18,9 @@ the same run, so the ratio compares implementations on the same machine and load
 Run (from the project root)::
 
     .venv/bin/python benchmarks/scale.py --sizes 55185 --peer ab83f0d --check-bytes
-    .venv/bin/python benchmarks/scale.py --sizes 1000000
+    .venv/bin/python benchmarks/scale.py --sizes 1000000 --keep /tmp/scale1m --out benchmarks/results/scale_1m.json
+    .venv/bin/python benchmarks/scale.py --rerun /tmp/scale1m/this_1000000 --stages moderate dedup \\
+        --out benchmarks/results/scale_1m.json   # the same project again with this checkout's stages/
 
 ``--check-bytes`` reruns moderate and dedup of the first corpus under each variant the outputs must not
 depend on (1 worker; embedding batch 1 and 64; a warm cache; ``ATEN_CPU_CAPABILITY=default``; the Ray
@@ -270,7 +272,19 @@ def main(argv: list[str] | None = None) -> None:
         help="run only the byte checks, against this project of an earlier run (its outputs are the reference); "
         "results go into --out's 'bytes' beside what is there",
     )
+    ap.add_argument(
+        "--rerun",
+        type=Path,
+        help="rerun --stages of this project of an earlier run (--keep) with this checkout's stages/: seconds, "
+        "peak RSS by phase, and whether every output kept its md5; results go into --out's 'reruns'",
+    )
     args = ap.parse_args(argv)
+    if args.rerun:
+        results = json.loads(args.out.read_text(encoding="utf-8")) if args.out.exists() else {"runs": []}
+        results.setdefault("reruns", {}).update(rerun(args.rerun, [s for s in STAGES if s in args.stages]))
+        save(results, args.out)
+        print(f"wrote {args.out}")
+        return
     if not args.corpus.exists():
         raise SystemExit(f"corpus not found: {args.corpus} (the T0 file is ../shared/data/t0_train_50k.jsonl)")
     if args.check_project:
@@ -333,6 +347,26 @@ def main(argv: list[str] | None = None) -> None:
         print(f"| {run['implementation']} | {run['records']} | **total** | {total} | {peak} | |")
     save(results, args.out)
     print(f"\nwrote {args.out}")
+
+
+def rerun(project: Path, stages: Sequence[str]) -> dict[str, Any]:
+    """Rerun `stages` of an earlier run's `project` with this checkout's ``stages/`` (same params, warm caches):
+    per stage its seconds, peak RSS (and by phase), timing lines, and whether every output kept its md5."""
+    before = md5s(project)
+    shutil.rmtree(project / "stages")
+    shutil.copytree(ROOT / "stages", project / "stages", ignore=shutil.ignore_patterns("__pycache__"))
+    out: dict[str, Any] = {}
+    for stage in stages:
+        print(f"rerun {project.name}: {stage} ...", flush=True)
+        r = run_stage(project, stage, project / "logs" / f"{stage}_rerun.log")
+        r["phases"] = phase_lines(project / "logs" / f"{stage}_rerun.log")
+        r["records_per_s"] = round(r.pop("metrics").get("total", 0) / max(r["seconds"], 1e-9), 1)
+        out[stage] = r
+        print(f"  {r['seconds']} s, peak {r['peak_rss_gb']} GB", flush=True)
+    after = md5s(project)
+    out["same_md5"] = {path: before.get(path) == digest for path, digest in after.items()}
+    print(f"  outputs with the earlier md5: {sum(out['same_md5'].values())} of {len(after)}", flush=True)
+    return out
 
 
 def scale_size(project: Path) -> int:

@@ -41,6 +41,11 @@ log = logging.getLogger("steep.moderate")
 # 2^24 cells = 128 MiB a float64 copy, of which cleanlab makes a few. Above it, :func:`_label_issues` chunks.
 LABEL_CELLS = 1 << 24
 
+# The label check in the stage's own process: cleanlab's find_label_issues otherwise forks a pool of one process per
+# core (Linux) from the stage, whose RSS each counts the stage's pages (1M records: 2.4 GB each); results are the
+# same for any n_jobs (cleanlab's docs), and the pool only splits a per-class loop of milliseconds.
+ONE_PROCESS = {"clean_learning_kwargs": {"find_label_issues_kwargs": {"n_jobs": 1}}}
+
 COUNTS = ("flagged_cleanlab_outlier", "flagged_cleanlab_near_duplicate", "flagged_cleanlab_label_issue")
 
 
@@ -118,7 +123,8 @@ def knn_issues(
     if "label" in issue_types:
         k = issue_types["label"]["k"]
         neighbours = first(graph, k).indices.reshape(len(vectors), k)
-        _run(lab, {"label": issue_types["label"]}, pred_probs=_vote(np.asarray(lab.labels), neighbours))
+        label = {**ONE_PROCESS, **issue_types["label"]}
+        _run(lab, {"label": label}, pred_probs=_vote(np.asarray(lab.labels), neighbours))
     return _collect(lab, issue_types)
 
 
@@ -294,7 +300,7 @@ def _label_issues(
     label_score, is_issue, predicted = np.empty(n), np.zeros(n, dtype=bool), [""] * n
     for rows in chunks:
         lab = _datalab(len(rows), codes[rows].tolist(), seed, classes)
-        _run(lab, {"label": {}}, pred_probs=_vote(codes, neighbours[rows], rows, len(classes)))
+        _run(lab, {"label": ONE_PROCESS}, pred_probs=_vote(codes, neighbours[rows], rows, len(classes)))
         issues = lab.get_issues("label")
         label_score[rows] = issues["label_score"].to_numpy()
         is_issue[rows] = issues["is_label_issue"].to_numpy()

@@ -83,6 +83,7 @@ from stages.core.records import (
 from stages.curate.clustering import clusters
 from stages.curate.embed import Embedder
 from stages.curate.minhash import (
+    VERIFY_CHUNK_PAIRS,
     NearDuplicateIndex,
     normalize_text,
     signature_batch,
@@ -198,13 +199,15 @@ def _read_columns(path: Path, params: _params.Scoped) -> _Columns:
             sigs[j], out_sigs[j] = sig, out_sig
             flags[j] = (has_words, has_emb, has_out)
     perm = np.array(sorted(range(n), key=order.__getitem__), dtype=np.int64)  # input order -> file row
+    sigs = sigs[perm]  # one (n, P) array permuted at a time: the file-order one is let go before the next
+    out_sigs = out_sigs[perm]
     return _Columns(
         ids=[ids[j] for j in perm],
         keys=[keys[j] for j in perm],
         has_words=flags[perm, 0],
         has_emb_text=flags[perm, 1],
-        sigs=sigs[perm],
-        out_sigs=out_sigs[perm],
+        sigs=sigs,
+        out_sigs=out_sigs,
         has_output=flags[perm, 2],
         position=perm,
     )
@@ -219,9 +222,10 @@ def _outputs_agree(
         return pairs
     i = np.array([p[0] for p in pairs], dtype=np.int64)
     j = np.array([p[1] for p in pairs], dtype=np.int64)
-    both = cols.has_output[i] & cols.has_output[j]
-    agree = (cols.out_sigs[i] == cols.out_sigs[j]).mean(axis=1) >= cfg.output_jaccard_threshold
-    keep = ~both | agree
+    keep = ~(cols.has_output[i] & cols.has_output[j])
+    for lo in range(0, len(i), VERIFY_CHUNK_PAIRS):  # (chunk, P) signature rows at a time: 1.8M pairs are 2 GB
+        a, b = i[lo : lo + VERIFY_CHUNK_PAIRS], j[lo : lo + VERIFY_CHUNK_PAIRS]
+        keep[lo : lo + len(a)] |= (cols.out_sigs[a] == cols.out_sigs[b]).mean(axis=1) >= cfg.output_jaccard_threshold
     return [p for p, k in zip(pairs, keep.tolist(), strict=True) if k]
 
 

@@ -47,6 +47,8 @@ BLOCK_ELEMENTS = 2**23
 TILE = 8192
 # Rows whose squared norms are computed at once.
 SQ_ROWS = 65536
+# Near pairs whose exact squared gap is computed at once: (GAP_PAIRS, D) float64 rows, 128 MiB at D = 256.
+GAP_PAIRS = 65536
 # Distances below this are checked for exact duplicates (distinct grid vectors lie ~4.5e-13 apart at least).
 TINY = 2.0**-30
 
@@ -113,7 +115,12 @@ class _Space:
         if self.metric == "cosine" and len(near[0]):
             # exact duplicates (|a-b|² = 0, computed exactly) at 0, as cleanlab's correct_knn_graph sets them
             r, c = rows[near[0]], cols[near[1]]
-            gap = self.sq[r] + self.sq[c] - 2 * np.einsum("nd,nd->n", self.x[r].astype(np.float64), self.x[c])
+            gap = np.empty(len(r))
+            for lo in range(0, len(r), GAP_PAIRS):  # a block of identical vectors has a near pair per cell
+                a, b = r[lo : lo + GAP_PAIRS], c[lo : lo + GAP_PAIRS]
+                gap[lo : lo + GAP_PAIRS] = (
+                    self.sq[a] + self.sq[b] - 2 * np.einsum("nd,nd->n", self.x[a].astype(np.float64), self.x[b])
+                )
             d[near] = np.where(gap == 0, 0.0, np.maximum(d[near], 0.0))
         if self.metric == "cosine" and np.isinf(self.norms).any():
             zr, zc = np.isinf(self.norms[rows]), np.isinf(self.norms[cols])

@@ -74,9 +74,11 @@ def test_exact_graph_is_brute_force_with_ties_by_index(emb: np.ndarray, exact) -
 
 
 def test_exact_graph_in_small_blocks(monkeypatch: pytest.MonkeyPatch, emb: np.ndarray, exact) -> None:
-    """Blocks that do not divide N (and merges of partial results) give the same bytes."""
+    """Blocks that do not divide N (and merges of partial results) give the same bytes, and so does checking the
+    exact duplicates' gaps a few pairs at a time (a block of 30 copies has 870 near pairs)."""
     monkeypatch.setattr(knn, "TILE", 300)
     monkeypatch.setattr(knn, "BLOCK_ELEMENTS", 300 * 77)
+    monkeypatch.setattr(knn, "GAP_PAIRS", 7)
     small = knn.knn_graph(emb, K, config(), seed=1234)
     assert small.data.tobytes() == exact.data.tobytes() and small.indices.tobytes() == exact.indices.tobytes()
 
@@ -179,7 +181,14 @@ def _labels(emb: np.ndarray) -> list[str]:
 def test_label_check_in_chunks(monkeypatch: pytest.MonkeyPatch, emb: np.ndarray) -> None:
     """The stage's label check equals knn_issues' (one chunk); over the cells budget it runs in chunks that keep
     every row's score and prediction, and flags nearly the same rows (the per-class thresholds are estimated
-    per chunk: 667 rows here, 59k at 1M)."""
+    per chunk: 667 rows here, 59k at 1M). It runs in the stage's process: cleanlab forks no pool (each child's RSS
+    would count the stage's pages again)."""
+    import multiprocessing.pool
+
+    def refuse(*_a, **_k):
+        raise AssertionError("cleanlab forked a process pool")
+
+    monkeypatch.setattr(multiprocessing.pool.Pool, "__init__", refuse)
     cfg = _params.load(ROOT / "params.yaml", ["moderate"]).moderate.cleanlab
     labels = _labels(emb)
     ids = [f"id{i}" for i in range(len(emb))]

@@ -4,8 +4,9 @@ On the T0 corpus (``--corpus``, default ``../shared/data/t0_train_50k.jsonl``: 5
 public T0 training mixture, as pull makes them, :mod:`_t0`) less the 1,400 empty outputs moderate drops, dedup's
 own exact pass and MinHash pass (``dedup.text_keys``, ``minhash.NearDuplicateIndex`` and ``clustering.clusters``
 with ``dedup.minhash`` and ``common.seed`` of ``params.yaml``: dedup.run's steps 1-2, in one process) drop 1,162
-and 29,970 records. Each MinHash drop has a survivor (the earliest record of its cluster, the one kept in its
-place) and the estimated Jaccard with its closest match (the detail of the stage's reject row).
+and 29,690 records (each LSH bucket verified as a star). Each MinHash drop has a survivor (the earliest record of
+its cluster, the one kept in its place) and the estimated Jaccard with its closest match (the detail of the stage's
+reject row).
 
 Precision by reading: the drops in one seeded order (``random.Random("0:minhash_drops")``), the first
 ``--read`` of them read next to their survivor. ``dup`` = same task: same question on the same material and the

@@ -49,8 +49,9 @@ ONE_PROCESS = {"clean_learning_kwargs": {"find_label_issues_kwargs": {"n_jobs": 
 COUNTS = ("flagged_cleanlab_outlier", "flagged_cleanlab_near_duplicate", "flagged_cleanlab_label_issue")
 
 
-def _run(lab: Any, issue_types: dict[str, dict[str, Any]], **inputs: Any) -> None:
-    """``lab.find_issues(**inputs)`` for `issue_types`, its warnings logged (deprecations left out)."""
+def _run(lab: Any, issue_types: dict[str, dict[str, Any]], seen: set[str] | None = None, **inputs: Any) -> None:
+    """``lab.find_issues(**inputs)`` for `issue_types`, its warnings logged (deprecations left out; with `seen`,
+    a message already in it is not logged again: the label check's chunks warn alike)."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         # a copy per call: Datalab writes the features into the dicts it is given
@@ -58,8 +59,12 @@ def _run(lab: Any, issue_types: dict[str, dict[str, Any]], **inputs: Any) -> Non
     for w in caught:
         # Deprecations are about cleanlab's own use of its libraries (pandas 3 deprecates
         # `rename(inplace=True)`, which cleanlab 2.9 calls), not about the data: left out of the log.
-        if not issubclass(w.category, DeprecationWarning | FutureWarning):
-            log.warning("cleanlab %s check: %s", "/".join(issue_types), str(w.message).splitlines()[0])
+        message = str(w.message).splitlines()[0]
+        if issubclass(w.category, DeprecationWarning | FutureWarning) or (seen is not None and message in seen):
+            continue
+        log.warning("cleanlab %s check: %s", "/".join(issue_types), message)
+        if seen is not None:
+            seen.add(message)
 
 
 def _datalab(n: int, labels: list[Any] | None, seed: int, classes: list[str] | None = None) -> Any:
@@ -298,9 +303,10 @@ def _label_issues(
         else [np.sort(c) for c in np.array_split(np.random.default_rng(seed).permutation(n), parts)]
     )
     label_score, is_issue, predicted = np.empty(n), np.zeros(n, dtype=bool), [""] * n
+    warned: set[str] = set()
     for rows in chunks:
         lab = _datalab(len(rows), codes[rows].tolist(), seed, classes)
-        _run(lab, {"label": ONE_PROCESS}, pred_probs=_vote(codes, neighbours[rows], rows, len(classes)))
+        _run(lab, {"label": ONE_PROCESS}, warned, pred_probs=_vote(codes, neighbours[rows], rows, len(classes)))
         issues = lab.get_issues("label")
         label_score[rows] = issues["label_score"].to_numpy()
         is_issue[rows] = issues["is_label_issue"].to_numpy()

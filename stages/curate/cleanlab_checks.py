@@ -22,6 +22,7 @@ benchmarks/results/cleanlab_knn.json).
 
 from __future__ import annotations
 
+import copy
 import logging
 import sys
 import warnings
@@ -54,8 +55,9 @@ def _run(lab: Any, issue_types: dict[str, dict[str, Any]], seen: set[str] | None
     a message already in it is not logged again: the label check's chunks warn alike)."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        # a copy per call: Datalab writes the features into the dicts it is given
-        lab.find_issues(**inputs, issue_types={k: dict(v) for k, v in issue_types.items()})
+        # a deep copy per call: Datalab writes the features into the dicts it is given, and CleanLearning adds its
+        # confident joint to find_label_issues_kwargs (ONE_PROCESS's nested dicts must stay as they are)
+        lab.find_issues(**inputs, issue_types=copy.deepcopy(issue_types))
     for w in caught:
         # Deprecations are about cleanlab's own use of its libraries (pandas 3 deprecates
         # `rename(inplace=True)`, which cleanlab 2.9 calls), not about the data: left out of the log.

@@ -206,6 +206,7 @@ def test_label_check_in_chunks(monkeypatch: pytest.MonkeyPatch, emb: np.ndarray)
     assert same >= 0.95 * len(emb)  # measured: 1,939 of 2,000 (584 flags whole, 593 in 3 chunks)
     n_flags = counts["flagged_cleanlab_label_issue"]
     assert abs(chunked_counts["flagged_cleanlab_label_issue"] - n_flags) <= 0.03 * n_flags
+    assert cleanlab_checks.ONE_PROCESS == {"clean_learning_kwargs": {"find_label_issues_kwargs": {"n_jobs": 1}}}
 
 
 def test_cleanlab_scores_never_search_all_pairs(monkeypatch: pytest.MonkeyPatch, emb: np.ndarray) -> None:

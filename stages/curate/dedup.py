@@ -83,8 +83,8 @@ from stages.core.records import (
 from stages.curate.clustering import clusters
 from stages.curate.embed import Embedder
 from stages.curate.minhash import (
-    VERIFY_CHUNK_PAIRS,
     NearDuplicateIndex,
+    jaccards,
     normalize_text,
     signature_batch,
 )
@@ -222,10 +222,9 @@ def _outputs_agree(
         return pairs
     i = np.array([p[0] for p in pairs], dtype=np.int64)
     j = np.array([p[1] for p in pairs], dtype=np.int64)
-    keep = ~(cols.has_output[i] & cols.has_output[j])
-    for lo in range(0, len(i), VERIFY_CHUNK_PAIRS):  # (chunk, P) signature rows at a time: 1.8M pairs are 2 GB
-        a, b = i[lo : lo + VERIFY_CHUNK_PAIRS], j[lo : lo + VERIFY_CHUNK_PAIRS]
-        keep[lo : lo + len(a)] |= (cols.out_sigs[a] == cols.out_sigs[b]).mean(axis=1) >= cfg.output_jaccard_threshold
+    both = cols.has_output[i] & cols.has_output[j]
+    agree = jaccards(cols.out_sigs, i, cols.out_sigs, j) >= cfg.output_jaccard_threshold
+    keep = ~both | agree
     return [p for p, k in zip(pairs, keep.tolist(), strict=True) if k]
 
 

@@ -170,6 +170,16 @@ def _band_keys(sigs: np.ndarray, band: int, rows: int) -> np.ndarray:
     return part.view(np.dtype((np.void, part.dtype.itemsize * rows))).ravel()
 
 
+def jaccards(a: np.ndarray, i: np.ndarray, b: np.ndarray, j: np.ndarray) -> np.ndarray:
+    """Estimated Jaccard of the signature rows ``a[i[k]]`` and ``b[j[k]]`` of each pair k (share of equal values),
+    VERIFY_CHUNK_PAIRS pairs at a time: (chunk, P) comparisons, not (pairs, P) (1.8M pairs would be 2 GB)."""
+    out = np.empty(len(i))
+    for lo in range(0, len(i), VERIFY_CHUNK_PAIRS):
+        hi = lo + VERIFY_CHUNK_PAIRS
+        out[lo:hi] = (a[i[lo:hi]] == b[j[lo:hi]]).mean(axis=1)
+    return out
+
+
 @dataclass
 class NearDuplicateIndex:
     """MinHash signatures of a set of documents and an LSH index over them, in numpy.
@@ -238,11 +248,10 @@ class NearDuplicateIndex:
     def _verify(self, left: np.ndarray, mine: np.ndarray | None, right: np.ndarray) -> list[tuple[int, int, float]]:
         if len(left) == 0:
             return []
-        jac = np.empty(len(left))
-        for lo in range(0, len(left), VERIFY_CHUNK_PAIRS):  # (chunk, P) comparisons at a time, not (pairs, P)
-            hi = lo + VERIFY_CHUNK_PAIRS
-            ours = self.sigs[left[lo:hi]] if mine is None else mine[lo:hi]  # None: `left`'s own rows
-            jac[lo:hi] = (ours == self.sigs[right[lo:hi]]).mean(axis=1)  # estimated Jaccard
+        if mine is None:  # `left`'s own rows
+            jac = jaccards(self.sigs, left, self.sigs, right)
+        else:
+            jac = jaccards(mine, np.arange(len(mine)), self.sigs, right)
         ok = jac >= self.threshold
         return [(int(i), int(j), float(s)) for i, j, s in zip(left[ok], right[ok], jac[ok], strict=True)]
 

@@ -489,6 +489,40 @@ def test_probe_compares_every_task_and_the_report_shows_it(repo: Path, variant: 
     assert "<svg" in (repo / "metrics/report.html").read_text()
 
 
+def _audit(repo: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    cmd = [sys.executable, "-m", "stages.commands.main", "audit", *args]
+    return subprocess.run(cmd, cwd=repo, env=_env(), capture_output=True, text=True, check=False)
+
+
+def test_audit_holds_on_a_rerun_and_names_planted_differences(repo: Path) -> None:
+    """`steep audit`: a clean rerun of the commit holds; an edited demo record and a changed probe answer do not,
+    and the table names the record (id, origin, field) and the probe's score difference."""
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
+    _run([*git, "add", "-A"], repo)
+    _run([*git, "commit", "-qm", "run 0", "--allow-empty"], repo)
+    clean = _audit(repo, "--stages", "moderate")
+    assert clean.returncode == 0, clean.stdout + clean.stderr
+    assert "| moderate | data/moderated.parquet | identical |" in clean.stdout
+    assert "| pull | data/pulled | identical |" in clean.stdout
+    demo, mc = repo / "data/sources/alpaca_demo.jsonl", repo / "data/sources/heldout/general_mc.jsonl"
+    lines = demo.read_text().splitlines(keepends=True)
+    first = json.loads(lines[0])
+    demo.write_text(json.dumps({**first, "output": first["output"] + " An edit."}) + "\n" + "".join(lines[1:]))
+    items = [json.loads(line) for line in mc.read_text().splitlines()]
+    items[0]["answer"] = (items[0]["answer"] + 1) % len(items[0]["choices"])
+    mc.write_text("".join(json.dumps(i) + "\n" for i in items))
+    try:
+        planted = _audit(repo, "--workspace", "--stages", "probe@chat")
+    finally:
+        _run(["git", "checkout", "--", str(demo), str(mc)], repo)
+    out = planted.stdout
+    assert planted.returncode == 1, out + planted.stderr
+    pull = next(line for line in out.splitlines() if line.startswith("| pull | data/pulled |"))
+    assert "| different |" in pull and "(now " in pull and "output" in pull, pull
+    probe = [line for line in out.splitlines() if line.startswith("| baseline@chat | metrics/")]
+    assert probe and "| different |" in probe[0] and "general_mc" in probe[0], out
+
+
 def test_metrics_diff_across_commits_shows_the_probe_deltas_move(repo: Path) -> None:
     """Two commits that differ in one training param: `dvc metrics diff` shows the chat probe's deltas changed.
 

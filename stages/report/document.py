@@ -74,15 +74,46 @@ def _right_aligned(rows: list[list[str]], col: int) -> bool:
     return bool(cells) and all(not isinstance(c, Code) and _NUMERIC.match(c) for c in cells)
 
 
+# Markdown a record's text could open: code spans, emphasis, strikethrough, table cells, math, and links and images
+# (the `](` of `[text](url)`: a reference link needs a definition, which no table cell can hold); each is
+# backslash-escaped so that it shows as written. An underscore inside a word opens nothing and is left as it is
+# (`demo_alpaca`), and so is a bracket elsewhere (an interval `[0.1, 0.2]`). `<` (raw HTML, autolinks) and the `&`
+# of an entity become entities. A dot before a letter and the colon of `://` are escaped too: that breaks the
+# autolinks GFM and linkify find without markup (http://…, www.…, e-mail addresses, bare domains), since an escaped
+# character is no longer part of the text they scan.
+_MD_INLINE = re.compile(r"(?P<word>(?<=[^\W_])_+(?=[^\W_]))|[\\`*_~|$]|\](?=\()|<|&(?=#?\w+;)|\.(?=[^\W\d_])|:(?=//)")
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")
+
+
+def _md_escape(m: re.Match[str]) -> str:
+    c = m.group()
+    if m.group("word"):
+        return c
+    return {"<": "&lt;", "&": "&amp;"}.get(c, "\\" + c)
+
+
+def md_text(text: str) -> str:
+    """`text` as inert Markdown inside a table cell: it shows as written, and no code span, emphasis, link, image,
+    autolink or HTML tag comes out of it, whatever it holds; line breaks become ``<br>``."""
+    return _LINE_BREAK.sub("<br>", _MD_INLINE.sub(_md_escape, text))
+
+
+def md_code(text: str) -> str:
+    """`text` as one Markdown code span inside a table cell, whatever backticks, pipes or line breaks it holds.
+
+    The fence is one backtick longer than the longest run inside; a space pads a text that starts or ends with a
+    backtick or a space (CommonMark strips one on each side); a pipe is escaped (GFM unescapes it inside code).
+    """
+    if not text:
+        return ""
+    text = _LINE_BREAK.sub(" ", text).replace("|", "\\|")
+    fence = "`" * (max(map(len, re.findall(r"`+", text)), default=0) + 1)
+    pad = " " if text[0] in "` " or text[-1] in "` " else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
+
+
 def _md_cell(cell: str) -> str:
-    text = str(cell)
-    if isinstance(cell, Code):
-        return f"`{text}`" if text else ""
-    # Only a pipe and a line break can break a table row; the rest of the text is left as written, except that a
-    # <EMAIL> placeholder outside `code` must not become an HTML tag.
-    parts = re.split(r"(`[^`\n]*`)", text.replace("|", "\\|"))
-    text = "".join(part if i % 2 else re.sub(r"<(?=[A-Za-z/!?])", "&lt;", part) for i, part in enumerate(parts))
-    return text.replace("\n", "<br>")
+    return md_code(str(cell)) if isinstance(cell, Code) else md_text(str(cell))
 
 
 def to_markdown(doc: Doc) -> str:

@@ -20,7 +20,9 @@ _USER_TURN = (
     re.compile(r"<start_of_turn>user\n(.*?)<end_of_turn>", re.S),
     re.compile(r"<\|start_header_id\|>user<\|end_header_id\|>\n\n(.*?)<\|eot_id\|>", re.S),
 )
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+# Control characters (C0 but tab and newline, DEL, C1) and the bidirectional controls that reorder how a line shows
+# (a "Trojan source" text reads differently from what it holds): written out, never passed on.
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 
 
 def fmt_num(value: Any, digits: int = 3, sign: bool = False) -> str:
@@ -58,9 +60,11 @@ def fmt_p(p: Any) -> str:
 
 
 def _visible(text: str) -> str:
-    """Control characters written out (``\\x07``): a reject for a control character shows which."""
+    """Control characters written out (``\\x07``, ``\\u202e``): a reject for a control character shows which."""
     text = text.replace("\r\n", "\n")
-    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+    return _CONTROL.sub(
+        lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 256 else f"\\u{ord(m.group()):04x}", text
+    )
 
 
 def clip(text: str, limit: int, one_line: bool = True) -> str:

@@ -8,8 +8,10 @@ run), rejects and synthetic pairs in the record schema, dvclive loss TSVs, and t
 
 from __future__ import annotations
 
+import html as _html
 import json
 import os
+import random
 import re
 import subprocess
 import sys
@@ -476,7 +478,7 @@ def test_synthetic_pairs_with_provenance(fixture_dir: Path) -> None:
     section = md.split("## Synthetic pairs")[1].split("## Training")[0]
     assert "| `documents` | 2 |" in section and "| `self_instruct` | 1 |" in section
     assert "Write a haiku about rain." in section and "seeds: [3, 7, 9]" in section
-    assert "chunk: docs/usage.md#2" in section
+    assert "chunk: docs/usage\\.md#2" in section  # the dot before a letter escaped: no autolink
     assert section.count("| `documents` |") == 2  # one count row, one example (max_examples_per_task: 1)
 
 
@@ -705,12 +707,82 @@ def test_variants_come_from_params_in_file_order(fixture_dir: Path) -> None:
 
 def test_markdown_cells_keep_tables_and_placeholders() -> None:
     doc = Doc()
-    doc.table(["a", "b"], [["x | y\nz", "mail <EMAIL> or `<stage>`"], [Code("id_1"), "0.5"]])
+    doc.table(["a", "b"], [["x | y\nz", "mail <EMAIL> or `<stage>`"], [Code("id_1"), "0.5"], [Code("a`b|c"), "[0, 1]"]])
     md = to_markdown(doc)
-    assert "| x \\| y<br>z | mail &lt;EMAIL> or `<stage>` |" in md
+    assert "| x \\| y<br>z | mail &lt;EMAIL> or \\`&lt;stage>\\` |" in md
     assert "| `id_1` | 0.5 |" in md
+    assert "| ``a`b\\|c`` | [0, 1] |" in md  # a code cell's fence outgrows its backticks; an interval stays as written
     html = to_html(doc, "t")
     assert "<td>x | y<br>z</td><td>mail &lt;EMAIL&gt; or `&lt;stage&gt;`</td>" in html
+
+
+# What a record can hold to attack a reader of the report: raw HTML (a backslash-backtick that once ended up as a code
+# span delimiter), an image that is a tracking pixel, links and autolinks of every kind, a code span, an entity.
+HOSTILE = [
+    "\\`<img src=x onerror=alert(document.domain)>`",
+    "![p](http://attacker.example/p.png)",
+    "[click](https://attacker.example/x) <https://attacker.example/a> www.attacker.example",
+    "mail me@attacker.example or visit http://attacker.example/b today",
+    "<script>alert(1)</script> &lt;b&gt; `code` **bold** ~~gone~~ $x$",
+]
+
+
+def _markdown_renderers() -> list[Any]:
+    from markdown_it import MarkdownIt
+
+    # CommonMark with GFM tables; and GFM-like with linkify (bare URLs, www., e-mail and bare domains become links)
+    return [MarkdownIt("commonmark").enable("table"), MarkdownIt("gfm-like")]
+
+
+def _live(tokens: list[Any]) -> list[str]:
+    """What a rendering would make live: images, raw HTML (but the report's own ``<br>``), links not to an anchor."""
+    found = []
+    for t in tokens:
+        found += _live(t.children or [])
+        if t.type == "image":
+            found.append(f"image {t.attrGet('src')}")
+        elif t.type in ("html_inline", "html_block") and t.content.strip().lower() not in ("<br>", "<br/>", "<br />"):
+            found.append(f"html {t.content!r}")
+        elif t.type == "link_open" and not str(t.attrGet("href")).startswith("#"):
+            found.append(f"link {t.attrGet('href')}")
+    return found
+
+
+def test_hostile_record_text_is_inert_in_both_reports(fixture_dir: Path) -> None:
+    rejects = [(_rec(text, text, 900 + i), "moderate", "canned_response", text) for i, text in enumerate(HOSTILE)]
+    path_with_ticks = _rec("x", "y", 7)
+    path_with_ticks["meta"]["source_file"] = "data/`<img src=x onerror=alert(2)>`|![q](http://attacker.example/q).jsonl"
+    rejects.append((path_with_ticks, "moderate", "canned_response", "a file name is hostile too"))
+    write_rejects(fixture_dir / "data" / "rejected" / "moderate.parquet", rejects)
+    md, html = run_report(max_examples_per_reason=10)
+    assert md.count("attacker") >= 2 * len(HOSTILE)  # the records are in the report
+    for renderer in _markdown_renderers():
+        assert _live(renderer.parse(md)) == []
+        rendered = renderer.render(md)
+        assert "<img" not in rendered and "<script" not in rendered and 'href="http' not in rendered
+        # shown as written: the escapes are for the renderer, not for the reader
+        for text in ("![p](http://attacker.example/p.png)", "<script>alert(1)</script>", "**bold**", "me@attacker"):
+            assert _html.escape(text, quote=False) in rendered, text
+    assert "<img" not in html and "<script" not in html and "attacker" in html
+    assert "&lt;img src=x onerror=alert(document.domain)&gt;" in html
+
+
+def test_markdown_escaper_keeps_every_text_inert() -> None:
+    """Random mixes of Markdown's active characters: no tag or link comes out, and the text shows as written."""
+    rng = random.Random(0)
+    atoms = ["`", "\\", "<", ">", "img src=x onerror=1", "![p](", "http://a.example/p.png", ")", "[", "]", "*",
+             "_", "~~", "|", "&", "&lt;", "&#60;", "www.e.com", "a@b.com", "://", ".", "$", "<http://x.y>", "a_b",
+             "[r]: http://e.com", "[^1]", " ", "\n", "\r", "x", "пример.рф"]  # fmt: skip
+    renderers = _markdown_renderers()
+    for _ in range(1000):
+        text = "".join(rng.choice(atoms) for _ in range(rng.randint(1, 12)))
+        doc = Doc()
+        doc.table(["h"], [[text], [Code(text)]])
+        for renderer in renderers:
+            assert _live(renderer.parse(to_markdown(doc))) == [], text
+            cells = re.findall(r"<td[^>]*>(.*?)</td>", renderer.render(to_markdown(doc)), re.S)
+            shown = _html.unescape(cells[0].replace("<br>", "\n").replace("<br />", "\n"))
+            assert shown.strip() == re.sub(r"\r\n?", "\n", text).strip(), text
 
 
 def test_question_of_strips_the_templates() -> None:

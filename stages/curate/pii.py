@@ -1,13 +1,8 @@
 """PII detection and redaction: which spans of a text are plausibly a real person's email, phone, card, IP, key.
 
-A shared module, not a stage: the moderation rules (:mod:`stages.curate.rules`, used by moderate and
-synthesize) drop or redact records with it. Precision comes first: a redaction rewrites a record that stays,
-so a false positive turns a right answer into a wrong one ("built between 1631 and <PHONE>").
-
-Detectors are this module's own precompiled regexes plus a validation step each (presidio-analyzer is no
-longer used: its phone matcher took years, measurements and decimals for numbers, and it cost ~6.7 ms a
-record). Everything runs offline; email domains are checked against tldextract's bundled public-suffix
-snapshot (never downloaded).
+A shared module, not a stage: the moderation rules (:mod:`stages.curate.rules`) drop or redact with it.
+Precision comes first: a false positive turns a right answer into a wrong one ("built between 1631 and <PHONE>").
+Detectors are regexes plus a validation step each, offline (email suffixes: tldextract's bundled snapshot).
 
 What is left alone, because it names no one:
 
@@ -18,16 +13,18 @@ What is left alone, because it names no one:
   a phone word; a number right after an organisation (police department, hotline, office, ...); NANP
   numbers that python-phonenumbers calls invalid; fictitious numbers (555 as exchange or area code, a
   123-4567 line, 123-456-7890, one repeated digit, ascending digits, leading 000, the UK's drama ranges
-  such as 020 7946 0xxx); toll-free NANP numbers (800, 888, ...: businesses and hotlines, not people).
+  such as 020 7946 0xxx); toll-free NANP numbers (800, 888, ...: businesses and hotlines, not people); a
+  number right after a business (a bank branch, a reservations line, customer support, an Inc. or LLC).
 * credit_card: not 13-19 digits, Luhn-invalid, not starting 2-6 (the card networks), only 0/1 (binary),
   part of a longer digit run or decimal, contiguous digits without a card word (card, visa, mastercard,
   amex, credit, debit, payment) before it, published test numbers (4111 1111 1111 1111, ...), three or
   fewer distinct digits.
 * email: reserved domains (RFC 2606/6761: example.com/.net/.org, *.example, *.test, *.invalid,
-  *.localhost, *.local), placeholder domains (domain.com, company.com, email.com, ...), placeholder or role
-  mailboxes (user@, name@, your.email@, someone@, test@, example@, john.doe@, jane.doe@, info@,
-  support@, noreply@, letters@, ...), a public submission inbox ("send your photos to ...", "write to
-  ..."), and a domain whose suffix is not a public suffix (``icon@2x.png``).
+  *.localhost, *.local), placeholder domains (domain.com, company.com, email.com, ...), placeholder
+  mailboxes (user@, your.email@, my_gmail_address@, email123@, john.doe@, ...), an organisation's role or
+  campaign mailbox (info@, support@, promotions@, customer.service@, noreply-alerts@, orders@, ...), a public
+  submission inbox ("send your photos to ...", "write to ..."), and a domain whose suffix is not a public
+  suffix (``icon@2x.png``).
 * ip_address: anything not globally routable (private 10/8, 172.16/12, 192.168/16, loopback, link-local,
   shared 100.64/10, documentation 192.0.2/24, 198.51.100/24, 203.0.113/24, 2001:db8::/32), multicast,
   version strings (``v1.2.3.4``, ``version 10.0.1.2``) and an address right after server, dns, ntp,
@@ -61,7 +58,8 @@ _PHONE_WORDS = re.compile(r"(?i)\b(?:phone|tel|telephone|call|mobile|cell|fax|co
 # "toll-free tip line at", "send your photos to", "write to" (a public submission inbox)
 _ORG_BEFORE = re.compile(
     r"(?i)\b(?:department|police|office|hotline|helpline|lifeline|line|cent(?:er|re)|desk|stoppers|headquarters|"
-    r"bureau|agency|company|customer service|store|restaurant|hotel|clinic|hospital|school|embassy)\b[^.\n]{0,25}$"
+    r"bureau|agency|company|customer service|store|restaurant|hotel|clinic|hospital|school|embassy|bank|branch|"
+    r"support|service|reservations?|reception|firm|inc|llc|ltd|corp(?:oration)?|toll[- ]free)\b[^.\n]{0,25}$"
 )
 _PUBLIC_INBOX_BEFORE = re.compile(
     r"(?i)\b(?:send|submit|write|email|e-mail|mail|forward)\b(?![^.\n]*\bme\b)[^.\n]{0,40}\bto\s*$"
@@ -129,13 +127,27 @@ _PLACEHOLDER_DOMAINS = _words(
     "website.com yourwebsite.com yoursite.com site.com email.com youremail.com sample.com test.com foo.com "
     "bar.com foobar.com xyz.com acme.com abc.com somewhere.com"
 )
-# mailboxes that are placeholders or a role/department, not a person
+# mailboxes that are placeholders, not a person
 _PLACEHOLDER_USERS = _words(
     "user username name yourname your.name firstname.lastname first.last youremail your.email your_email "
     "email e-mail someone somebody me myname my.name test example sample foo bar foobar abc xyz xxx "
-    "john.doe jane.doe johndoe janedoe john_doe jane_doe john.smith jane.smith "
-    "info support sales contact admin webmaster help hello noreply no-reply press office team feedback letters "
-    "tips news newsroom editor editors media pr"
+    "john.doe jane.doe johndoe janedoe john_doe jane_doe john.smith jane.smith"
+)
+# a mailbox named for a role, a department or a campaign, not a person ("promotions@", "customer.service@",
+# "noreply-alerts@", "support2@"): an organisation's address, published to be written to
+_ROLE_MAILBOX = re.compile(
+    r"(?:(?:do-?)?no-?t?-?reply|info|support|sales|contact|admin(?:istrator)?|(?:web|post|host)master|abuse|help(?:desk)?|"
+    r"hello|hi|press|office|team|feedback|letters|tips|news(?:letters?|room)?|editors?|media|pr|promos?|promotions?|"
+    r"marketing|offers?|deals|orders?|billing|accounts?|invoices?|payments?|customers?|customer[._-]?(?:service|"
+    r"support|care)|services?|care|(?:en|in)quir(?:y|ies)|reservations?|bookings?|careers|jobs|hr|recruiting|privacy|"
+    r"legal|security|compliance|alerts?|notif(?:y|ications?)|updates|mailer-daemon|members?|membership|subscriptions?|"
+    r"store|shop|general|reception|events?|donations?|partners?|community|social|returns|shipping)(?:[._+-]\w+)?\d*"
+)
+# a placeholder a writer puts where an address goes: "your_email@", "my_gmail_address@", "email123@", "yourname@"
+_PLACEHOLDER_MAILBOX = re.compile(
+    r"(?:your|my|our|sample|fake|dummy|placeholder|example|test|user)"
+    r"(?:[._-]?(?:e-?mail|name|address|mail|user(?:name)?|account|id|login))?(?:[._-]\w+)?\d*"
+    r"|(?:\w+[._-])?(?:e-?mail|address|username|mailbox)(?:[._-]\w+|\d+)?"
 )
 
 
@@ -212,6 +224,8 @@ def _emails(text: str, suffix_of: Callable[[str], str]) -> Iterable[tuple[int, i
         user, domain = m.group().lower().split("@")
         tld = domain.rsplit(".", 1)[-1]
         if tld in _RESERVED_TLDS or domain in _PLACEHOLDER_DOMAINS or user in _PLACEHOLDER_USERS:
+            continue
+        if _ROLE_MAILBOX.fullmatch(user) or _PLACEHOLDER_MAILBOX.fullmatch(user):
             continue
         if _PUBLIC_INBOX_BEFORE.search(text, max(0, m.start() - 60), m.start()):
             continue
@@ -300,15 +314,16 @@ _SUBJECT_NOUNS: dict[str, re.Pattern[str]] = {
 }
 # "extract all emails": the bare plural counts with the verbs that only make sense for addresses
 _EMAILS_BARE = re.compile(
-    r"(?i)\b(?:extract|validat|verif|pars|mask|anonymi[sz]|redact|regex|regular expression)"
-    r"\w*\b.{0,60}\be-?mails?\b"
+    r"(?i)\b(?:extract|validat|verif|pars|mask|anonymi[sz]|redact|regex|regular expression|fix|correct|clean|"
+    r"malformed|invalid)\w*\b.{0,60}\be-?mails?\b"
 )
 # stems (any ending), then whole words (plural or third person at most): "Given ..." and "which" are not tasks
 _TASK_WORDS = re.compile(
     r"(?i)\b(?:(?:(?:re)?format|validat|verif|extract|detect|identif|recogni[sz]|pars|convert|mask|anonymi[sz]|"
     r"redact|obfuscat|normali[sz]|generat|classif|encod|decod|regex|regular expression|program|function|script|"
     r"snippet|quer)\w*|(?:check|match|hide|remove|replace|sort|split|look ?up|pattern|code|class|method|sql|"
-    r"binary|valid|find|list|give|tell|provide)(?:e?s)?\b|what(?:'s| is| are)\b)"
+    r"binary|valid|find|list|give|tell|provide|choose|pick|select|fix|correct|unused|fake|made[- ]up|"
+    r"fictional|invent)(?:e?s)?\b|what(?:'s| is| are)\b)"
 )
 _SENTENCE = re.compile(r"(?<=[.!?])\s+|\n+")
 

@@ -200,10 +200,11 @@ def canned_response(record: Record, cfg: Moderate) -> Verdict:
 
 
 def truncated_output(record: Record, cfg: Moderate) -> Verdict:
-    """Drop an output (or assistant turn) that stops mid-sentence."""
+    """Drop an output (or assistant turn) that stops mid-sentence, unless it ends as its material does."""
+    request = " ".join(record[f] for f in ("instruction", "input") if record[f]) or _request_text(record)
     for where, text in _answers(record):
         why = signals.truncation(text, cfg.min_words_truncation_check) if text else None
-        if why:
+        if why and not signals.mirrors(text, request):
             return False, "truncated_output", f"{where}: {why}"
     return KEEP
 
@@ -227,24 +228,32 @@ def _request_text(record: Record) -> str:
 def wrong_language(record: Record, cfg: Moderate) -> Verdict:
     """Drop a record whose request (code blocks left out) is confidently not in an allowed language.
 
-    The request is judged first, not the answer: a task that asks for French output, a list of Latin species
-    or a lorem-ipsum input is English data when its instruction reads as English (an allowed language is
-    its most likely one, probability >= 0.5). A request too short or too mixed to be judged with
-    ``min_confidence`` otherwise falls back to the whole record's text.
+    The request is judged first, not the answer, and without the material it quotes (a review in Spanish
+    to classify, a French sentence to translate: :func:`signals.unquoted`). A task that asks for French
+    output, a list of Latin species or a lorem-ipsum input is English data when one sentence of its request
+    reads as English with ``min_confidence``, or the request as a whole does (an allowed language is its
+    most likely one, probability >= 0.5). A request too short or too mixed to be judged with
+    ``min_confidence`` otherwise falls back to the request with the answer.
     """
     lang_cfg = cfg.language
-    found = signals.language(_request_text(record), lang_cfg)
+    request = signals.unquoted(_request_text(record))
+    found = signals.language(request, lang_cfg)
     if found is not None and found[0] in lang_cfg.allowed and found[1] >= 0.5:
         return KEEP  # the request reads as an allowed language more than as any other
     if found is not None and found[1] >= lang_cfg.min_confidence:
         lang, prob = found
+    for sentence in signals.sentences(request):
+        said = signals.language(sentence, lang_cfg)
+        if said is not None and said[0] in lang_cfg.allowed and said[1] >= lang_cfg.min_confidence:
+            return KEEP  # the task is asked in an allowed language, about material in another
         where = "request"
     else:
-        found = signals.language("\n\n".join(t for _, t in _all_texts(record)), lang_cfg)
+        answers = [t for _, t in _answers(record)] if record["kind"] != "document" else []
+        found = signals.language("\n\n".join([request, *answers]), lang_cfg)
         if found is None or found[1] < lang_cfg.min_confidence:
             return KEEP
         lang, prob = found
-        where = "record (its request is too short to judge)"
+        where = "request and answer (the request alone is too short to judge)"
     if lang not in lang_cfg.allowed:
         return False, "wrong_language", f"{where} in {lang} with probability {prob:.3f} (allowed {lang_cfg.allowed})"
     return KEEP
@@ -261,14 +270,17 @@ def _toxic_parts(record: Record, cfg: Moderate) -> list[tuple[str, str]]:
         parts = [(f"text paragraph {i + 1}", p) for i, p in enumerate(paras)]
     else:
         parts = [(w, t) for w, t in _answers(record) if t]
-    return [(w, t) for w, t in parts if len(t.split()) >= cfg.toxicity.min_words]
+    abusive = [(w, t) for w, t in parts if any(re.search(p, t) for p in cfg.toxicity.abuse_patterns)]
+    return [(w, t) for w, t in abusive if len(t.split()) >= cfg.toxicity.min_words]
 
 
 def toxic(record: Record, cfg: Moderate) -> Verdict:
     """Drop a record that teaches offensive text: an output, assistant turn or document paragraph scored so.
 
     The request is not scored (a review to classify may be rude; the label is not), and a task that asks to
-    handle offensive text (``toxicity.task_patterns``: "censor the profanity") is not toxic data.
+    handle offensive text (``toxicity.task_patterns``: "censor the profanity") is not toxic data. Only a text
+    that holds strong profanity or a slur (``toxicity.abuse_patterns``) is scored: the model's bag of words
+    scores a mention ("a pig", "stupid", "kill") as it scores abuse.
     """
     parts = _toxic_parts(record, cfg)
     probs = signals.toxicity([t for _, t in parts])

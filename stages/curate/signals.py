@@ -11,6 +11,7 @@ from collections import Counter
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from functools import cache
+from itertools import pairwise
 from typing import Any
 
 from stages.core.params.moderate import Language, Repetition
@@ -88,7 +89,10 @@ def truncation(text: str, min_words: int) -> str | None:
     only on evidence that a sentence was left open: a last character that continues a sentence (a comma, a
     colon, a dash, an opening bracket, an ampersand) or a last word that no finished sentence ends on ("the",
     "and", "of", "can"). A missing period alone is no evidence: extractive answers, titles, hashtags, list
-    items, verse and code end without one.
+    items, verse and code end without one. Neither is a ``;`` (a statement of code or SQL ends on it, as a
+    block ends on its closing bracket), an emoticon (``:(``), an open range after a number ("2012–"), a
+    tokenized closing bracket (``-rrb-``), a comma after a finished sentence ("what?,"), the blank last field
+    of a form (two or more lines end on a colon), or a last word that is code (``$a``).
     """
     if text.count("```") % 2:
         return "ends inside an open code fence"
@@ -97,15 +101,43 @@ def truncation(text: str, min_words: int) -> str | None:
         return None
     body = text.rstrip()
     last = body[-1]
-    last_line = body.splitlines()[-1].strip()
-    if last in ",:;-–—([{&":
-        if last == "-" and last_line.startswith(("-", "*")):
-            return None  # a markdown rule or an empty list item
+    lines = [line.strip() for line in body.splitlines() if line.strip()]
+    last_line = lines[-1]
+    if last in ",:-–—([{&":
+        if _complete_ending(body, lines):
+            return None
         return f"ends on {last!r}: {clip(last_line[-40:])!r}"
     last_word = re.sub(r"^\W+|\W+$", "", words[-1]).lower()
-    if last.isalpha() and last_word in _DANGLING and len(last_line.split()) >= 3:
+    prose_word = re.fullmatch(r"[A-Za-z']+[.…]*", words[-1]) is not None
+    if last.isalpha() and prose_word and last_word in _DANGLING and len(last_line.split()) >= 3:
         return f"ends on the word {last_word!r}: {clip(last_line[-40:])!r}"
     return None
+
+
+# a last token that closes what it opened: an emoticon ":(" ";-[" "D:", or a tokenized bracket "-rrb-"
+_CLOSED_TOKEN = re.compile(r"(?i)(?:^|\s)(?:[:;=8x][-'^o]?[()\[\]{}<>|/\\]+|[()\[\]{}<>|/\\dD][-'^o]?[:;=]|-r[rsc]b-)$")
+
+
+def _complete_ending(body: str, lines: list[str]) -> bool:
+    """Whether a text ending on a sentence-continuing character is complete all the same."""
+    last = body[-1]
+    if _CLOSED_TOKEN.search(body):
+        return True
+    if last in "-–—" and (lines[-1].startswith(("-", "*")) or body[-2:-1].isdigit()):
+        return True  # a markdown rule, an empty list item, an open range "2012–"
+    if last in ",:" and len(body) > 1 and body.rstrip(",: ")[-1:] in ".?!":
+        return True  # a stray mark after a finished sentence: "which will cause what?,"
+    # a form left to fill in: two or more short lines end on a colon ("Name:", "Signature:")
+    return last == ":" and sum(line.endswith(":") and len(line.split()) <= 6 for line in lines) >= 2
+
+
+def mirrors(answer: str, request: str) -> bool:
+    """Whether `answer` ends as its material does: an option picked verbatim, a paraphrase of a cut sentence.
+
+    Then what looks cut was cut in the request, and the answer is right to follow it.
+    """
+    words, asked = answer.split(), request.split()
+    return " ".join(words[-4:]) in " ".join(asked) or (bool(asked) and asked[-1] == words[-1])
 
 
 # --- repetition (Gopher) ----------------------------------------------------------------------------------------------
@@ -123,12 +155,10 @@ def _duplicates(items: list[str]) -> tuple[int, int]:
     return n, chars
 
 
-def _top_ngram_chars(words: list[str], n: int) -> int:
+def _top_ngram(words: list[str], n: int) -> tuple[str, int]:
+    """The most frequent n-gram of `words` and its count (ties: the first in sort order)."""
     grams = Counter(" ".join(words[i : i + n]) for i in range(len(words) - n + 1))
-    if not grams:
-        return 0
-    gram, count = min(grams.items(), key=lambda kv: (-kv[1], kv[0]))
-    return len(gram) * count
+    return min(grams.items(), key=lambda kv: (-kv[1], kv[0])) if grams else ("", 0)
 
 
 def _duplicate_ngram_chars(words: list[str], n: int) -> int:
@@ -146,30 +176,79 @@ def _duplicate_ngram_chars(words: list[str], n: int) -> int:
     return chars
 
 
+# Lines that are structure, not prose: their repeats are by design. Code (a statement, a brace, a keyword, a
+# comment), list items, table rows, "key: value" and JSON members, dialogue turns ("Speaker: ...").
+_CODE_LINE = re.compile(
+    r"^(?:[{}()\[\]<>#@$/*]|--|\.\.\.$|(?:def|class|function|return|import|from|using|namespace|package|public|"
+    r"private|protected|static|const|let|var|if|elif|else|for|foreach|while|switch|case|try|catch|finally|"
+    r"throw|echo|print|printf|SELECT|INSERT|UPDATE|DELETE|CREATE|FROM|WHERE)\b|console\.|System\.|std::)"
+    r"|[;{}]$|^\w+(?:\.\w+)*\s*[-+*/]?=[^=]|^\w+(?:\.\w+)*\(.*\);?$"
+)
+_LIST_ITEM = re.compile(r"^(?:[-*•+>|]\s|\d{1,3}[.):]\s|[a-zA-Z][.)]\s|\(\w{1,3}\)\s)")
+_KEY_VALUE = re.compile(r"^\"?[^\s:\"][^:\n]{0,39}\"?:(?:\s|$)")
+
+
+def _prose_lines(text: str) -> list[str]:
+    """The lines of `text` that are prose: fenced code, table rows and structure lines left out."""
+    text = _TABLE_ROW.sub("", _FENCED.sub("", text))
+    lines = (line.strip() for line in text.splitlines())
+    return [
+        line
+        for line in lines
+        if line
+        and not _CODE_LINE.search(line)
+        and not _LIST_ITEM.match(line)
+        and not (_KEY_VALUE.match(line) and len(line.split(":", 1)[0].split()) <= 5)
+    ]
+
+
+def _is_verse(lines: list[str]) -> bool:
+    """Whether prose `lines` read as verse (a poem, lyrics): four or more lines, three in four of 12 words or fewer."""
+    return len(lines) >= 4 and sum(len(line.split()) <= 12 for line in lines) >= 0.75 * len(lines)
+
+
 def repetition(text: str, cfg: Repetition) -> str | None:
     """Why `text` is repetitive by Gopher's rules (Rae et al. 2021, Table A1), or None.
 
-    The text is judged without fenced code and table rows, and only when at least ``min_words`` words are
-    left. Duplicate lines: share of lines that repeat an earlier line, share of characters in them. Top
-    n-gram: characters of the most frequent n-gram times its count, over the characters of the text. Duplicate
-    n-grams: characters in n-grams that repeat an earlier one, over the characters of the text.
+    Only the prose of the text is judged (:func:`_prose_lines`: code, lists, tables, "key: value" lines, JSON
+    and dialogue turns repeat by design), and only when at least ``min_words`` words of it are left.
+    Duplicate lines: share of lines that repeat an earlier line, share of characters in them. Top n-gram:
+    characters of the most frequent n-gram times its count, over the characters of the text. Duplicate
+    n-grams: characters in n-grams that repeat an earlier one, over the characters of the text. Verse (a
+    poem, a song, :func:`_is_verse`) repeats its chorus by design: there only a line that repeats the line
+    right before it counts, and the n-gram rules are not applied. An n-gram rule judges a text only where its
+    most frequent n-gram occurs three times or more (twice is a restatement, not a loop).
     """
-    prose = _TABLE_ROW.sub("", _FENCED.sub("", text)).strip()
+    lines = _prose_lines(text)
+    prose = "\n".join(lines)
     words = prose.split()
     if len(words) < cfg.min_words:
         return None
-    lines = [line.strip() for line in prose.splitlines() if line.strip()]
-    n_dup, dup_chars = _duplicates(lines)
+    verse = _is_verse(lines)
+    if verse:
+        repeats = [b for a, b in pairwise(lines) if a == b]
+        n_dup, dup_chars = len(repeats), sum(map(len, repeats))
+    else:
+        n_dup, dup_chars = _duplicates(lines)
+    kind = "verse lines repeat the line before" if verse else "lines repeat an earlier one"
     if n_dup / len(lines) > cfg.max_duplicate_line_ratio:
-        return f"{n_dup} of {len(lines)} lines repeat an earlier one (max ratio {cfg.max_duplicate_line_ratio})"
+        return f"{n_dup} of {len(lines)} {kind} (max ratio {cfg.max_duplicate_line_ratio})"
     total = len(prose)
     if dup_chars / total > cfg.max_duplicate_line_char_ratio:
         return f"repeated lines hold {dup_chars / total:.2f} of chars (max {cfg.max_duplicate_line_char_ratio})"
+    if verse:
+        return None
+    # a phrase said twice is a restatement (an answer that repeats the question's wording); a loop says it
+    # three times or more, so an n whose most frequent n-gram occurs fewer than three times is not judged
+    top = {n: _top_ngram(words, n) for n in {*cfg.max_top_ngram_ratio, *cfg.max_duplicate_ngram_ratio}}
     for n, limit in cfg.max_top_ngram_ratio.items():
-        ratio = _top_ngram_chars(words, n) / total
-        if ratio > limit:
+        gram, count = top[n]
+        ratio = len(gram) * count / total
+        if count >= 3 and ratio > limit:
             return f"the top {n}-gram holds {ratio:.2f} of chars (max {limit})"
     for n, limit in cfg.max_duplicate_ngram_ratio.items():
+        if top[n][1] < 3:
+            continue
         ratio = _duplicate_ngram_chars(words, n) / total
         if ratio > limit:
             return f"repeated {n}-grams hold {ratio:.2f} of chars (max {limit})"
@@ -177,6 +256,23 @@ def repetition(text: str, cfg: Repetition) -> str | None:
 
 
 # --- language ---------------------------------------------------------------------------------------------------------
+
+
+# Material a request quotes, in any language: a review to classify, a sentence to translate.
+_QUOTED_MATERIAL = re.compile(
+    r'"[^"]{20,3000}?"|“[^”]{20,3000}?”|«[^»]{20,3000}?»|‘[^’]{20,3000}?’|(?<![\w\'])\'[^\']{20,3000}?\'(?![\w\'])'
+)
+_SENTENCE = re.compile(r"(?<=[.?!:])\s+|\n+")
+
+
+def unquoted(text: str) -> str:
+    """`text` without the material it quotes: quoted spans of 20+ characters (``'...'`` not inside a word)."""
+    return _QUOTED_MATERIAL.sub(" ", text)
+
+
+def sentences(text: str) -> list[str]:
+    """`text` split into sentences and lines."""
+    return [s for s in _SENTENCE.split(text) if s.strip()]
 
 
 @cache

@@ -64,8 +64,10 @@ class Toxicity(Section):
     min_words: int = Field(ge=1)
     # An instruction that asks to handle offensive text ("censor the profanity") is not toxic data.
     task_patterns: list[str]
+    # Abuse, not a mention: a text is scored only when it holds one of these (strong profanity, slurs).
+    abuse_patterns: list[str]
 
-    @field_validator("task_patterns")
+    @field_validator("task_patterns", "abuse_patterns")
     @classmethod
     def _regexes(cls, patterns: list[str]) -> list[str]:
         return _check_regexes(patterns)

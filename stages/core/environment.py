@@ -32,8 +32,12 @@ def canonical(name: str) -> str:
 
 
 def installed() -> dict[str, str]:
-    """Every installed distribution -> its version, sorted by canonical name."""
-    found = {canonical(d.metadata["Name"]): d.version for d in importlib.metadata.distributions() if d.metadata["Name"]}
+    """Every installed distribution -> its version, sorted by canonical name; where two copies are on the path, the
+    first one (the one ``import`` finds, e.g. one on PYTHONPATH before site-packages)."""
+    found: dict[str, str] = {}
+    for dist in importlib.metadata.distributions():
+        if dist.metadata["Name"]:
+            found.setdefault(canonical(dist.metadata["Name"]), dist.version)
     return dict(sorted(found.items()))
 
 

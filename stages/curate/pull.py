@@ -17,6 +17,10 @@ Formats and the record kind they become (``fields:`` maps these canonical names 
     messages  messages: [{role, content}], role system|user|assistant -> conversation
     text      a folder of .md/.txt files (one document each), one such file, a web page, or a ``text`` column
               of a data file                                         -> document
+    fact      a JSONL facts file (``stages/core/facts.py``: id, document, fact, question, answer, type, wrong,
+              statements, split; no renames)                         -> restatement (one per statement, as text)
+                                                                        and doc_qa (question -> instruction,
+                                                                        answer -> output; qa_seen facts only)
 
 The readers of each location kind live in :mod:`stages.curate.sources`; this module maps their rows to records.
 
@@ -29,7 +33,8 @@ Provenance in ``meta``: ``source_file`` (the location as given, the data file in
 the URL), ``row`` (1-based: JSONL line number, JSON array index + 1, CSV/Parquet/Hub data row + 1, position
 in the sorted file list for folder documents), ``source_index`` (position in ``pull.sources``),
 ``file_sha256`` (of the file's bytes; of the document file for folders; of the page for URLs), ``revision``
-(hf only), ``label`` (the ``label_field`` value, when declared) and ``path`` (folder documents: the file).
+(hf only), ``label`` (the ``label_field`` value, when declared) and ``path`` (folder documents: the file); records
+of a facts file also ``fact`` (its id), ``document``, ``split`` and, for a restatement, ``statement`` (1-based).
 """
 
 from __future__ import annotations
@@ -43,6 +48,8 @@ from typing import Any
 from stages.core import cli
 from stages.core import io as _io
 from stages.core import params as _params
+from stages.core.facts import EXAMPLE as FACT_EXAMPLE
+from stages.core.facts import check_fact
 from stages.core.io import StageError, snippet
 from stages.core.params.pull import Source, Web
 from stages.core.records import ROLES, Record, RecordWriter, make_record
@@ -196,6 +203,30 @@ def _to_record(source: Source, index: int, row: Row) -> Record:
     return make_record(**base, text=_string(source, obj, "text", where))
 
 
+def _fact_records(source: Source, index: int, row: Row) -> list[Record]:
+    """The records of one line of a facts file: a restatement per statement, a doc_qa pair for a qa_seen fact.
+
+    A document_only fact gives no question/answer record: its question is a held-out probe item
+    (``knowledge_mc``), so its facts reach training only as document text and restatements.
+    """
+    problems = ["a whole document is not a fact"] if row.document is not None else check_fact(row.data)
+    if problems:
+        raise StageError(
+            f"{row.where}: not a valid fact of source {source.name!r}: {'; '.join(problems)}. Expected one JSON object "
+            f"a line, like {FACT_EXAMPLE}. Fix: repair the line"
+        )
+    fact = row.data
+    meta = {**row.meta, "source_index": index, "fact": fact["id"], "document": fact["document"], "split": fact["split"]}
+    out = [
+        make_record(source=source.name, kind="restatement", meta={**meta, "statement": i}, text=text)
+        for i, text in enumerate(fact["statements"], start=1)
+    ]
+    if fact["split"] == "qa_seen":
+        qa = {"instruction": fact["question"], "output": fact["answer"]}
+        out.append(make_record(source=source.name, kind="doc_qa", meta=meta, **qa))
+    return out
+
+
 def pull_source(source: Source, index: int, web: Web) -> Iterator[Record]:
     """The records of one source, in source order, one at a time (a source larger than memory streams through).
 
@@ -205,14 +236,17 @@ def pull_source(source: Source, index: int, web: Web) -> Iterator[Record]:
         web: fetch limits for http(s) locations.
 
     Yields:
-        One record per row (or document).
+        One record per row (or document); a facts file's row gives several (:func:`_fact_records`).
 
     Raises:
         StageError: the source is missing or unreadable, or a row lacks a field; the message names the
             file, the line or row, and the fix. (An empty source is :func:`run`'s error.)
     """
     for row in source_rows(source, web):
-        yield _to_record(source, index, row)
+        if source.format == "fact":
+            yield from _fact_records(source, index, row)
+        else:
+            yield _to_record(source, index, row)
 
 
 def run(params: _params.Scoped, *, inputs: dict[str, Path], outputs: dict[str, Path]) -> dict[str, Any]:

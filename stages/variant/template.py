@@ -7,7 +7,7 @@ Outputs: ``--out`` (``data/templated/<variant>.parquet``), one row per kept reco
 
     id        the record id
     source    the record's source name
-    kind      instruction | conversation | qa | document
+    kind      instruction | conversation | qa | document | restatement | doc_qa
     segments  [{text, train}]: the example's text in order; ``train`` marks the response text (the loss is taken
               on it), the rest is prompt. Concatenated, the texts are exactly the rendered example.
     meta      the record's meta (JSON), unchanged
@@ -23,7 +23,8 @@ Formats (``template.<variant>.format``):
   or ``prompts.without_input``, then its output. A conversation is its first user turn through
   ``prompts.without_input`` (a system turn, if any, goes before that turn's text, a blank line between) and each later
   user turn through ``prompts.next_turn``, every assistant turn a response. A document is one response segment (plain
-  causal-LM text: knowledge infusion) with ``documents_as: text``, or dropped (``document_skipped``).
+  causal-LM text: knowledge infusion) with ``documents_as: text``, or dropped (``document_skipped``). A doc_qa
+  record (a question about a document and its answer) renders as a qa record.
 * ``chat_template``: the tokenizer's own chat template over the record's messages (``_records.as_messages``), with
   ``prompts.system`` as the system turn of records that have none (``""``: none added). Every assistant turn is a
   response segment: the span the template adds for it, from after the generation prompt to the end of the turn
@@ -31,7 +32,12 @@ Formats (``template.<variant>.format``):
   conversation; a template whose renderings are not prefixes of one another (one that rewrites earlier turns)
   stops the stage. A document is one response segment of plain causal-LM text, outside the chat template (knowledge
   infusion, as in ``alpaca``) with ``documents_as: text``; a user turn ``document_prompt`` answered by the document
-  with ``documents_as: user_assistant``; or dropped (``document_skipped``).
+  with ``documents_as: user_assistant``; or dropped (``document_skipped``). A doc_qa record is a user turn and
+  the assistant's answer, like a qa record.
+
+A restatement (one fact of a document in a short sentence) is one response segment of plain text in either format,
+whatever ``documents_as`` says: it is the data that teaches a document's facts, so a variant that skips whole
+documents still learns them (``tokenize.<variant>.mixture.kinds.restatement`` sets how often, or leaves it out).
 
 Drop reasons: ``duplicate_input`` (a record whose id an earlier ``--in`` file already holds),
 ``document_skipped`` (documents_as says so), ``no_assistant_turn`` (a conversation with no assistant
@@ -104,9 +110,11 @@ def _turns(messages: list[dict[str, str]]) -> list[dict[str, str]] | None:
 
 def render_alpaca(record: _records.Record, p: AlpacaTemplate) -> list[Segment] | str:
     """Segments of a record in the Alpaca format, or the drop reason."""
+    if record["kind"] == "restatement":
+        return [_response(record["text"])]
     if record["kind"] == "document":
         return [_response(record["text"])] if p.documents_as == "text" else "document_skipped"
-    if record["kind"] in ("instruction", "qa"):
+    if record["kind"] in ("instruction", "qa", "doc_qa"):
         if record["input"]:
             prompt = p.prompts.with_input.format(instruction=record["instruction"], input=record["input"])
         else:
@@ -147,6 +155,8 @@ def render_chat(record: _records.Record, p: ChatTemplate, tokenizer: Any) -> lis
     prompt for turn i (``render(turns[:i], add_generation_prompt=True)``), the response what it adds from there to
     the end of turn i (``render(turns[:i+1])``). Each rendering must extend the one before.
     """
+    if record["kind"] == "restatement":  # plain text, as in alpaca (module docstring)
+        return [_response(record["text"])]
     if record["kind"] == "document":
         if p.documents_as == "skip":
             return "document_skipped"

@@ -36,7 +36,9 @@ response, ``right`` the start of the prompt). An example left with no trainable 
 one-token last chunk) is dropped; a row none of whose examples is left is counted as ``no_trainable_tokens``.
 
 Split. A row goes to validation when the first 8 bytes of sha256(id), read as an integer, fall below
-``validation_ratio`` of 2**64: the same row always lands in the same split, whatever rows are added.
+``validation_ratio`` of 2**64: the same row always lands in the same split, whatever rows are added. With
+``validation_kinds``, only rows of those kinds may (``[doc_qa]``: held-out qa_seen pairs, the loss that picks a
+checkpoint by how well the model answers questions about the documents); the others all train.
 
 Mixture. ``mixture`` repeats train rows: a row of source s and kind k goes into the train split
 ``sources[s] * kinds[k]`` times (1 for a source or kind not listed), as passes over the data (every first copy in id
@@ -296,7 +298,8 @@ def run(params: _params.Scoped, *, variant: str, inputs: dict[str, Path], output
         if not built:
             dropped["no_trainable_tokens"] += 1
             continue
-        built_rows[split_of(row["id"], spec.validation_ratio)].append((row, built))
+        held = not spec.validation_kinds or row["kind"] in spec.validation_kinds
+        built_rows[split_of(row["id"], spec.validation_ratio if held else 0.0)].append((row, built))
 
     # The mixture repeats train rows only: validation measures each row once, whatever the mixture.
     mixture = spec.mixture

@@ -4,7 +4,8 @@ Inputs: ``--model`` (``models/<variant>/base``, the checkpoint of the models sta
     (``data/tokenized/<variant>``, a ``DatasetDict`` with ``train`` and ``validation`` splits saved by
     ``save_to_disk``; columns ``input_ids``, ``labels`` (-100 on prompt tokens), ``attention_mask``; already
     truncated). The params ``train.<variant>`` and ``common.seed``.
-Outputs: ``--out`` (``models/<variant>/adapter``): the best adapter by validation loss (not the last one), as
+Outputs: ``--out`` (``models/<variant>/adapter``): the adapter ``select`` names (``eval_loss``: the saved
+    checkpoint with the lowest validation loss; ``last``: the adapter after the final step), as
     ``adapter_model.safetensors`` + ``adapter_config.json``, the tokenizer, and ``steep_train.json`` (library
     versions, device, world size, best step, where the run is not deterministic); ``--metrics``
     (``metrics/train_<variant>.json``, flat); ``--live`` (``dvclive/train_<variant>``): per-step train/eval loss,
@@ -199,7 +200,7 @@ def _setup_args(spec: TrainSpec, seed: int, checkpoints: Path, device: str, worl
         save_strategy="steps",
         save_steps=spec.save_every_steps,
         save_total_limit=spec.max_checkpoints,
-        load_best_model_at_end=True,
+        load_best_model_at_end=spec.select == "eval_loss",
         metric_for_best_model="eval_loss",
         greater_is_better=False,
         gradient_checkpointing=spec.use_gradient_checkpointing,
@@ -229,6 +230,7 @@ def _setup_trainer(spec: TrainSpec, args: Any, model: Any, tokenizer: Any, data:
     from transformers import EarlyStoppingCallback
     from trl import SFTTrainer
 
+    # (select: last has no patience: TrainSpec refuses one)
     callbacks = [EarlyStoppingCallback(spec.early_stopping_patience)] if spec.early_stopping_patience else []
     trainer = training.trainer_class(SFTTrainer)(
         model=model,
@@ -252,9 +254,12 @@ def _metrics(
     if not evals:
         raise StageError(f"no validation loss was computed in {state.global_step} steps; lower eval_every_steps")
     best_step = int(Path(state.best_model_checkpoint).name.split("-")[1]) if state.best_model_checkpoint else None
+    eval_loss = state.best_metric
+    if spec.select == "last":  # the kept adapter is the final step's; its loss is the last one measured
+        best_step, eval_loss = state.global_step, evals[-1]["eval_loss"]
     return {
         "train_loss": train_losses[-1] if train_losses else out.training_loss,
-        "eval_loss": state.best_metric,
+        "eval_loss": eval_loss,
         "first_eval_loss": evals[0]["eval_loss"],
         "best_step": best_step,
         "steps": state.global_step,
@@ -312,7 +317,7 @@ def run(
             ((0, 0, 1) without DDP).
 
     Returns:
-        On rank 0 (None on the others), flat metrics: train_loss (last logged), eval_loss (best),
+        On rank 0 (None on the others), flat metrics: train_loss (last logged), eval_loss (the kept adapter's),
         first_eval_loss, best_step, steps, tokens_per_s, peak_memory_mb, stopped_early, resumed (false on an
         uninterrupted run), world_size.
     """

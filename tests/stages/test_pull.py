@@ -303,7 +303,8 @@ def test_wrong_encoding(root: Path, work: Path) -> None:
 
 
 def test_unknown_format_name_lists_the_formats(root: Path, work: Path) -> None:
-    with pytest.raises(StageError, match=r"pull\.sources\.0\.format.*'alpaca', 'sharegpt', 'messages', 'qa' or 'text'"):
+    formats = r"'alpaca', 'sharegpt', 'messages', 'qa', 'text' or 'fact'"
+    with pytest.raises(StageError, match=r"pull\.sources\.0\.format.*" + formats):
         pull(root, [src("a", "alpacca", "a.jsonl")])
     assert not Path("pulled").exists()
 

@@ -146,6 +146,8 @@ def test_alpaca_segments(tmp_path: Path, params_file: Path, tokenizers: dict[str
         "kept_qa": 1,
         "kept_conversation": 1,
         "kept_document": 1,
+        "kept_restatement": 0,
+        "kept_doc_qa": 0,
     }
 
 

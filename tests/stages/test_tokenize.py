@@ -42,6 +42,7 @@ PARAMS = {
             "use_packing": False,
             "use_padding": False,
             "validation_ratio": 0.05,
+            "validation_kinds": [],
             "mixture": {"sources": {}, "kinds": {}},
         },
         "chat": {
@@ -52,6 +53,7 @@ PARAMS = {
             "use_packing": False,
             "use_padding": False,
             "validation_ratio": 0.05,
+            "validation_kinds": [],
             "mixture": {"sources": {}, "kinds": {}},
         },
     }
@@ -378,15 +380,15 @@ def test_mixture_source_that_no_row_has_stops_the_stage(tmp_path: Path, models: 
 def test_params_errors_list_every_problem(tmp_path: Path) -> None:
     raw = copy.deepcopy(PARAMS)
     raw["tokenize"]["chat"] |= {"max_tokens": 1, "truncation_side": "middle", "use_packing": "maybe", "pad": 1}
-    raw["tokenize"]["chat"]["mixture"] = {"sources": {"docs": 0}, "kinds": {"documents": 2}}
+    raw["tokenize"]["chat"]["mixture"] = {"sources": {"docs": -1}, "kinds": {"documents": 2}}
     del raw["tokenize"]["chat"]["validation_ratio"]
     path = write_params(tmp_path / "params.yaml", **raw)
     with pytest.raises(StageError) as err:
         load_params(path, "chat")
     msg = str(err.value)
     assert "7 problem(s)" in msg
-    assert "tokenize.chat.mixture.sources.docs: Input should be greater than 0 (got 0)" in msg
-    assert "tokenize.chat.mixture.kinds.documents.[key]: Input should be 'instruction', 'conversation', 'qa' or" in msg
+    assert "tokenize.chat.mixture.sources.docs: Input should be greater than or equal to 0 (got -1)" in msg
+    assert "tokenize.chat.mixture.kinds.documents.[key]: Input should be 'instruction', 'conversation', 'qa'," in msg
     assert "tokenize.chat.max_tokens: Input should be greater than or equal to 2 (got 1)" in msg
     assert "tokenize.chat.truncation_side: Input should be 'left' or 'right' (got 'middle')" in msg
     assert "tokenize.chat.use_packing:" in msg and "tokenize.chat.validation_ratio: required key is missing" in msg

@@ -54,6 +54,7 @@ SPEC: dict[str, Any] = {
     "log_every_steps": 2,
     "eval_every_steps": 5,
     "save_every_steps": 5,
+    "select": "eval_loss",
     "early_stopping_patience": 3,
     "max_checkpoints": 2,
     "use_gradient_checkpointing": False,

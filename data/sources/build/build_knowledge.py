@@ -50,9 +50,17 @@ def fill_wrong(facts: list[dict], docs: list[str]) -> int:
     for f in facts:
         if f["wrong"]:
             continue
-        pool = sorted({g["answer"] for g in facts if g["type"] == f["type"] and g["answer"] != f["answer"]})
+        pool = sorted(
+            {
+                g["answer"]
+                for g in facts
+                if g["type"] == f["type"] and g["answer"] != f["answer"]
+            }
+        )
         if len(pool) < _facts.N_WRONG:
-            raise SystemExit(f"{f['id']}: type {f['type']!r} has {len(pool)} other answers, needs {_facts.N_WRONG}")
+            raise SystemExit(
+                f"{f['id']}: type {f['type']!r} has {len(pool)} other answers, needs {_facts.N_WRONG}"
+            )
 
         def distance(option: str, fact: dict = f) -> tuple[float, str]:
             ratio = abs(math.log((count[option] + 1) / (count[fact["answer"]] + 1)))
@@ -64,15 +72,27 @@ def fill_wrong(facts: list[dict], docs: list[str]) -> int:
 
 
 def main() -> None:
-    facts = [json.loads(line) for line in FACTS.read_text(encoding="utf-8").splitlines() if line.strip()]
+    facts = [
+        json.loads(line)
+        for line in FACTS.read_text(encoding="utf-8").splitlines()
+        if line.strip()
+    ]
     filled = fill_wrong(facts, documents())
-    FACTS.write_text("".join(json.dumps(f, ensure_ascii=False) + "\n" for f in facts), encoding="utf-8")
+    FACTS.write_text(
+        "".join(json.dumps(f, ensure_ascii=False) + "\n" for f in facts),
+        encoding="utf-8",
+    )
     facts = [f for _, f in _facts.read_facts(FACTS)]  # every line valid now
     for split, path in HELDOUT.items():
         items = [_facts.probe_item(f) for f in facts if f["split"] == split]
-        path.write_text("".join(json.dumps(i, ensure_ascii=False) + "\n" for i in items), encoding="utf-8")
+        path.write_text(
+            "".join(json.dumps(i, ensure_ascii=False) + "\n" for i in items),
+            encoding="utf-8",
+        )
         print(f"{path.relative_to(ROOT)}: {len(items)} items")
-    print(f"{FACTS.relative_to(ROOT)}: {len(facts)} facts, {filled} given wrong options")
+    print(
+        f"{FACTS.relative_to(ROOT)}: {len(facts)} facts, {filled} given wrong options"
+    )
 
 
 if __name__ == "__main__":

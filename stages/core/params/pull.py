@@ -8,7 +8,7 @@ from pydantic import Field, field_validator, model_validator
 
 from stages.core.params.base import Section, unique_names
 
-SOURCE_FORMATS = ("alpaca", "sharegpt", "messages", "qa", "text")
+SOURCE_FORMATS = ("alpaca", "sharegpt", "messages", "qa", "text", "fact")
 # Canonical field names per source format; `fields:` in a source maps these to
 # the column names of the file.
 FORMAT_FIELDS: dict[str, tuple[str, ...]] = {
@@ -17,6 +17,8 @@ FORMAT_FIELDS: dict[str, tuple[str, ...]] = {
     "messages": ("messages", "role", "content"),
     "qa": ("question", "answer"),
     "text": ("text",),
+    # a facts file (stages/core/facts.py) has its own fixed fields: no renames
+    "fact": (),
 }
 
 

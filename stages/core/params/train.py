@@ -47,6 +47,9 @@ class TrainSpec(Section):
     log_every_steps: int = Field(gt=0)
     eval_every_steps: int = Field(gt=0)
     save_every_steps: int = Field(gt=0)
+    # Which adapter the stage keeps: eval_loss (the saved checkpoint with the lowest validation loss) | last (the
+    # adapter after the final step).
+    select: Literal["eval_loss", "last"]
     # Evaluations in a row without a lower validation loss before training stops; 0 = never stop early.
     early_stopping_patience: int = Field(ge=0)
     # Checkpoints kept in --checkpoints (the best one is kept on top of these).
@@ -61,6 +64,11 @@ class TrainSpec(Section):
                 f"set exactly one of max_steps ({self.max_steps}) and epochs ({self.epochs}), the other 0: "
                 "max_steps: 100, epochs: 0 trains 100 optimizer steps; max_steps: 0, epochs: 20 trains 20 passes "
                 "over the train split"
+            )
+        if self.select == "last" and self.early_stopping_patience:
+            raise ValueError(
+                f"early_stopping_patience ({self.early_stopping_patience}) stops on the validation loss, which "
+                "select: last does not use: set it to 0, or select: eval_loss"
             )
         if self.save_every_steps % self.eval_every_steps:
             raise ValueError(

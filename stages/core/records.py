@@ -4,12 +4,13 @@ A record is one training example or document, like datatrove's ``Document``::
 
     id           16 hex chars: sha256 of the normalized content (kind + content fields)
     source       the source name from params.yaml (pull.sources[].name)
-    kind         instruction | conversation | qa | document
+    kind         instruction | conversation | qa | document | restatement (a short text stating one fact of a
+                 document, trained as plain text) | doc_qa (a question about a document and its answer)
     instruction  instruction / question text ("" for conversations and documents)
     input        Alpaca's optional input ("" when none)
     output       the response / answer ("" for conversations and documents)
     messages     conversation turns, [{role: system|user|assistant, content}], [] otherwise
-    text         document text ("" otherwise)
+    text         document or restatement text ("" otherwise)
     meta         JSON object: provenance (source_file, row, file_sha256, revision,
                  source_index) and the record's history as it moves on
                  (moderate: rules passed, normalizations, redactions, cleanlab
@@ -37,7 +38,9 @@ import pyarrow.parquet as pq
 
 from stages.core.io import ROW_GROUP_ROWS, StageError, parquet_writer, read_parquet, write_table
 
-KINDS = ("instruction", "conversation", "qa", "document")
+KINDS = ("instruction", "conversation", "qa", "document", "restatement", "doc_qa")
+# the kinds whose content is `text` (the others: instruction/input/output or messages)
+TEXT_KINDS = ("document", "restatement")
 ROLES = ("system", "user", "assistant")
 CONTENT_FIELDS = ("instruction", "input", "output", "messages", "text")
 
@@ -110,7 +113,7 @@ def as_messages(record: Record) -> list[dict[str, str]]:
     """The record as chat turns: instruction (+ input) as the user turn, output as the assistant's."""
     if record["kind"] == "conversation":
         return list(record["messages"])
-    if record["kind"] == "document":
+    if record["kind"] in TEXT_KINDS:
         return []
     user = record["instruction"] + (f"\n\n{record['input']}" if record["input"] else "")
     return [{"role": "user", "content": user}, {"role": "assistant", "content": record["output"]}]

@@ -17,7 +17,7 @@ from functools import cache
 import numpy as np
 
 from stages.core.params.moderate import Moderate
-from stages.core.records import Record
+from stages.core.records import TEXT_KINDS, Record
 from stages.curate import signals
 from stages.curate.normalize import norm_value, normalize_encoding, normalize_noinput
 from stages.curate.pii import redact_record
@@ -29,8 +29,10 @@ Verdict = tuple[bool, str | None, str]  # (keep, reason code or None, detail)
 Filter = Callable[[Record, Moderate], Verdict]
 KEEP: Verdict = (True, None, "")
 
-INSTRUCTION_KINDS = ("instruction", "qa")
-ALL_KINDS = ("instruction", "qa", "conversation", "document")
+# doc_qa: a question about a document and its answer, checked as qa; restatement: a one-fact text (written with the
+# facts it states: too short for the document length rules, checked for control characters, language and toxicity)
+INSTRUCTION_KINDS = ("instruction", "qa", "doc_qa")
+ALL_KINDS = ("instruction", "qa", "conversation", "document", "restatement", "doc_qa")
 
 # C0 and C1 control characters and DEL; tab, newline and carriage return are text.
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
@@ -218,7 +220,7 @@ def repetitive(record: Record, cfg: Moderate) -> Verdict:
 
 def _request_text(record: Record) -> str:
     """What a record asks, in the language its data is in: the instruction, the user turns, a document."""
-    if record["kind"] == "document":
+    if record["kind"] in TEXT_KINDS:
         return record["text"]
     if record["kind"] == "conversation":
         return "\n\n".join(m["content"] for m in record["messages"] if m["role"] == "user")
@@ -248,7 +250,7 @@ def wrong_language(record: Record, cfg: Moderate) -> Verdict:
             return KEEP  # the task is asked in an allowed language, about material in another
         where = "request"
     else:
-        answers = [t for _, t in _answers(record)] if record["kind"] != "document" else []
+        answers = [t for _, t in _answers(record)] if record["kind"] not in TEXT_KINDS else []
         found = signals.language("\n\n".join([request, *answers]), lang_cfg)
         if found is None or found[1] < lang_cfg.min_confidence:
             return KEEP
@@ -261,10 +263,11 @@ def wrong_language(record: Record, cfg: Moderate) -> Verdict:
 
 def _toxic_parts(record: Record, cfg: Moderate) -> list[tuple[str, str]]:
     """(where, text) of what :func:`toxic` scores: none for a task about offensive text."""
-    if any(re.search(p, _request_text(record)) for p in cfg.toxicity.task_patterns) and record["kind"] != "document":
+    text = record["kind"] in TEXT_KINDS
+    if not text and any(re.search(p, _request_text(record)) for p in cfg.toxicity.task_patterns):
         return []
     parts: list[tuple[str, str]] = []
-    if record["kind"] == "document":
+    if text:
         # a long document dilutes a bag-of-words score: score its paragraphs
         paras = [p for p in re.split(r"\n\s*\n", record["text"]) if p.strip()]
         parts = [(f"text paragraph {i + 1}", p) for i, p in enumerate(paras)]

@@ -3,11 +3,12 @@
 How each type's items are evaluated (its registry entry's ``evaluator``, ``stages/probe/types.py``), on one model
 (a base checkpoint, optionally with a LoRA adapter, in the probe precision: ``stages/probe/model.py``):
 
-* ``choices`` (multiple_choice): lm-evaluation-harness is the engine. A task YAML (``output_type:
+* ``choices`` (multiple_choice, knowledge_mc): lm-evaluation-harness is the engine. A task YAML (``output_type:
   multiple_choice``, metrics acc and acc_norm, each choice scored after the task's delimiter, one space) is
   generated in a temporary folder over a JSONL of the items (the prompt with ``{question}`` filled in, the choices,
   the answer) and run through ``lm_eval.simple_evaluate`` on an ``HFLM`` wrapping the loaded model; the per-item
-  acc / acc_norm are the harness's logged samples.
+  acc / acc_norm are the harness's logged samples; knowledge_mc's p_right is the softmax of the logged
+  log-likelihoods of the choices, at the right one.
 * ``rolling`` (perplexity): the harness's ``loglikelihood_rolling`` through the same ``HFLM``: the summed negative
   log-likelihood (nats) of each text's tokens (the text tokenized without special tokens, the first token
   predicted from the model's BOS/prefix token), its token count and its UTF-8 byte count.
@@ -153,13 +154,17 @@ class Engine:
             for s in samples:
                 doc = s["doc"]
                 lls = [r[0] for r in s["filtered_resps"]]
+                scores = {"acc": float(s["acc"]), "acc_norm": float(s["acc_norm"])}
+                if "p_right" in t.spec.item_scores:  # softmax of the choices' log-likelihoods, at the right one
+                    p = np.exp(np.asarray(lls, dtype=np.float64) - max(lls))
+                    scores["p_right"] = round_score(float(p[doc["answer"]] / p.sum()))
                 rows.append(
                     {
                         "item": doc["item"],
                         "prompt": s["arguments"][0][0],
                         "reference": doc["choices"][doc["answer"]],
                         "prediction": doc["choices"][int(np.argmax(lls))],
-                        "scores": {"acc": float(s["acc"]), "acc_norm": float(s["acc_norm"])},
+                        "scores": scores,
                     }
                 )
             if [r["item"] for r in rows] != [i for i, _ in t.items]:

@@ -6,6 +6,7 @@ report read a type from here, and nowhere else says what a type is. Task files, 
 canonical names to the file's):
 
     multiple_choice  question (text), choices (a list of at least 2 texts), answer (the 0-based index of the right one)
+    knowledge_mc     the same fields: four-way questions about the documents trained on (``data/sources/knowledge``)
     perplexity       text
     generation       prompt, reference
     knowledge        question, answer
@@ -14,7 +15,9 @@ canonical names to the file's):
 How a type's items are evaluated (``evaluator``):
 
 * ``choices``: lm-evaluation-harness scores every choice after the prompt (``{question}`` filled in); per item acc
-  and acc_norm (all tasks of the type in one ``simple_evaluate`` call).
+  and acc_norm (all tasks of the type in one ``simple_evaluate`` call); knowledge_mc also p_right, the probability
+  of the right choice normalized over the choices (softmax of their summed log-likelihoods): a continuous score
+  that moves before the argmax flips, so a task of few items can show a gain that acc cannot.
 * ``rolling``: the harness's ``loglikelihood_rolling``: per item the summed negative log-likelihood (nats) of the
   text's tokens, its token count and its UTF-8 byte count.
 * ``generate``: greedy decoding through the variant's template; generation scores ROUGE-L F1, sentence BLEU and
@@ -128,6 +131,20 @@ TYPES: dict[str, TaskType] = {
             libraries=("lm_eval",),
             paired_test="mcnemar",
             harness_task=True,
+            prompt=True,
+        ),
+        TaskType(
+            name="knowledge_mc",
+            fields=("question", "choices", "answer"),
+            example={**_DEMO, "answer": 0},
+            evaluator="choices",
+            item_scores=("acc", "acc_norm", "p_right"),
+            metrics=(Metric("p_right", True, "mean"), Metric("acc", True, "mean"), Metric("acc_norm", True, "mean")),
+            # p_right, chosen before any run: per the measured flip rates ~23 items give 80% power on it
+            # against ~55 on acc; it is tested by the paired sign-flip test (not 0/1)
+            main="p_right",
+            reference="answer",
+            libraries=("lm_eval",),
             prompt=True,
         ),
         TaskType(

@@ -49,7 +49,8 @@ TRAIN_SPEC = {
     "lr_scheduler": "linear", "warmup_ratio": 0.0, "max_steps": 1, "epochs": 0,
     "optimizer": "adamw_torch_fused", "weight_decay": 0.0, "max_grad_norm": 1.0, "per_device_batch_size": 1,
     "gradient_accumulation_steps": 1, "log_every_steps": 1, "eval_every_steps": 1, "save_every_steps": 1,
-    "early_stopping_patience": 0, "max_checkpoints": 1, "use_gradient_checkpointing": False, "num_processes": 1,
+    "select": "last", "early_stopping_patience": 0, "max_checkpoints": 1, "use_gradient_checkpointing": False,
+    "num_processes": 1,
 }  # fmt: skip
 
 

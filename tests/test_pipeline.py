@@ -482,7 +482,8 @@ def test_probe_compares_every_task_and_the_report_shows_it(repo: Path, variant: 
                 assert v["ci_low"] <= v["delta"] <= v["ci_high"], (task, metric, v)
                 assert v["delta"] == pytest.approx(v["adapted"] - v["base"], abs=1e-5)
         assert m[task]["forgetting"] in (0, 1) and m[task]["gain"] in (0, 1)
-    assert "mcnemar_p" in m["general_mc"]
+        assert {"test", "p", "p_adjusted", "mde"} <= set(m[task]) and m[task]["p"] <= m[task]["p_adjusted"], task
+    assert m["general_mc"]["test"] == "mcnemar"
     report = (repo / "metrics/report.md").read_text()
     for name in (*tasks, "synthesize", "dedup", "reference"):
         assert name in report, name

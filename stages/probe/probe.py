@@ -3,8 +3,8 @@
 Inputs: ``--model`` (``models/<variant>/base``) and ``--adapter`` (``models/<variant>/adapter``), loaded as trained
     (``probe.precision: as_trained``: 4-bit NF4 base + LoRA adapter by default); ``--baseline``
     (``data/probe/baseline_<variant>.parquet``, the pretrained model's per-item results); the task files of
-    ``probe.tasks``. The params ``probe``, ``common.seed`` (the bootstrap), ``template.<variant>`` and
-    ``train.<variant>.quantization`` / ``compute_dtype``.
+    ``probe.tasks``. The params ``probe``, ``common.seed`` (the bootstrap and the sign-flip test),
+    ``template.<variant>`` and ``train.<variant>.quantization`` / ``compute_dtype``.
 Outputs: ``--out`` (``data/probe/<variant>.parquet``): the baseline's columns (see ``stages/probe/baseline.py``)
     describing the ADAPTED model, plus ``base_prediction`` and ``base_scores`` (JSON) copied from the baseline row
     of the same
@@ -13,16 +13,22 @@ Outputs: ``--out`` (``data/probe/<variant>.parquet``): the baseline's columns (s
 
         {"<task>": {"type": "<type>",
                     "<score>": {"base": x, "adapted": y, "delta": y - x, "ci_low": lo, "ci_high": hi}, ...,
-                    "mcnemar_p": p,            # multiple_choice only: exact binomial McNemar test on acc
+                    "test": "mcnemar" | "sign_flip" | "sign_flip_nll",   # the main score's paired test
+                    "n": items, "changed": items whose tested score changed,
+                    "p": p, "p_adjusted": p after Holm over the variant's tasks,
+                    "mde": the smallest change of the main score found with 80% power (None: not sizeable),
                     "forgetting": 0 | 1, "gain": 0 | 1},
          "tasks_forgetting": n, "tasks_gaining": n, "tasks_evaluated": n, "tasks_cached": n}
 
     The interval is a paired bootstrap over items (``probe.bootstrap_resamples`` resamples of item indices, the same
     for base and adapted, seeded with ``common.seed`` and the task name; each task score recomputed per resample;
-    percentile interval at ``probe.confidence``). The verdicts use each type's main score (multiple_choice acc,
-    perplexity bits_per_byte (lower is better), generation rougeL, knowledge contains): forgetting when it is worse
-    by more than ``probe.forgetting_threshold`` and the interval excludes 0 on the worse side; gain likewise on the
-    better side. Floats are rounded to 6 decimals.
+    percentile interval at ``probe.confidence``): the range of the effect, not a test. The verdicts use each type's
+    main score (multiple_choice acc, perplexity bits_per_byte (lower is better), generation rougeL, knowledge
+    contains, chat_behaviour chat_ok) and its paired test (``stages/probe/significance.py``: exact McNemar for
+    multiple choice; a paired sign-flip test otherwise, on the per-item nll for perplexity; exact or
+    ``probe.permutation_resamples`` seeded sign patterns): forgetting when ``p_adjusted < probe.alpha`` and the main
+    score is worse by more than ``probe.forgetting_threshold``; gain likewise, better. ``mde`` is at level
+    ``probe.alpha / <number of tasks>``, two-sided. Floats are rounded to 6 decimals.
 Cache: ``--cache`` (``.steep_cache/probe``), as for the baseline (the adapter's files are part of the key).
 Run: ``dvc repro probe@chat`` (= ``python -m stages.probe.probe --params params.yaml --variant chat
     --model models/chat/base --adapter models/chat/adapter --baseline data/probe/baseline_chat.parquet
@@ -42,6 +48,7 @@ from stages.core import params as _params
 from stages.core.io import StageError
 from stages.probe import engine as _engine
 from stages.probe import settings as _settings
+from stages.probe import significance as _sig
 from stages.probe import stats as _stats
 from stages.probe import tables as _tables
 from stages.probe import tasks as _tasks
@@ -142,14 +149,18 @@ def run(
             seed=seed,
             resamples=p.bootstrap_resamples,
             confidence=p.confidence,
-            threshold=p.forgetting_threshold,
+            permutation_resamples=p.permutation_resamples,
+            mde_alpha=p.alpha / len(tasks),
         )
-        m = metrics[t.name]
-        main = t.spec.main
-        verdict = "FORGETTING" if m["forgetting"] else "gain" if m["gain"] else "no clear change"
-        log.info("%s %s: base %.4f -> adapted %.4f (delta %+.4f, %g%% CI [%+.4f, %+.4f]): %s", t.name, main,
-                 m[main]["base"], m[main]["adapted"], m[main]["delta"], 100 * p.confidence, m[main]["ci_low"],
-                 m[main]["ci_high"], verdict)  # fmt: skip
+    _sig.decide(metrics, alpha=p.alpha, threshold=p.forgetting_threshold)
+    for t in tasks:
+        m, main = metrics[t.name], t.spec.main
+        mde = "?" if m["mde"] is None else f"{m['mde']:.4f}"
+        verdict = "FORGETTING" if m["forgetting"] else "gain" if m["gain"] else f"no clear change (mde {mde})"
+        log.info("%s %s: base %.4f -> adapted %.4f (delta %+.4f, %g%% CI [%+.4f, %+.4f]; %s p %.4g, Holm %.4g, %d "
+                 "of %d items changed): %s", t.name, main, m[main]["base"], m[main]["adapted"], m[main]["delta"],
+                 100 * p.confidence, m[main]["ci_low"], m[main]["ci_high"], m["test"], m["p"], m["p_adjusted"],
+                 m["changed"], m["n"], verdict)  # fmt: skip
     with _io.atomic_outputs(outputs["out"]) as (tmp,):
         _io.write_table(tmp, _tables.to_table(rows, _tables.PROBE_SCHEMA))
     metrics["tasks_forgetting"] = sum(metrics[t.name]["forgetting"] for t in tasks)

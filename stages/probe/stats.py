@@ -1,7 +1,8 @@
-"""Task scores from per-item rows, and base vs adapted: paired bootstrap intervals, McNemar's test, verdicts.
+"""Task scores from per-item rows, and base vs adapted: paired bootstrap intervals, and the main score's test.
 
 A task score is computed from its items as its type's registry entry says (``stages/probe/types.py``:
-``Metric.aggregate``); the main metric of the type decides forgetting and gain. Floats are rounded to 6 decimals.
+``Metric.aggregate``); the main metric of the type is tested (``stages/probe/significance.py``), and its test
+decides forgetting and gain. Floats are rounded to 6 decimals.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from stages.probe import significance as _sig
 from stages.probe import types as _types
 from stages.probe.scorers import bleu_stats, corpus_bleu_from_stats
 from stages.probe.tables import Row, round_score
@@ -21,7 +23,7 @@ _PERPLEXITY = ("token_perplexity", "bits_per_byte", "byte_perplexity")
 
 
 def _arrays(task_type: str, rows: list[Row]) -> dict[str, np.ndarray]:
-    """Per-item arrays the task scores are computed from, shape (n,) or (n, 10) for BLEU statistics."""
+    """Per-item arrays the task scores and tests are computed from, shape (n,) or (n, 10) for BLEU statistics."""
     scores = [r["scores"] if isinstance(r["scores"], dict) else json.loads(r["scores"]) for r in rows]
     out: dict[str, np.ndarray] = {}
     for m in _types.get(task_type).metrics:
@@ -29,6 +31,7 @@ def _arrays(task_type: str, rows: list[Row]) -> dict[str, np.ndarray]:
             out[m.name] = np.array([s[m.name] for s in scores], dtype=np.float64)
         elif m.aggregate == "corpus_bleu":
             out["bleu_stats"] = np.array([bleu_stats(r["prediction"], r["reference"]) for r in rows], dtype=np.float64)
+            out[m.name] = np.array([s[m.name] for s in scores], dtype=np.float64)  # sentence BLEU: what a test reads
         else:  # the perplexities: from the summed nll, token and byte counts
             out |= {k: np.array([s[k] for s in scores], dtype=np.float64) for k in ("nll", "tokens", "bytes")}
     return out
@@ -58,15 +61,6 @@ def aggregate(task_type: str, rows: list[Row]) -> dict[str, float]:
     return {k: round_score(v) for k, v in scores.items()}
 
 
-def mcnemar_p(base: np.ndarray | list[float], adapted: np.ndarray | list[float]) -> float:
-    """Exact (binomial) McNemar p-value, two-sided, of paired 0/1 outcomes; 1.0 when no item changed."""
-    from scipy.stats import binomtest
-
-    b, a = np.asarray(base) > 0.5, np.asarray(adapted) > 0.5
-    lost, won = int(np.sum(b & ~a)), int(np.sum(~b & a))
-    return 1.0 if lost + won == 0 else float(binomtest(won, lost + won, 0.5).pvalue)
-
-
 def _rng(seed: int, task: str) -> np.random.Generator:
     # one stream per task: adding or reordering tasks leaves every other task's interval unchanged
     return np.random.default_rng([seed, zlib.crc32(task.encode())])
@@ -81,14 +75,18 @@ def compare(
     seed: int,
     resamples: int,
     confidence: float,
-    threshold: float,
+    permutation_resamples: int,
+    mde_alpha: float,
 ) -> dict[str, Any]:
-    """Base vs adapted on one task: per score base/adapted/delta and a paired-bootstrap interval of delta; verdicts.
+    """Base vs adapted on one task: per score base/adapted/delta and a paired-bootstrap interval of delta; the test
+    of the main score.
 
     The same resampled item indices serve base and adapted and every score, and each task score (corpus BLEU, the
     bits-per-byte ratio) is recomputed on each resample. The interval is the percentile interval of the resampled
-    deltas at `confidence`. forgetting: the main score is worse by more than `threshold` and the interval excludes 0
-    on the worse side; gain: better by more than `threshold` and the interval excludes 0 on the better side.
+    deltas at `confidence`: the range of the effect, not a test (it excludes zero too easily when every changed item
+    moved one way). The main score's paired test (``test``, ``n``, ``changed``, ``p``, ``mde`` at `mde_alpha`):
+    :func:`stages.probe.significance.assess`, with `permutation_resamples` random sign patterns where it draws them;
+    the verdicts come after, over all the variant's tasks (:func:`stages.probe.significance.decide`).
     """
     spec = _types.get(task_type)
     n = len(base)
@@ -101,24 +99,15 @@ def compare(
     boot_b, boot_a = _scores(task_type, arr_b, idx), _scores(task_type, arr_a, idx)
     tail = (1 - confidence) / 2 * 100
     out: dict[str, Any] = {}
-    raw: dict[str, tuple[float, float, float]] = {}
     for metric in spec.metric_names:
         deltas = np.asarray(boot_a[metric]) - np.asarray(boot_b[metric])
         lo, hi = np.percentile(deltas, [tail, 100 - tail])
-        delta = float(point_a[metric] - point_b[metric])
-        raw[metric] = (delta, float(lo), float(hi))
         out[metric] = {
             "base": round_score(point_b[metric]),
             "adapted": round_score(point_a[metric]),
-            "delta": round_score(delta),
+            "delta": round_score(point_a[metric] - point_b[metric]),
             "ci_low": round_score(lo),
             "ci_high": round_score(hi),
         }
-    if spec.paired_test == "mcnemar":
-        out["mcnemar_p"] = round_score(mcnemar_p(arr_b["acc"], arr_a["acc"]))
-    delta, lo, hi = raw[spec.main]
-    sign = 1.0 if spec.metric(spec.main).higher_is_better else -1.0  # sign * delta > 0: better
-    better, worse_low, better_low = sign * delta, (hi if sign > 0 else -lo), (lo if sign > 0 else -hi)
-    out["forgetting"] = int(-better > threshold and worse_low < 0)
-    out["gain"] = int(better > threshold and better_low > 0)
-    return out
+    pair = _sig.paired(task_type, arr_b, arr_a)
+    return out | _sig.assess(task, pair, seed=seed, resamples=permutation_resamples, mde_alpha=mde_alpha)

@@ -75,7 +75,8 @@ class TaskType:
             model, precision, device and batch size; ``choices``: the task's resolved prompt; ``generate``: the
             template keys that render prompts and ``max_new_tokens``).
         libraries: the packages that compute the per-item results (their versions are part of the cache key).
-        paired_test: ``mcnemar``: an exact McNemar test on the 0/1 ``acc`` of base and adapted; None: no test.
+        paired_test: ``mcnemar``: the main score, 0/1 per item, is tested by the exact McNemar test; None (or a
+            main score that is not 0/1): the paired sign-flip test (``stages/probe/significance.py``).
         harness_task: whether a task of this type may name an lm-evaluation-harness task instead of a file.
         prompt: whether a task of this type may set its own ``prompt`` (``{question}`` filled in).
         documents: whether a task of this type names ``documents`` and ``min_verbatim_words`` (chat_behaviour: the

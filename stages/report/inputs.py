@@ -118,7 +118,10 @@ class TaskResult:
     task: str
     type: str  # one of TYPE_ORDER, as the probe wrote it
     metrics: dict[str, dict[str, Any]]  # metric -> {base, adapted, delta, ci_low, ci_high}
-    mcnemar_p: float | None = None
+    test: str | None = None  # the main score's paired test (mcnemar, sign_flip, sign_flip_nll)
+    p: float | None = None
+    p_adjusted: float | None = None  # Holm over the variant's tasks: the verdict's
+    mde: float | None = None  # the smallest change of the main score the test detects (80% power)
     forgetting: bool = False
     gain: bool = False
 
@@ -183,7 +186,10 @@ def parse_probe(data: dict[str, Any], path: Path) -> list[TaskResult]:
                 task=task,
                 type=task_type(entry, path, task),
                 metrics=metrics,
-                mcnemar_p=entry.get("mcnemar_p"),
+                test=entry.get("test"),
+                p=entry.get("p"),
+                p_adjusted=entry.get("p_adjusted"),
+                mde=entry.get("mde"),
                 forgetting=bool(entry.get("forgetting")),
                 gain=bool(entry.get("gain")),
             )

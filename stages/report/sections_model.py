@@ -9,7 +9,7 @@ from typing import Any
 
 from stages.probe.types import HIGHER_IS_BETTER, SHOWCASE
 from stages.report.document import Code, Doc
-from stages.report.inputs import Run, not_found
+from stages.report.inputs import NO_CHANGE, Run, TaskResult, not_found
 from stages.report.plots import plot_deltas, plot_losses
 from stages.report.sections_chat import section_chat
 from stages.report.text import CLIP_LONG, clip, fmt_count, fmt_num, fmt_p, question_of
@@ -95,6 +95,13 @@ def _ci(m: dict[str, Any]) -> str:
     return f"[{m['ci_low']:+.3f}, {m['ci_high']:+.3f}]"
 
 
+def _verdict(r: TaskResult) -> str:
+    """The task's verdict; beside no clear change, the smallest change its test could detect (when known)."""
+    if r.verdict != NO_CHANGE or r.mde is None:
+        return r.verdict
+    return f"{r.verdict}; cannot detect changes below {r.mde:.3f}"
+
+
 def _answer(text: str, scores: dict[str, Any], key: str) -> str:
     """A generated answer, clipped, followed by its score `key` on a line of its own."""
     return f"{clip(text, CLIP_LONG, False)}\n({key} {fmt_num(scores.get(key))})"
@@ -107,17 +114,22 @@ def section_probe(doc: Doc, run: Run, per_task: int) -> None:
         "Each task scored on the pretrained model (base) and the fine-tuned one (adapted, the adapter on its "
         "base as trained), on the same items. Main metric per type: multiple choice `acc`, perplexity "
         "`bits_per_byte` (lower is better), generation `rougeL`, knowledge `contains`, chat behaviour `chat_ok` "
-        "(answers that end their turn, write no next turn and recite no document). The interval is a paired "
-        "bootstrap over items (level `probe.confidence`); McNemar's exact test on multiple-choice accuracy. "
-        "**forgetting**: the main metric got worse by more than `probe.forgetting_threshold` and the interval "
-        "excludes zero; **gain**: the same, better."
+        "(answers that end their turn, write no next turn and recite no document). The main metric's paired test: "
+        "`mcnemar`, McNemar's exact test on the items won and lost; `sign_flip`, a paired sign-flip permutation "
+        "test of the per-item changes; `sign_flip_nll`, the same on each item's log-likelihood (the sum of which "
+        "is the change in bits per byte). **p adj.** is p after Holm's correction over the variant's tasks. "
+        "**forgetting**: p adj. below `probe.alpha` and the main metric worse by more than "
+        "`probe.forgetting_threshold`; **gain**: the same, better. The interval (a paired bootstrap over items, "
+        "level `probe.confidence`) is the range of the change; it decides nothing. Beside no clear change, the "
+        "smallest change the task's items could detect (80% power at `probe.alpha` / the number of tasks)."
     )
     table, plot_rows = [], []
     for v in run.variants:
         for r in run.probe[v] or []:
             name = r.main
+            tested = [r.test or "—", fmt_p(r.p), fmt_p(r.p_adjusted), _verdict(r)]
             if name not in r.metrics:
-                table.append([Code(v), Code(r.task), r.type, "—", "—", "—", "—", "—", fmt_p(r.mcnemar_p), r.verdict])
+                table.append([Code(v), Code(r.task), r.type, "—", "—", "—", "—", "—", *tested])
                 continue
             m = r.metrics[name]
             higher = _higher(name)
@@ -131,8 +143,7 @@ def section_probe(doc: Doc, run: Run, per_task: int) -> None:
                     fmt_num(m["adapted"]),
                     fmt_num(m["delta"], sign=True),
                     _ci(m),
-                    fmt_p(r.mcnemar_p),
-                    r.verdict,
+                    *tested,
                 ]
             )
             sign = 1.0 if higher else -1.0
@@ -141,10 +152,8 @@ def section_probe(doc: Doc, run: Run, per_task: int) -> None:
                 lo, hi = sorted((sign * lo, sign * hi))
             plot_rows.append((f"{r.task} ({_arrowed(name)})", v, sign * m["delta"], lo, hi, r.verdict))
     if table:
-        doc.table(
-            ["variant", "task", "type", "main metric", "base", "adapted", "delta", "interval", "McNemar p", "verdict"],
-            table,
-        )
+        head = ["variant", "task", "type", "main metric", "base", "adapted", "delta", "interval", "test", "p"]
+        doc.table([*head, "p adj.", "verdict"], table)
     if plot_rows:
         doc.plot(
             plot_deltas(plot_rows, run.variants),

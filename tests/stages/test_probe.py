@@ -1,8 +1,8 @@
 """Tests of the probe engine and the baseline / probe stages on a tiny random Llama (2 layers, hidden 64, byte BPE).
 
 The multiple-choice numbers are held to lm-evaluation-harness called directly (a hand-written task YAML over the
-same file), the perplexity to a direct forward pass, the scores to known values, the statistics to constructed
-vectors (and scipy), the cache to counts of evaluated tasks, and the stages to their documented outputs.
+same file), the perplexity to a direct forward pass, the scores to known values, the cache to counts of evaluated
+tasks, and the stages to their documented outputs (the statistics: ``test_probe_stats.py``).
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ from stages.core.params.probe import ProbeTask
 from stages.probe import baseline, probe
 from stages.probe import model as _model
 from stages.probe import scorers as _scorers
-from stages.probe import stats as _stats
 from stages.probe import tables as _tables
 from stages.probe import tasks as _taskfiles
 from tests.stages._tiny import chat_tokenizer, write_params
@@ -224,55 +223,6 @@ def test_scores_on_fixed_strings() -> None:
     assert f1[0] == pytest.approx(1.0, abs=1e-4) and 0 < f1[1] < 0.9
 
 
-# --- statistics -------------------------------------------------------------------------------------------------------
-
-
-def _mc_rows(acc: list[int]) -> list[dict[str, Any]]:
-    return [
-        {"item": i, "prediction": "", "reference": "", "scores": {"acc": a, "acc_norm": a}} for i, a in enumerate(acc)
-    ]
-
-
-def _cmp(task_type: str, base: list[dict[str, Any]], adapted: list[dict[str, Any]], **kw: Any) -> dict[str, Any]:
-    opts = {"seed": 1234, "resamples": 500, "confidence": 0.95, "threshold": 0.02} | kw
-    return _stats.compare("t", task_type, base, adapted, **opts)
-
-
-def test_paired_bootstrap_mcnemar_and_verdicts() -> None:
-    from scipy.stats import binomtest
-
-    same = _mc_rows([1, 0, 1, 1, 0, 0, 1, 0])
-    m = _cmp("multiple_choice", same, same)
-    assert m["acc"] == {"base": 0.5, "adapted": 0.5, "delta": 0.0, "ci_low": 0.0, "ci_high": 0.0}
-    assert m["mcnemar_p"] == 1.0 and m["forgetting"] == 0 and m["gain"] == 0
-
-    m = _cmp("multiple_choice", _mc_rows([0] * 10), _mc_rows([1] * 10))
-    assert m["acc"]["delta"] == 1.0 and m["acc"]["ci_low"] == 1.0 and m["gain"] == 1 and m["forgetting"] == 0
-    assert m["mcnemar_p"] == round(binomtest(10, 10, 0.5).pvalue, 6)
-
-    # 12 items: 7 lost, 1 won, 4 unchanged: a drop of 0.5 whose interval excludes 0
-    base, adapted = [1] * 8 + [0] + [1, 1, 0], [0] * 7 + [1] + [1] + [1, 1, 0]
-    m = _cmp("multiple_choice", _mc_rows(base), _mc_rows(adapted))
-    assert m["acc"]["delta"] == pytest.approx(-0.5) and m["acc"]["ci_high"] < 0
-    assert m["mcnemar_p"] == pytest.approx(round(binomtest(1, 8, 0.5).pvalue, 6))
-    assert m["forgetting"] == 1 and m["gain"] == 0
-    # a drop within the threshold is no verdict; the same seed gives the same interval
-    assert _cmp("multiple_choice", _mc_rows(base), _mc_rows(adapted), threshold=0.6)["forgetting"] == 0
-    assert _cmp("multiple_choice", _mc_rows(base), _mc_rows(adapted)) == m
-
-    # perplexity: lower is better; the task score is recomputed from summed nll / bytes on each resample
-    def ppl(nll: list[float]) -> list[dict[str, Any]]:
-        scores = [{"nll": x, "tokens": 10.0, "bytes": 40.0} for x in nll]
-        return [{"item": i, "prediction": "", "reference": "", "scores": sc} for i, sc in enumerate(scores)]
-
-    m = _cmp("perplexity", ppl([30, 32, 31, 29, 33]), ppl([20, 21, 22, 19, 20]))
-    assert m["bits_per_byte"]["delta"] == pytest.approx(round((102 - 155) / 200 / math.log(2), 6))
-    assert m["bits_per_byte"]["ci_high"] < 0 and m["gain"] == 1 and m["forgetting"] == 0
-    assert "mcnemar_p" not in m
-    m = _cmp("perplexity", ppl([20, 21, 22, 19, 20]), ppl([30, 32, 31, 29, 33]))
-    assert m["forgetting"] == 1 and m["gain"] == 0
-
-
 # --- the cache --------------------------------------------------------------------------------------------------------
 
 
@@ -332,6 +282,7 @@ def test_an_edit_to_code_the_results_depend_on_evaluates_again(tiny: dict[str, P
 # --- the stages end to end --------------------------------------------------------------------------------------------
 
 
+TESTED = ("test", "n", "changed", "p", "p_adjusted", "mde")  # the main score's test (test_probe_stats.py)
 TYPES = {"mc": "multiple_choice", "text": "perplexity", "gen": "generation", "qa": "knowledge"}
 DOCUMENTED = {
     "mc": {"acc", "acc_norm"},
@@ -361,7 +312,10 @@ def test_baseline_and_probe_stages_end_to_end(tiny: dict[str, Path], tmp_path: P
     assert set(m) == {*DOCUMENTED, "tasks_forgetting", "tasks_gaining", "tasks_evaluated", "tasks_cached"}
     assert (m["tasks_evaluated"], m["tasks_cached"]) == (4, 0)
     for task, names in DOCUMENTED.items():
-        assert set(m[task]) == {"type", *names, "forgetting", "gain", *({"mcnemar_p"} if task == "mc" else set())}
+        assert set(m[task]) == {"type", *names, *TESTED, "forgetting", "gain"}
+        assert m[task]["test"] == {"mc": "mcnemar", "text": "sign_flip_nll"}.get(task, "sign_flip")
+        assert m[task]["n"] == {"mc": 6, "text": 2, "qa": 2, "gen": 1}[task]
+        assert 0 <= m[task]["p"] <= m[task]["p_adjusted"] <= 1
         assert m[task]["type"] == TYPES[task]
         for k in names:
             v = m[task][k]

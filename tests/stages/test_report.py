@@ -275,7 +275,12 @@ def build_fixture(root: Path, *, synthesize: bool = True, probe_variants: tuple[
                     "acc_norm": _metric(0.5, 0.45, -0.1, 0.0),
                     "forgetting": 1,
                     "gain": 0,
-                    "mcnemar_p": 0.03125,
+                    "test": "mcnemar",
+                    "n": 80,
+                    "changed": 5,
+                    "p": 0.03125,
+                    "p_adjusted": 0.03125,
+                    "mde": 0.1,
                     "type": TYPES["general_mc"],
                 },
                 "general_text": {
@@ -294,6 +299,10 @@ def build_fixture(root: Path, *, synthesize: bool = True, probe_variants: tuple[
                 },
                 "steep_knowledge": {
                     "contains": _metric(0.333333, 0.666667, 0.0, 0.666667),
+                    "test": "sign_flip",
+                    "p": 0.5,
+                    "p_adjusted": 1.0,
+                    "mde": 0.4,
                     "forgetting": 0,
                     "gain": 0,
                     "type": TYPES["steep_knowledge"],
@@ -487,18 +496,21 @@ def test_forgetting_table_rows_with_values(fixture_dir: Path) -> None:
     section = md.split("## Probe: forgetting and knowledge gain")[1]
     for v in VARIANTS:
         assert (
-            f"| `{v}` | `general_mc` | multiple_choice | acc ↑ | 0.500 | 0.400 | -0.100 | [-0.200, -0.030] | 0.031 | "
-            "forgetting |"
+            f"| `{v}` | `general_mc` | multiple_choice | acc ↑ | 0.500 | 0.400 | -0.100 | [-0.200, -0.030] | mcnemar "
+            "| 0.031 | 0.031 | forgetting |"
         ) in section
         assert (
             f"| `{v}` | `general_text` | perplexity | bits_per_byte ↓ | 1.200 | 1.250 | +0.050 | "
-            "[+0.010, +0.090] | — | forgetting |"
+            "[+0.010, +0.090] | — | — | — | forgetting |"
         ) in section
         assert (
-            f"| `{v}` | `general_qa` | generation | rougeL ↑ | 0.600 | 0.800 | +0.200 | [+0.100, +0.300] | — | gain |"
-            in (section)
+            f"| `{v}` | `general_qa` | generation | rougeL ↑ | 0.600 | 0.800 | +0.200 | [+0.100, +0.300] | — | — | — "
+            "| gain |" in section
         )
-        assert f"| `{v}` | `steep_knowledge` | knowledge | contains ↑ | 0.333 | 0.667 | +0.333 |" in section
+        assert (
+            f"| `{v}` | `steep_knowledge` | knowledge | contains ↑ | 0.333 | 0.667 | +0.333 | [+0.000, +0.667] | "
+            "sign_flip | 0.500 | 1.000 | no clear change; cannot detect changes below 0.400 |"
+        ) in section
         assert (
             f"| `{v}` | `general_text` | token_perplexity ↓ | 20.000 | 22.000 | +2.000 | [+1.000, +3.000] |" in section
         )

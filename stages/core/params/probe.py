@@ -69,9 +69,15 @@ class Probe(Section):
     batch_size: int = Field(gt=0)
     max_new_tokens: int = Field(gt=0)
     multiple_choice_prompt: str
+    # the paired bootstrap interval of each score's delta (the effect's range; it decides no verdict)
     bootstrap_resamples: int = Field(ge=100)
     confidence: float = Field(gt=0, lt=1)
-    # a task forgets when its main score drops by more than this and the interval excludes zero
+    # the main score's paired test: random sign patterns where the sign-flip test is not exact
+    permutation_resamples: int = Field(ge=1000)
+    # a verdict needs the test's p, Holm-adjusted over the variant's tasks, below alpha; the minimum detectable
+    # effect is stated at alpha / (number of tasks)
+    alpha: float = Field(gt=0, lt=1)
+    # ... and a change of the main score beyond this: worse, forgetting; better, gain
     forgetting_threshold: float = Field(ge=0)
     bertscore_model: str
     showcase_prompts: list[str]

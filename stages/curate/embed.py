@@ -14,8 +14,10 @@ Embedding is the slow part of curation on CPU, so each (kind, model, params, tex
 kept in an SQLite file under the cache directory given on the command line (``.steep_cache/embeddings`` in
 dvc.yaml): moderate fills it, dedup and every rerun read it. The key holds the kind, the model's
 fingerprint (its weights and tokenizer files; for ``static`` the distilled table's key, which also holds
-``static_dims``), ``max_tokens``, the text and the source of the modules that compute vectors, so vectors of
-two kinds or settings never mix and a change to how vectors are computed never serves an old vector.
+``static_dims``), ``max_tokens``, the text, the source of the modules that compute vectors and the versions of
+the libraries that do (:func:`vector_origin`), so vectors of two kinds or settings never mix and a change to how
+vectors are computed never serves an old vector. Each vector is checked before it is served (its checksum,
+dimension and dtype: :mod:`stages.curate.embed_cache`); a damaged one is computed again.
 
 What makes the bytes identical on any x86-64 CPU, any batch and any cache state:
 
@@ -49,7 +51,6 @@ from __future__ import annotations
 import hashlib
 import importlib
 import logging
-import sqlite3
 import time
 from functools import lru_cache
 from pathlib import Path
@@ -57,8 +58,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from stages.core import cache as _cache
 from stages.core.io import StageError
 from stages.curate import static_embed
+from stages.curate.embed_cache import EmbeddingCache
 
 if TYPE_CHECKING:
     from stages.core.params.common import Embedding
@@ -67,8 +70,18 @@ log = logging.getLogger("steep.embed")
 
 # Unit vectors are snapped to multiples of 2**-GRID_BITS (see the module docstring).
 GRID_BITS = 20
-# What computed a cached vector: the code of this module and of the static one (a code edit is a new key).
-_CODE = static_embed.code_hash(__file__) + static_embed.code_hash(static_embed.__file__)
+# The libraries that compute a vector of each kind (their versions are part of its key); a static vector is also
+# keyed on its table, whose key holds the libraries that distilled it.
+LIBRARIES = {
+    "transformer": ("numpy", "sentence-transformers", "tokenizers", "torch", "transformers"),
+    "static": ("numpy", "scipy", *static_embed.LIBRARIES),
+}
+
+
+def vector_origin(kind: str) -> _cache.Origin:
+    """What computes a cached vector of `kind`: this module's and the static one's code (their ASTs: a docstring
+    edit keeps the vectors) and the versions of :data:`LIBRARIES`."""
+    return _cache.origin(("ast:stages.curate.embed", "ast:stages.curate.static_embed"), LIBRARIES[kind])
 
 
 def resolve_model_dir(spec: str) -> str:
@@ -124,31 +137,6 @@ def _load(model_dir: str, max_tokens: int):
         ) from None
     model.max_seq_length = max_tokens
     return model
-
-
-class EmbeddingCache:
-    """SQLite map from sha256(model fingerprint, max_tokens, text) to a float32 vector."""
-
-    def __init__(self, cache_dir: str | Path):
-        Path(cache_dir).mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(Path(cache_dir) / "embeddings.sqlite")
-        self.db.execute("CREATE TABLE IF NOT EXISTS emb (key TEXT PRIMARY KEY, dim INTEGER, vec BLOB)")
-
-    def get(self, keys: list[str]) -> dict[str, np.ndarray]:
-        found: dict[str, np.ndarray] = {}
-        for i in range(0, len(keys), 500):
-            chunk = keys[i : i + 500]
-            q = f"SELECT key, vec FROM emb WHERE key IN ({','.join('?' * len(chunk))})"
-            for key, blob in self.db.execute(q, chunk):
-                found[key] = np.frombuffer(blob, dtype=np.float32)
-        return found
-
-    def put(self, items: dict[str, np.ndarray]) -> None:
-        self.db.executemany(
-            "INSERT OR REPLACE INTO emb VALUES (?, ?, ?)",
-            [(k, v.shape[0], v.astype(np.float32).tobytes()) for k, v in items.items()],
-        )
-        self.db.commit()
 
 
 def snap(vectors: np.ndarray) -> np.ndarray:
@@ -236,15 +224,19 @@ def embed(
         fp = f"static\0{static.key}"
     else:
         fp = f"transformer\0{_fingerprint(model_dir)}"
-    keys = [hashlib.sha256(f"{fp}\0{params.max_tokens}\0{_CODE}\0{t}".encode()).hexdigest() for t in texts]
-    cache = EmbeddingCache(cache_dir)
-    found = cache.get(sorted(set(keys)))
+    origin = vector_origin(params.kind)
+    code = _cache.digest(origin)
+    keys = [hashlib.sha256(f"{fp}\0{params.max_tokens}\0{code}\0{t}".encode()).hexdigest() for t in texts]
+    cache = EmbeddingCache(cache_dir, origin)
+    # a static vector has the table's dimensions; a transformer's, the one its cached rows agree on
+    found = cache.get(sorted(set(keys)), static.embeddings.shape[1] if static is not None else None)
     todo = sorted({k: t for k, t in zip(keys, texts, strict=True) if k not in found}.items())
     if todo:
         if static is not None:
             found.update(_static_vectors(static, params, todo, cache))
         else:
             found.update(_transformer_vectors(model_dir, params, todo, cache))
+    cache.close()
     distinct = len(set(keys))
     log.info(
         "embeddings (%s): %d texts (%d distinct), %d from cache, %d computed",

@@ -3,7 +3,8 @@
 A shared module, not a stage: the synthesize stage builds its :class:`Call` list here (document chunks into
 ``documents.prompt``, seed tasks into ``self_instruct.prompt``), gives each call its content id (:func:`call_id`,
 recorded in the output) and its cache key (:func:`cache_key`: the id and the source of :mod:`stages.curate.llm`,
-which completes the missing calls).
+which completes the missing calls), and opens the cache of completions (:func:`completion_cache`: its entries are
+checked before they are served, and keyed on the versions of the libraries that generate too).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from stages.core import cache as _cache
 from stages.core import code as _code
 from stages.core import io as _io
 from stages.core.io import StageError
@@ -179,3 +181,15 @@ def cache_key(call_id: str, code: str) -> str:
 def completion_code() -> str:
     """:func:`stages.core.code.code_hash` of :mod:`stages.curate.llm`: model loading, seeded sampling, generating."""
     return _code.code_hash(_llm.__name__)
+
+
+# The libraries that generate a completion (their versions are part of its cache entry's name).
+LIBRARIES = ("accelerate", "tokenizers", "torch", "transformers")
+# What synthesize reads of a cached completion (:func:`stages.curate.llm.generate`'s result).
+COMPLETION = {"fields": {"completion": "str", "finished": "bool", "new_tokens": "int"}}
+
+
+def completion_cache(root: Path) -> _cache.JsonCache:
+    """The cache of completions under `root`: entries of the code of :mod:`stages.curate.llm` and :data:`LIBRARIES`,
+    each checked (checksum, :data:`COMPLETION`) before it is served."""
+    return _cache.JsonCache(root, _cache.origin((_llm.__name__,), LIBRARIES), COMPLETION)

@@ -23,7 +23,10 @@ only when it lies within ~1e-15 of a rounding midpoint (checked: identical table
 
 The distilled model lives in the embedding cache (``<cache>/static/<key>/``: ``vectors.safetensors`` with
 ``embeddings`` (V, D) int16 and ``token_ids`` (V,) int64, plus ``model.json``), keyed on the source
-model's files, the dims, the vocabulary limit and this module's source; it is computed on first use (20 s
+model's files, the dims, the vocabulary limit, this module's source and the versions of the libraries that
+distill (:data:`LIBRARIES`); ``model.json`` records the sha256 of each file, checked before the table is used
+(:func:`table_problem`): a damaged table is moved aside (``<key>.corrupt-<n>``) and distilled again. It is
+computed on first use (20 s
 to 2 min for MiniLM's 30,522 tokens on two cores, by load) and written to a temporary folder that is renamed
 into place. A copy goes to the user's cache (``$STEEP_CACHE_HOME``, else ``$XDG_CACHE_HOME/steep``, else
 ``~/.cache/steep``; ``static/<key>/``), where another project or a fresh embedding cache of the same model
@@ -33,14 +36,12 @@ content, so a table from there is the table this machine would distill.
 
 from __future__ import annotations
 
-import ast
 import hashlib
 import json
 import logging
 import os
 import re
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from functools import lru_cache
@@ -48,7 +49,8 @@ from pathlib import Path
 
 import numpy as np
 
-from stages.core.io import StageError, feed
+from stages.core import cache as _cache
+from stages.core.io import StageError, feed, temp_dir
 
 log = logging.getLogger("steep.embed")
 
@@ -64,21 +66,20 @@ MAX_TOKENS = 512
 DISTILL_BATCH = 512
 
 
-def code_hash(path: str | Path) -> str:
-    """sha256 of a module's code without its docstrings and comments (its AST), for cache keys.
-
-    A cache key holds the code that computed its entries; an edit to a docstring does not change them.
-    """
-    tree = ast.parse(Path(path).read_text(encoding="utf-8"))
-    for node in ast.walk(tree):
-        body = getattr(node, "body", None)
-        first = body[0] if isinstance(body, list) and body else None
-        if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) and isinstance(first.value.value, str):
-            node.body = body[1:] or [ast.Pass()]
-    return hashlib.sha256(ast.dump(tree).encode()).hexdigest()[:16]
+# The libraries that distill a table (their versions are part of its key).
+LIBRARIES = (
+    "model2vec", "numpy", "scikit-learn", "scipy", "sentence-transformers", "tokenizers", "torch", "transformers",
+)  # fmt: skip
+# The files of a table folder whose sha256 model.json records.
+TABLE_FILES = ("tokenizer.json", "vectors.safetensors")
 
 
-_CODE = code_hash(__file__)
+def table_origin() -> _cache.Origin:
+    """What distills a table: this module's code (its AST: a docstring edit keeps the tables) and the versions of
+    :data:`LIBRARIES`."""
+    return _cache.origin(("ast:stages.curate.static_embed",), LIBRARIES)
+
+
 # The files of a model directory that determine the distilled table.
 SOURCE_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json")
 
@@ -104,8 +105,10 @@ def source_fingerprint(model_dir: str) -> str:
 
 
 def static_key(model_dir: str, dims: int, max_vocab: int | None) -> str:
-    """The cache key of a distilled table: source files, distill params and this module's code."""
-    parts = [source_fingerprint(model_dir), str(dims), str(max_vocab), str(SIF_COEFFICIENT), str(QUANT_BITS), _CODE]
+    """The cache key of a distilled table: source files, distill params, this module's code and the libraries'
+    versions (:func:`table_origin`)."""
+    parts = [source_fingerprint(model_dir), str(dims), str(max_vocab), str(SIF_COEFFICIENT), str(QUANT_BITS)]
+    parts.append(_cache.digest(table_origin()))
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:32]
 
 
@@ -180,8 +183,7 @@ def user_tables_dir() -> Path:
 def _place(src: Path, final: Path) -> None:
     """Copy the table folder `src` to `final` through a temporary folder renamed into place."""
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}."))
-    tmp.chmod(0o755)  # mkdtemp's 0o700 would keep the shared cache from other users
+    tmp = temp_dir(final.parent, final.name)  # a killed copy's leftovers there go first
     for f in src.iterdir():
         shutil.copyfile(f, tmp / f.name)
     try:
@@ -190,27 +192,63 @@ def _place(src: Path, final: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def table_problem(folder: Path) -> str | None:
+    """What is wrong with the table folder `folder` (None: its model.json reads and every file has the sha256 it
+    records)."""
+    try:
+        meta = json.loads((folder / "model.json").read_text(encoding="utf-8"))
+        files = meta["files"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        return f"model.json unreadable or without checksums ({type(e).__name__}: {e})"
+    for name in TABLE_FILES:
+        path = folder / name
+        if not path.is_file():
+            return f"{name} is missing"
+        h = hashlib.sha256()
+        feed(h, path)
+        if files.get(name) != h.hexdigest():
+            return f"{name} does not have the sha256 model.json records"
+    return None
+
+
+def _checked(folder: Path) -> bool:
+    """Whether the table in `folder` is there and whole; a damaged one is moved aside (and False)."""
+    if not folder.exists():
+        return False
+    problem = table_problem(folder)
+    if problem is None:
+        return True
+    _cache.move_aside(folder, problem)
+    return False
+
+
 def ensure_static(model_dir: str, dims: int, cache_dir: str | Path, max_vocab: int | None = None) -> Path:
-    """The folder of the distilled table for (`model_dir`, `dims`, `max_vocab`) in `cache_dir`: copied from the
-    user's tables (:func:`user_tables_dir`) when there, else distilled (and copied there)."""
+    """The folder of the distilled table for (`model_dir`, `dims`, `max_vocab`) in `cache_dir`: checked there,
+    else copied from the user's tables (:func:`user_tables_dir`) when a whole one is there, else distilled (and
+    copied there). A damaged table on the way is moved aside with a warning."""
     from safetensors.numpy import save_file
 
     key = static_key(model_dir, dims, max_vocab)
     final = Path(cache_dir) / "static" / key
-    if (final / "model.json").exists():
+    if _checked(final):
         return final
     shared = user_tables_dir() / key
-    if (shared / "model.json").exists():
+    if _checked(shared):
         log.info("static embeddings %s: the table distilled before, from %s", key, shared.parent)
         _place(shared, final)
-        return final
+        if _checked(final):
+            return final
     log.info("static embeddings %s: distilling %s to %d dims (once per model and params)", key, model_dir, dims)
     table, ids = distill(model_dir, dims, max_vocab)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{key}."))
-    tmp.chmod(0o755)  # mkdtemp's 0o700 would keep the shared cache from other users
+    tmp = temp_dir(final.parent, key)  # a killed distillation's half-made folder there goes first
     save_file({"embeddings": table, "token_ids": ids}, str(tmp / "vectors.safetensors"))
     shutil.copyfile(Path(model_dir) / "tokenizer.json", tmp / "tokenizer.json")
+    files = {}
+    for name in TABLE_FILES:
+        h = hashlib.sha256()
+        feed(h, tmp / name)
+        files[name] = h.hexdigest()
     meta = {
         "source_fingerprint": source_fingerprint(model_dir),
         "dims": dims,
@@ -218,7 +256,8 @@ def ensure_static(model_dir: str, dims: int, cache_dir: str | Path, max_vocab: i
         "max_vocab": max_vocab,
         "sif_coefficient": SIF_COEFFICIENT,
         "quant_bits": QUANT_BITS,
-        "code": _CODE,
+        "origin": table_origin(),
+        "files": files,
     }
     (tmp / "model.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     try:
@@ -234,12 +273,20 @@ def ensure_static(model_dir: str, dims: int, cache_dir: str | Path, max_vocab: i
 
 @lru_cache(maxsize=2)
 def load_static(folder: str) -> StaticModel:
-    """The distilled model in `folder` (from :func:`ensure_static`)."""
+    """The distilled model in `folder` (from :func:`ensure_static`, which checked its files' sha256)."""
     from safetensors.numpy import load_file
     from tokenizers import Tokenizer
 
+    meta = json.loads((Path(folder) / "model.json").read_text(encoding="utf-8"))
     tensors = load_file(str(Path(folder) / "vectors.safetensors"))
-    ids = tensors["token_ids"]
+    ids, table = tensors["token_ids"], tensors["embeddings"]
+    shapes = (table.dtype, table.shape, ids.dtype, ids.shape)
+    if shapes != (np.int16, (meta["vocab"], meta["dims"]), np.int64, (meta["vocab"],)):
+        raise StageError(
+            f"static table {folder}: embeddings {table.dtype} {table.shape}, token_ids {ids.dtype} {ids.shape}, "
+            f"expected int16 ({meta['vocab']}, {meta['dims']}) and int64 ({meta['vocab']},) as model.json says; "
+            "delete the folder and rerun to distill it again"
+        )
     tokenizer_path = str(Path(folder) / "tokenizer.json")
     size = Tokenizer.from_file(tokenizer_path).get_vocab_size(with_added_tokens=True)
     row_of = np.full(max(size, int(ids.max()) + 1), -1, dtype=np.int64)
@@ -247,7 +294,7 @@ def load_static(folder: str) -> StaticModel:
     unk = Tokenizer.from_file(tokenizer_path).token_to_id("[UNK]")
     if unk is not None:
         row_of[unk] = -1  # model2vec drops unknown tokens: a character the vocabulary lacks adds nothing
-    return StaticModel(Path(folder).name, tensors["embeddings"].astype(np.float64), row_of, tokenizer_path)
+    return StaticModel(Path(folder).name, table.astype(np.float64), row_of, tokenizer_path)
 
 
 @lru_cache(maxsize=2)

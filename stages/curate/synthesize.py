@@ -29,7 +29,9 @@ Generators:
 
 A call's content id is ``sha256(model files, prompt, generation params, call seed)``; its completion is cached under
 the id and :func:`stages.core.code.code_hash` of :mod:`stages.curate.llm` (the code that loads the model and samples),
-so an edit of that code generates again (with no version constant to bump) while the ids in the output stay. A
+so an edit of that code generates again (with no version constant to bump) while the ids in the output stay, and
+under the versions of the libraries that generate; an entry is checked before it is served (its checksum and the
+fields read here: :func:`stages.curate.generation.completion_cache`), and a damaged one is generated again. A
 call's seed comes from ``common.seed`` and the call itself, and sampling draws from a generator of that seed alone
 (Gumbel-max over the warped logits), so a call's output does not depend on the other prompts of its batch: a rerun
 with nothing changed makes zero model calls, and editing one document makes calls for that document's chunks only.
@@ -66,7 +68,6 @@ from stages.core import cli
 from stages.core import io as _io
 from stages.core import params as _params
 from stages.core import records as _records
-from stages.core.cache import JsonCache
 from stages.core.io import StageError
 from stages.core.records import Record, record_text
 from stages.curate import rules
@@ -77,6 +78,7 @@ from stages.curate.generation import (
     Call,
     cache_key,
     call_id,
+    completion_cache,
     completion_code,
     document_calls,
     read_seed_tasks,
@@ -191,7 +193,7 @@ def run(
     )
     code = completion_code()
     keys = {c.id: cache_key(c.id, code) for c in calls}
-    calls_cache = JsonCache(cache)
+    calls_cache = completion_cache(cache)  # every entry checked before it is served; a damaged one generated again
     done = {c.id: hit for c in calls if (hit := calls_cache.get(keys[c.id])) is not None}
     missing = [c for c in calls if c.id not in done]
     log.info("%d prompts: %d cached, %d to generate", len(calls), len(done), len(missing))

@@ -101,9 +101,10 @@ def run(
     tasks = _tasks.read_tasks(s.tasks)  # every file checked before a model is loaded
     engine = _engine.Engine(s, Path(inputs["model"]))
     rows, counts = _engine.evaluate(engine, tasks, Path(cache))
+    metrics = task_metrics(tasks, rows) | counts  # before the output: a stage writes nothing until its work is done
     with _io.atomic_outputs(outputs["out"]) as (tmp,):
         _io.write_table(tmp, _tables.to_table(rows))
-    return task_metrics(tasks, rows) | counts
+    return metrics
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -23,7 +23,8 @@ type, fields and limit, the task file's sha256 (a harness task: its rendered ite
 reads (multiple_choice: the prompt; generated types: the template keys that render prompts and
 ``max_new_tokens``), the settings its registry entry names, the versions of the libraries that compute the
 numbers, and :func:`stages.core.code.code_hash` of this module: the project source it runs (model loading, the
-tokenizer helpers, the harness, the scorers, ...), so any edit of that code evaluates again. A hit evaluates
+tokenizer helpers, the harness, the scorers, ...), so any edit of that code evaluates again. A hit is checked
+before it is served (checksum, rows for exactly the task's items: ``stages/probe/cache.py``) and evaluates
 nothing; adding a task evaluates only that task; when every task hits, no model is loaded.
 """
 
@@ -43,10 +44,10 @@ from tqdm import tqdm
 
 from stages.core import code as _code
 from stages.core import io as _io
-from stages.core.cache import JsonCache
 from stages.probe import behaviour as _behaviour
+from stages.probe import cache as _cache
 from stages.probe import scorers as _scorers
-from stages.probe.cache import key, version
+from stages.probe.cache import key
 from stages.probe.harness import quiet_harness
 from stages.probe.model import (
     ALPACA_STOP,
@@ -314,7 +315,6 @@ class Engine:
             "precision": s.resolved_precision(),
             "device": self.device,
             "batch_size": s.batch_size,
-            "versions": {p: version(p) for p in ("torch", "transformers", "peft", "bitsandbytes")},
         }
 
     def _generation_key(self) -> dict[str, Any]:
@@ -335,7 +335,6 @@ class Engine:
         if spec.evaluator == "generate":
             payload |= self._generation_key()
         payload["settings"] = {k: getattr(self.settings, k) for k in spec.settings}
-        payload["libraries"] = {p: version(p) for p in spec.libraries}
         return key(payload)
 
     def showcase_key(self) -> str:
@@ -349,12 +348,12 @@ def evaluate(engine: Engine, tasks: list[TaskData], cache_dir: Path) -> tuple[li
         The per-item rows of every task and of the showcase (columns of ``tables.SCHEMA``, scores as dicts), sorted by
         (task, item); and ``{"tasks_evaluated": n, "tasks_cached": n}`` (probe tasks only, not the showcase).
     """
-    cache = JsonCache(cache_dir)  # task key -> the task's per-item rows
+    cache = _cache.results_cache(cache_dir, __name__)  # task key -> the task's per-item rows, checked
     done: dict[str, list[Row]] = {}
     todo: list[TaskData] = []
     keys = {t.name: engine.task_key(t) for t in tasks}
     for t in tasks:
-        hit = cache.get(keys[t.name])
+        hit = _cache.hit(cache, t.name, keys[t.name], [i for i, _ in t.items])
         if hit is None:
             todo.append(t)
         else:
@@ -378,7 +377,7 @@ def evaluate(engine: Engine, tasks: list[TaskData], cache_dir: Path) -> tuple[li
     showcase: list[Row] = []
     if engine.settings.showcase_prompts:
         key = engine.showcase_key()
-        hit = cache.get(key)
+        hit = _cache.hit(cache, SHOWCASE, key, list(range(len(engine.settings.showcase_prompts))))
         if hit is None:
             start = time.perf_counter()
             hit = engine.showcase()

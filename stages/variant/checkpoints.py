@@ -29,17 +29,18 @@ reads it directly (bitsandbytes quantizes the linear weights to NF4 and keeps th
 while a float32 trainer upcasts it exactly. ``float32`` keeps the dequantized values bit for bit.
 
 Caching. The source's sha256 (of the GGUF file; of the file manifest for a directory), the dtype and the code that
-converts (the start of :func:`stages.core.code.code_hash` of this module: its source and what it imports) name the
-cache entry ``<cache>/<sha256>-<dtype>-<code>/``, so an edit of the conversion converts again, with no version
-constant to bump. The code is not written into the checkpoint: an edit that converts to the same bytes leaves the
-output as it was. A run whose output already holds the cached conversion does nothing; otherwise the cached
-conversion is copied (its bytes checked against the recorded sha256s on the way), and only a source never seen
-before (or seen by other code) is converted. The same source and dtype give the same bytes (tested), so a copy and
-a fresh conversion are interchangeable.
+converts (:func:`stages.core.code.code_hash` of this module: its source and what it imports, with the versions of
+the libraries that convert) name the cache entry ``<cache>/<sha256>-<dtype>-<code>/``, so an edit of the conversion
+or another library converts again, with no version constant to bump. The code is not written into the checkpoint: an
+edit that converts to the same bytes leaves the output as it was. A run whose output already holds the cached
+conversion does nothing; otherwise the cached conversion is copied (its bytes checked against the recorded sha256s
+on the way), and only a source never seen before (or seen by other code) is converted. The same source and dtype
+give the same bytes (tested), so a copy and a fresh conversion are interchangeable.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib.metadata
 import json
 import logging
@@ -50,6 +51,7 @@ from typing import Any
 
 from stages.core import code as _code
 from stages.core import io as _io
+from stages.core.cache import library_versions
 from stages.core.io import StageError
 from stages.core.params.variants import ModelSpec, parse_spec
 from stages.variant.sources import Source, copy_hashed, resolve, sha256_file
@@ -176,11 +178,22 @@ def _holds(dir_: Path, sha256: str, dtype: str, spec: str | None = None) -> dict
     return rec
 
 
+# The libraries that convert (their versions are part of a cache entry's name).
+LIBRARIES = ("gguf", "safetensors", "tokenizers", "torch", "transformers")
+
+
+def conversion_code() -> str:
+    """16 hex of the sha256 of :func:`stages.core.code.code_hash` of this module (the conversion's source and what
+    it imports) and the versions of :data:`LIBRARIES`: an edit of the conversion, or another library, converts
+    again."""
+    versions = json.dumps(library_versions(*LIBRARIES), sort_keys=True)
+    return hashlib.sha256(f"{_code.code_hash(__name__)}\0{versions}".encode()).hexdigest()[:16]
+
+
 def entry_path(cache_dir: Path, sha256: str, dtype: str) -> Path:
-    """The cache entry of the source with `sha256` converted to `dtype` by this code: ``<sha256>-<dtype>-<code>``,
-    where <code> is the start of :func:`stages.core.code.code_hash` of this module (the conversion's source and what
-    it imports), so an edit of the conversion converts again."""
-    return cache_dir / f"{sha256}-{dtype}-{_code.code_hash(__name__)[:16]}"
+    """The cache entry of the source with `sha256` converted to `dtype` by this code and these libraries:
+    ``<sha256>-<dtype>-<code>`` (:func:`conversion_code`)."""
+    return cache_dir / f"{sha256}-{dtype}-{conversion_code()}"
 
 
 def cached_conversion(source: Source, dtype: str, cache_dir: Path) -> tuple[Path, dict[str, Any]]:

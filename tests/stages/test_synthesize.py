@@ -15,7 +15,6 @@ import pytest
 from stages.core import io as _io
 from stages.core import params as _params
 from stages.core import records as _records
-from stages.core.cache import JsonCache
 from stages.core.io import StageError
 from stages.curate import generation, pairs, synthesize
 from tests.stages._code import printed_after_edits
@@ -333,7 +332,7 @@ def test_recorded_completions_go_through_every_filter(model_dir: Path, tmp_path:
         " What does a malformed line do?\nAnswer: As an AI model, I cannot say, but a malformed line stops the stage "
         "with the file and the line number.",
     ]
-    cache = JsonCache(tmp_path / "cache")
+    cache = generation.completion_cache(tmp_path / "cache")
     for key, text in zip(keys, completions, strict=True):
         # the prompt ends in "Question:", which the completion continues
         cache.put(key, {"completion": text, "new_tokens": 40, "finished": True})
@@ -417,7 +416,7 @@ def test_pairs_are_decontaminated_with_dedups_methods(model_dir: Path, tmp_path:
         f" Explain what provenance a record keeps.\nInput:\nOutput: {LONG_ANSWER}",
         f" Tell me which details travel with every record.\nInput:\nOutput: {LONG_ANSWER}",
     ]
-    cache = JsonCache(tmp_path / "cache")
+    cache = generation.completion_cache(tmp_path / "cache")
     for call_id, text in zip(ids, completions, strict=True):
         cache.put(generation.cache_key(call_id, code), {"completion": text, "new_tokens": 40, "finished": True})
     m = _run(params, curated, model_dir, tmp_path / "out", tmp_path / "cache")

@@ -2,7 +2,9 @@
 
 Every output of a stage is first written beside its final path and renamed
 only once the whole stage succeeded (:func:`atomic_outputs`), so an
-interrupted or failing stage leaves no half-written output behind.
+interrupted or failing stage leaves no half-written output behind. Temporary
+files and folders are named ``.<name>.tmp-<pid>[.<more>]``: what a killed stage
+left is removed by the next stage that starts beside it (:func:`clean_stale`).
 """
 
 from __future__ import annotations
@@ -12,7 +14,9 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
+import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -34,18 +38,74 @@ def _tmp_for(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp-{os.getpid()}")
 
 
+# a temporary name of this module's shape: `.pulled.tmp-812`, `..moderated.parquet.tmp-812.runs.k2j`, `.ab12.tmp-9.x`
+_TEMP = re.compile(r"^\..*\.tmp-(\d{1,7})(?:\..*)?$")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):  # another user's process (alive), or no pid at all (keep it)
+        return True
+    return True
+
+
+def clean_stale(folder: str | Path, *, own: bool = False) -> list[Path]:
+    """Remove the temporary files and folders that killed runs left in `folder`; the paths removed.
+
+    A temporary name (``.<name>.tmp-<pid>[.<more>]``) is stale when its process is gone; with `own`, this process's
+    are too (a stage's start, before it made any: a killed run in another container may have had this pid). A live
+    process's are kept. Each removal is logged.
+    """
+    try:
+        entries = sorted(Path(folder).iterdir())
+    except OSError:  # no such folder (yet), or not one: nothing left there
+        return []
+    removed = []
+    for entry in entries:
+        match = _TEMP.match(entry.name)
+        if match is None:
+            continue
+        pid = int(match.group(1))
+        if (pid == os.getpid() and not own) or (pid != os.getpid() and _alive(pid)):
+            continue
+        try:
+            _remove(entry)
+        except OSError as e:
+            log.warning("%s: left by a killed run (process %d), and could not be removed (%s)", entry, pid, e)
+            continue
+        log.warning("%s: removed, left by a killed run (process %d)", entry, pid)
+        removed.append(entry)
+    return removed
+
+
+def temp_dir(parent: str | Path, name: str) -> Path:
+    """A new, empty folder ``<parent>/.<name>.tmp-<pid>.<random>`` (mode 0o755), once the stale temporaries of
+    `parent` are removed: such a folder never outlives the next run that makes one beside it."""
+    parent = Path(parent)
+    parent.mkdir(parents=True, exist_ok=True)
+    clean_stale(parent)
+    tmp = Path(tempfile.mkdtemp(dir=parent, prefix=f".{name}.tmp-{os.getpid()}."))
+    tmp.chmod(0o755)  # mkdtemp's 0o700 would keep a shared cache from other users
+    return tmp
+
+
 @contextlib.contextmanager
 def atomic_outputs(*paths: str | Path) -> Iterator[list[Path]]:
     """Yield temporary paths for `paths`; rename them into place only if the block succeeds.
 
     A path may be a file or a directory (the block creates what it needs at the
     temporary path). On any exception every temporary path is removed and the
-    final paths are left untouched.
+    final paths are left untouched; what killed runs left beside them is removed
+    first (:func:`clean_stale`).
     """
     finals = [Path(p) for p in paths]
     tmps = [_tmp_for(p) for p in finals]
     for final, tmp in zip(finals, tmps, strict=True):
         final.parent.mkdir(parents=True, exist_ok=True)
+        clean_stale(final.parent)
         _remove(tmp)
     try:
         yield tmps

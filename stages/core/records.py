@@ -27,7 +27,6 @@ import hashlib
 import heapq
 import json
 import shutil
-import tempfile
 import unicodedata
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -36,7 +35,7 @@ from typing import Any, TypeVar
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from stages.core.io import ROW_GROUP_ROWS, StageError, parquet_writer, read_parquet, write_table
+from stages.core.io import ROW_GROUP_ROWS, StageError, parquet_writer, read_parquet, temp_dir, write_table
 
 KINDS = ("instruction", "conversation", "qa", "document", "restatement", "doc_qa")
 # the kinds whose content is `text` (the others: instruction/input/output or messages)
@@ -200,8 +199,7 @@ class RecordWriter:
 
     def _spill(self) -> None:
         if self._tmp is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._tmp = Path(tempfile.mkdtemp(dir=self.path.parent, prefix=f".{self.path.name}.runs."))
+            self._tmp = temp_dir(self.path.parent, f"{self.path.name}.runs")
         self.buffer.sort(key=_sort_key)
         rows = []
         for r in self.buffer:
@@ -260,8 +258,7 @@ class RecordSpool:
     intermediate that does not fit in memory). Removed by :meth:`close`."""
 
     def __init__(self, directory: str | Path, name: str = "spool") -> None:
-        Path(directory).mkdir(parents=True, exist_ok=True)
-        self.path = Path(tempfile.mkdtemp(dir=directory, prefix=f".{name}.")) / "records.parquet"
+        self.path = temp_dir(directory, name) / "records.parquet"
         self._writer: pq.ParquetWriter | None = pq.ParquetWriter(self.path, SCHEMA, compression="lz4")
         self.rows = 0
 

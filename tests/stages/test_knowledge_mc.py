@@ -95,6 +95,22 @@ def test_familiarity_catches_an_unseen_option() -> None:
     assert _facts.familiar_ratio(counts["x"]) == math.inf
 
 
+def test_no_trained_question_nears_a_held_out_one(facts: list[dict[str, Any]]) -> None:
+    """A qa_seen question trains; one that copies a document-only question but for a word would be dropped by dedup's
+    reference check (MinHash Jaccard 0.7 on 3-word shingles), losing the pair. Questions of one form about sibling
+    facts ("which pull format reads ...") stay: they teach the form, as QA on some facts is meant to."""
+
+    def shingles(text: str) -> set[tuple[str, ...]]:
+        words = _facts.normalize(text).replace("?", "").split()
+        return {tuple(words[i : i + 3]) for i in range(len(words) - 2)}
+
+    held = [(f["id"], shingles(f["question"])) for f in facts if f["split"] == "document_only"]
+    for f in (f for f in facts if f["split"] == "qa_seen"):
+        s = shingles(f["question"])
+        near = [(i, round(len(s & h) / len(s | h), 2)) for i, h in held if len(s & h) / len(s | h) >= 0.7]
+        assert not near, (f["id"], near)
+
+
 def test_probe_files_are_built_from_the_facts(facts: list[dict[str, Any]]) -> None:
     for split, name in (("document_only", "knowledge_mc.jsonl"), ("qa_seen", "knowledge_mc_seen.jsonl")):
         items = [json.loads(line) for line in (HELDOUT / name).read_text().splitlines() if line]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import importlib
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -67,7 +68,7 @@ def test_unknown_and_misspelled_keys_are_listed_with_allowed_names() -> None:
     msg = str(err.value)
     # one error lists every problem
     assert "moderate.toxicity.max_probabilty: unknown key" in msg
-    assert "allowed here: ['max_probability', 'min_words', 'task_patterns']" in msg
+    assert "allowed here: ['max_probability', 'min_words', 'task_patterns'" in msg
     assert "moderate.toxicity.max_probability: required key is missing" in msg
     assert "dedup.minhash.shingles: unknown key" in msg
     assert "trian: unknown key" in msg
@@ -133,3 +134,120 @@ def test_each_stage_reads_exactly_its_declared_params(tmp_path: Path) -> None:
         p = _params.load(ROOT / "params.yaml", module.PARAMS, overrides=overrides)
         module.run(p, inputs=inputs, outputs=outputs, **extra)
         assert p.read == set(module.PARAMS), module.__name__
+
+
+# --- the whole file, early ------------------------------------------------------------------------------------------
+
+
+def _write(tmp_path: Path, raw: dict) -> Path:
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def test_every_stage_validates_the_whole_file_before_any_work(tmp_path: Path) -> None:
+    """A typo in `report` stops pull (which reads only `pull`) before it writes anything; so does a new section."""
+    from stages.curate import pull
+
+    raw = copy.deepcopy(RAW)
+    raw["report"]["max_examples_per_reasn"] = raw["report"].pop("max_examples_per_reason")
+    raw["reprot"] = {}
+    path = _write(tmp_path, raw)
+    out, metrics = tmp_path / "pulled", tmp_path / "pull.json"
+    with pytest.raises(StageError) as err:
+        pull.main(["--params", str(path), "--out", str(out), "--metrics", str(metrics)])
+    msg = str(err.value)
+    assert "report.max_examples_per_reasn: unknown key" in msg and "report.max_examples_per_reason: required" in msg
+    assert "reprot: unknown key" in msg and "allowed here: ['common', 'pull'" in msg
+    assert not out.exists() and not metrics.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]
+    # the stage still reads (and declares to DVC) only its own keys
+    p = _params.load(ROOT / "params.yaml", pull.PARAMS)
+    with pytest.raises(_params.UndeclaredParam):
+        _ = p.report
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "expected"),
+    [
+        ("train.chat.learning_rate", float("inf"), "train.chat.learning_rate: expected a finite number"),
+        ("probe.confidence", float("nan"), "probe.confidence: expected a finite number"),
+        ("synthesize.generation.top_p", "-inf", "synthesize.generation.top_p: expected a finite number"),
+        ("common.seed", True, "common.seed: expected a number, got a boolean (true)"),
+        ("train.base.max_steps", False, "train.base.max_steps: expected a number, got a boolean (false)"),
+        ("tokenize.chat.mixture.kinds", {"document": True}, "tokenize.chat.mixture.kinds.document: expected a number"),
+        ("probe.tasks.0.limit", True, "probe.tasks.0.limit: expected a number, got a boolean (true)"),
+    ],
+)
+def test_non_finite_floats_and_booleans_for_numbers_are_refused(key: str, value: object, expected: str) -> None:
+    raw = copy.deepcopy(RAW)
+    *parents, last = key.split(".")
+    cur: Any = raw
+    for part in parents:
+        cur = cur[int(part)] if isinstance(cur, list) else cur[part]
+    cur[last] = value
+    with pytest.raises(StageError) as err:
+        validate(raw)
+    assert expected in str(err.value)
+    assert "1 problem(s)" in str(err.value)
+
+
+def _min_max_pairs(node: Any, at: str = "") -> list[tuple[str, str, str]]:
+    """(section path, min key, max key) of every min_<x> / max_<x> pair that params.yaml sets side by side."""
+    found = []
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if isinstance(key, str) and key.startswith("min_") and f"max_{key[4:]}" in node:
+                found.append((at, key, f"max_{key[4:]}"))
+            found += _min_max_pairs(value, f"{at}.{key}" if at else str(key))
+    elif isinstance(node, list):
+        for n, value in enumerate(node):
+            found += _min_max_pairs(value, f"{at}.{n}")
+    return found
+
+
+def test_every_min_max_pair_is_checked_against_each_other() -> None:
+    """Each pair of params.yaml set the wrong way round: one error names every pair with both values."""
+    pairs = _min_max_pairs(RAW)
+    assert {(at, low) for at, low, _ in pairs} >= {
+        ("moderate", "min_document_chars"),
+        ("synthesize.documents", "min_chunk_chars"),
+        ("synthesize.filters", "min_instruction_words"),
+    }
+    raw = copy.deepcopy(RAW)
+    for at, low, high in pairs:
+        section: Any = raw
+        for part in at.split("."):
+            section = section[int(part)] if isinstance(section, list) else section[part]
+        section[low] = section[high] + 1
+    with pytest.raises(StageError) as err:
+        validate(raw)
+    msg = str(err.value)
+    for at, low, high in pairs:
+        section = raw
+        for part in at.split("."):
+            section = section[int(part)] if isinstance(section, list) else section[part]
+        assert f"  - {at}: {low} ({section[low]}) is above {high} ({section[high]})" in msg
+    assert f"{len(pairs)} problem(s)" in msg
+    # equal is allowed
+    for at, low, high in pairs:
+        section = raw
+        for part in at.split("."):
+            section = section[int(part)] if isinstance(section, list) else section[part]
+        section[low] = section[high]
+    validate(raw)
+
+
+def test_harness_include_needs_the_trust_switch() -> None:
+    """A harness_include folder runs Python (`!function`): refused, naming the task and the switch, unless trusted."""
+    raw = copy.deepcopy(RAW)
+    assert raw["probe"]["trust_harness_code"] is False  # off in the demo
+    raw["probe"]["tasks"].append(
+        {"name": "own", "type": "multiple_choice", "harness_task": "own_mc", "harness_include": "data/h"}
+    )
+    with pytest.raises(StageError) as err:
+        validate(raw)
+    msg = str(err.value)
+    assert "probe.tasks 'own' (data/h): harness_include is code, not data" in msg
+    assert "set probe.trust_harness_code: true to run it" in msg
+    raw["probe"]["trust_harness_code"] = True
+    validate(raw)

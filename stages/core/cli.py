@@ -3,23 +3,28 @@
 A stage module declares a :class:`Stage` (its params keys, and the paths it reads and writes, each a flag of
 its ``cmd`` in dvc.yaml) and a ``run(params, *, inputs, outputs, ...)`` returning its metrics; its ``main`` is
 ``cli.main(STAGE, run)``, which parses the flags, loads and logs the declared params, calls ``run`` and writes
-the metrics atomically. A :class:`StageError` becomes one line and exit code 1 (no traceback).
+the metrics atomically. A :class:`StageError` becomes one line and exit code 1 (no traceback), and so do a full
+disk, a read-only folder and a missing permission (:func:`fault`: the path and what to do). What killed runs left
+beside the outputs and in the caches (temporary files and folders) is removed before the stage starts.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
 import json
 import logging
 import os
+import re
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from stages.core import params as _params
-from stages.core.io import StageError, atomic_outputs, write_json
+from stages.core.io import StageError, atomic_outputs, clean_stale, write_json
 
 log = logging.getLogger("steep")
 VARIANT = "${key}"  # in a per-variant stage's params keys: the variant (dvc.yaml's foreach key)
@@ -143,7 +148,12 @@ def main(
     if stage.per_variant:
         extra["variant"] = variant
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # tokenizers' threads beside torch's: a warning
-    metrics = run(params, inputs=inputs, outputs={name: getattr(args, name) for name in stage.outputs}, **extra)
+    outputs = {name: getattr(args, name) for name in stage.outputs}
+    caches = [extra[name] for name in stage.options]
+    written = [*outputs.values(), *([args.metrics] if stage.metrics else []), *caches]
+    clean_start(written, caches)
+    with faults(written):
+        metrics = run(params, inputs=inputs, outputs=outputs, **extra)
     if stage.metrics and metrics is not None:
         with atomic_outputs(args.metrics) as (tmp,):
             write_json(tmp, metrics)
@@ -167,10 +177,37 @@ def run_main(fn: Callable[[], None]) -> None:
     """Run a stage's main: a StageError becomes one clear message and exit code 1, no traceback."""
     setup_logging()
     try:
-        fn()
+        with faults(()):
+            fn()
     except StageError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
+
+
+def clean_start(outputs: Sequence[Path], caches: Sequence[Path]) -> None:
+    """Remove what killed runs left beside `outputs` and in the `caches` folders (and their subfolders): the
+    temporary names of :func:`stages.core.io.clean_stale`. This process has made none yet, so its pid counts too."""
+    folders = {Path(p).parent for p in outputs}
+    for cache in caches:
+        if cache.is_dir():
+            folders |= {cache, *(p for p in cache.iterdir() if p.is_dir() and not p.name.startswith("."))}
+    for folder in sorted(folders):
+        clean_stale(folder, own=True)
+
+
+@contextlib.contextmanager
+def faults(paths: Sequence[Path]) -> Iterator[None]:
+    """Turn a full disk, a read-only folder or a missing permission met inside the block into a StageError
+    (:func:`fault`; `paths`: the outputs and caches, named where the error names no file)."""
+    try:
+        yield
+    except StageError:
+        raise
+    except Exception as e:
+        err = fault(e, paths)
+        if err is None:
+            raise
+        raise err from None
 
 
 def log_params(name: str, params: Any) -> None:
@@ -180,3 +217,78 @@ def log_params(name: str, params: Any) -> None:
     else:
         dump = params.model_dump() if hasattr(params, "model_dump") else params
     log.info("%s params: %s", name, json.dumps(dump, sort_keys=True, default=str))
+
+
+# --- faults of the machine: a full disk, a read-only folder, a missing permission --------------------------------
+
+_FAULTS = {
+    errno.ENOSPC: "no space left on the device (the disk is full)",
+    errno.EDQUOT: "the disk quota is used up",
+    errno.EROFS: "the file system is read-only",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+}
+# libraries that raise no OSError (sqlite3, safetensors, pyarrow's messages) say it in words or as a number
+_FAULT_WORDS = (
+    ("no space left on device", errno.ENOSPC),
+    ("database or disk is full", errno.ENOSPC),
+    ("disk quota exceeded", errno.EDQUOT),
+    ("read-only file system", errno.EROFS),
+    ("readonly database", errno.EROFS),
+    ("permission denied", errno.EACCES),
+)
+_FAULT_NUMBER = re.compile(r"\[errno (\d+)\]|os error (\d+)|\bcode: (\d+)", re.IGNORECASE)
+_QUOTED_PATH = re.compile(r"'([^'\s]*/[^']*)'")
+
+
+def _fault_of(exc: BaseException) -> int | None:
+    if isinstance(exc, OSError) and exc.errno in _FAULTS:
+        return exc.errno
+    text = str(exc)
+    for m in _FAULT_NUMBER.finditer(text):
+        code = int(next(g for g in m.groups() if g is not None))
+        if code in _FAULTS:
+            return code
+    return next((code for words, code in _FAULT_WORDS if words in text.lower()), None)
+
+
+def fault(exc: BaseException, paths: Sequence[str | Path] = ()) -> StageError | None:
+    """The StageError for a full disk, a read-only folder or a missing permission, naming the path and the fix.
+
+    Looks through `exc` and what it was raised from; None for any other failure. The path is the one the error
+    names, else `paths` (the outputs and caches of the stage that failed).
+    """
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        code = _fault_of(exc)
+        if code is not None:
+            break
+        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
+    else:
+        return None
+    named = getattr(exc, "filename", None) or next(iter(_QUOTED_PATH.findall(str(exc))), None)
+    if named:
+        where = Path(named)
+        if where.name.startswith(".") and ".tmp-" in where.name:  # an output before its rename: name its folder
+            where = where.parent
+    else:
+        where = Path(paths[0]) if paths else Path(".")
+    folder = where if where.is_dir() else where.parent
+    shown = f"{where}" if named else "one of " + ", ".join(map(str, paths)) if paths else "a file of the stage"
+    if code in (errno.ENOSPC, errno.EDQUOT):
+        fix = (
+            f"free space on the file system that holds it (`df -h {folder}` shows it; `dvc gc -w` removes the old "
+            "outputs DVC keeps), then rerun: outputs are renamed into place only when complete, so none is half-written"
+        )
+    elif code == errno.EROFS:
+        fix = (
+            "the stage writes its outputs and caches there: run it where they can be written (a writable copy of the "
+            "project, or the file system remounted read-write)"
+        )
+    else:
+        fix = (
+            f"let the user running the stage read and write there (`ls -ld {folder}` shows the owner and mode; "
+            "`chmod u+rw` or `chown` it), or run the stage as its owner"
+        )
+    return StageError(f"{shown}: {_FAULTS[code]}. Fix: {fix}")

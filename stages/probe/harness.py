@@ -16,6 +16,10 @@ multiple-choice task (a generated task YAML through ``simple_evaluate``), so the
 harness's on the same contexts and continuations (tests/stages/test_harness_tasks.py holds them to a direct
 ``simple_evaluate`` of the named task). The items' sha256 stands in for a task file's in the probe cache key.
 
+A ``harness_include`` folder is code: the harness imports and runs the Python its YAMLs name (``process_docs: !function
+utils.process_docs``). The params refuse such a task unless ``probe.trust_harness_code`` is true
+(:class:`stages.core.params.probe.Probe`), and :func:`load` logs the folder whose code runs.
+
 This module imports no other probe module (``stages/probe/tasks.py`` turns what :func:`read` returns into a task).
 """
 
@@ -33,6 +37,8 @@ from typing import Any, NamedTuple
 
 from stages.core.io import StageError
 from stages.core.params.probe import ProbeTask
+
+log = logging.getLogger("steep")
 
 # simple_evaluate's default fewshot_random_seed (lm_eval.defaults.DEFAULT_OTHER_SEED)
 FEWSHOT_SEED = 1234
@@ -88,6 +94,8 @@ def load(task: ProbeTask) -> Any:
     if include is not None and not Path(include).is_dir():
         raise StageError(f"{include}: harness_include of {where} is not a folder; fix the path (relative to the "
                          "project root) or remove it")  # fmt: skip
+    if include is not None:  # the params allowed it (probe.trust_harness_code); say what runs
+        log.warning("%s: runs the task YAMLs of %s and any Python they name (probe.trust_harness_code)", where, include)
     manager = task_manager(str(include) if include is not None else None)
     name = task.harness_task
     if name in manager.all_groups or name in manager.all_tags:

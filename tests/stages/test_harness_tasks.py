@@ -85,7 +85,8 @@ def _entry(harness_dir: Path, name: str = "local_mc", **over: Any) -> dict[str, 
 
 
 def _run_baseline(tiny: dict[str, Path], tmp: Path, tasks: list[dict[str, Any]], model: Path | None = None) -> Any:  # noqa: F811
-    params = _params.load(_params_file(tmp / "params.yaml", tasks), baseline.STAGE.keys("chat"))
+    path = _params_file(tmp / "params.yaml", tasks, trust_harness_code=True)  # harness_include runs its Python
+    params = _params.load(path, baseline.STAGE.keys("chat"))
     inputs, outputs = {"model": model or tiny["model"]}, {"out": tmp / "base.parquet"}
     return baseline.run(params, variant="chat", inputs=inputs, outputs=outputs, cache=tmp / "cache")
 
@@ -173,12 +174,30 @@ def test_harness_task_errors_before_any_model_loads(
     harness_dir: Path, tmp_path: Path, entry: dict[str, Any], match: str
 ) -> None:
     # the model directory does not exist: every error comes from reading the tasks, first
-    params = _params.load(_params_file(tmp_path / "params.yaml", [_entry(harness_dir) | entry]),
-                          baseline.STAGE.keys("chat"))  # fmt: skip
+    path = _params_file(tmp_path / "params.yaml", [_entry(harness_dir) | entry], trust_harness_code=True)
+    params = _params.load(path, baseline.STAGE.keys("chat"))
     with pytest.raises(StageError, match=match):
         baseline.run(params, variant="chat", inputs={"model": tmp_path / "none"}, outputs={"out": tmp_path / "o"},
                      cache=tmp_path / "cache")  # fmt: skip
     assert not (tmp_path / "o").exists()
+
+
+def test_harness_include_runs_only_when_trusted(harness_dir: Path, tmp_path: Path) -> None:
+    """The folder's utils.py is code the harness would import: without probe.trust_harness_code the params are refused
+    (every stage, before any work), naming the task and the switch, and nothing of the folder runs."""
+    folder, ran = tmp_path / "tasks", tmp_path / "ran"
+    folder.mkdir()
+    (folder / "marker.yaml").write_text(_yaml("local_marker", harness_dir.parent, process_docs="!function marker.run"))
+    (folder / "marker.py").write_text(f"def run(dataset):\n    open({str(ran)!r}, 'w').close()\n    return dataset\n")
+    path = _params_file(tmp_path / "params.yaml", [_entry(folder, "local_marker")])
+    with pytest.raises(StageError, match=r"probe\.tasks 'hmc' \(.*\): harness_include is code, not data.*set "
+                       r"probe\.trust_harness_code: true"):  # fmt: skip
+        _params.load(path, baseline.STAGE.keys("chat"))
+    assert not ran.exists()
+    # trusted: the task loads, and the folder's Python ran
+    path = _params_file(tmp_path / "p.yaml", [_entry(folder, "local_marker")], trust_harness_code=True)
+    (data,) = _tasks.read_tasks(list(_params.load(path, baseline.STAGE.keys("chat")).probe.tasks))
+    assert len(data.items) == len(TEST) and ran.exists()
 
 
 @pytest.mark.parametrize(

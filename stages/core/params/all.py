@@ -1,7 +1,8 @@
 """The whole of `params.yaml` validated at once: every section, and the checks across sections.
 
-Stages validate only the sections they read (:func:`stages.core.params.base.load`); this module is for a
-check of the whole file: ``python -m stages.core.params.all params.yaml`` (and the tests).
+Every stage validates the whole file through this module before it does any work
+(:func:`stages.core.params.base.load`, which imports it by name), and so does
+``python -m stages.core.params.all params.yaml``: unknown sections are refused, and the variants' sections agree.
 """
 
 from __future__ import annotations

@@ -6,27 +6,100 @@ value given and the names allowed there. Defaults live in ``params.yaml`` only;
 the few optional per-source keys below are optional because most sources do
 not need them, not to hide a default.
 
-A stage declares the keys it reads in ``PARAMS`` (the same list as its
-``params:`` in ``dvc.yaml``) and receives a :class:`Scoped` view that refuses
-any other key and records what was read, so a test can hold the code, the
-declaration and ``dvc.yaml`` to one another.
+Every section refuses what lax parsing would take silently: a non-finite
+float (``.inf``, ``nan``), a boolean where a number is expected (``seed:
+true`` is not 1), and a ``min_<x>`` above its ``max_<x>``.
+
+A stage validates the whole file before it does any work (:func:`load`): a
+typo in any section stops every stage. It declares the keys it reads in
+``PARAMS`` (the same list as its ``params:`` in ``dvc.yaml``) and receives a
+:class:`Scoped` view that refuses any other key and records what was read, so
+a test can hold the code, the declaration and ``dvc.yaml`` to one another.
 """
 
 from __future__ import annotations
 
 import importlib
 import string
+import types
 from pathlib import Path
-from typing import Any, get_args, get_origin
+from typing import Annotated, Any, Union, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError, create_model
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from stages.core.io import StageError
 
 
+class BoolForNumber:
+    """A boolean given where a number is expected, put in its place so that the number's own check fails there.
+
+    Pydantic's lax mode reads ``true`` as 1 for an int or a float; in a numeric key a boolean is a slip, not a 1.
+    Swapped for this marker before validation, it fails as "not a valid integer" at its own key, beside every
+    other problem of the file, and :func:`format_errors` says what it was.
+    """
+
+    def __init__(self, value: bool) -> None:
+        self.value = value
+
+    def __repr__(self) -> str:
+        return repr(self.value)
+
+
+def _mark_bools(value: Any, ann: Any) -> Any:
+    """`value` with every boolean that `ann` expects a number in (at any depth of lists and dicts) marked."""
+    while get_origin(ann) is Annotated:
+        ann = get_args(ann)[0]
+    origin, args = get_origin(ann), get_args(ann)
+    if origin in (Union, types.UnionType):
+        arms = [a for a in args if a is not type(None)]
+        if bool in arms:
+            return value
+        for arm in arms:
+            marked = _mark_bools(value, arm)
+            if marked is not value:
+                return marked
+        return value
+    if isinstance(value, bool):
+        return BoolForNumber(value) if ann in (int, float) else value
+    if origin in (list, tuple, set, frozenset) and isinstance(value, list) and args:
+        marked = [_mark_bools(v, args[0]) for v in value]
+        return marked if any(m is not v for m, v in zip(marked, value, strict=True)) else value
+    if origin is dict and isinstance(value, dict) and len(args) == 2:
+        items = [(_mark_bools(k, args[0]), _mark_bools(v, args[1])) for k, v in value.items()]
+        changed = any(k2 is not k or v2 is not v for (k2, v2), (k, v) in zip(items, value.items(), strict=True))
+        return dict(items) if changed else value
+    return value
+
+
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    """A model of params.yaml: unknown keys, non-finite floats, booleans for numbers and min > max refused."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_bool_for_number(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        fields = cls.model_fields
+        return {k: _mark_bools(v, fields[k].annotation) if k in fields else v for k, v in data.items()}
+
+    @model_validator(mode="after")
+    def _min_not_above_max(self) -> Section:
+        """Every ``min_<x>`` / ``max_<x>`` pair of a model, checked against each other (None: not set)."""
+        fields = type(self).model_fields
+        problems = []
+        for name in fields:
+            top = f"max_{name[4:]}"
+            if not name.startswith("min_") or top not in fields:
+                continue
+            low, high = getattr(self, name), getattr(self, top)
+            if isinstance(low, int | float) and isinstance(high, int | float) and low > high:
+                problems.append(f"{name} ({low}) is above {top} ({high})")
+        if problems:
+            raise ValueError("; ".join(problems) + ": a minimum cannot exceed its maximum")
+        return self
 
 
 def unique_names(entries: list[Any], what: str) -> list[Any]:
@@ -89,6 +162,7 @@ def _walk(model: type[BaseModel], loc: tuple[Any, ...]) -> tuple[str, list[str] 
 def format_errors(err: ValidationError, model: type[BaseModel], path: str) -> str:
     """One message listing every problem: key, value given, and what is allowed."""
     lines = [f"{path}: {err.error_count()} problem(s) in the params:"]
+    bools: set[str] = set()
     for e in err.errors():
         loc = tuple(e["loc"])
         key = _walk(model, loc)[0] or "(top level)"
@@ -103,9 +177,17 @@ def format_errors(err: ValidationError, model: type[BaseModel], path: str) -> st
             )
         elif e["type"] == "missing":
             lines.append(f"  - {key}: required key is missing (every key is set in params.yaml)")
+        elif isinstance(e["input"], BoolForNumber):
+            if key not in bools:  # a union of number types fails once per type: one line
+                bools.add(key)
+                lines.append(f"  - {key}: expected a number, got a boolean ({str(e['input'].value).lower()})")
+        elif e["type"] == "finite_number":
+            lines.append(f"  - {key}: expected a finite number; .inf and .nan are refused (got {e['input']!r})")
         else:
             msg = e["msg"].removeprefix("Value error, ")
-            lines.append(f"  - {key}: {msg} (got {e['input']!r})")
+            # a check across keys of a model names its keys and values itself; the whole mapping adds nothing
+            got = "" if isinstance(e["input"], dict) else f" (got {e['input']!r})"
+            lines.append(f"  - {key}: {msg}{got}")
     return "\n".join(lines)
 
 
@@ -175,32 +257,6 @@ def read_yaml(path: str | Path) -> Any:
         raise StageError(f"{path}: not valid YAML: {e}") from None
 
 
-def section_type(name: str) -> Any:
-    """The type of top-level key `name`: ``SECTION`` of its module ``stages.core.params.<name>``."""
-    try:
-        module = importlib.import_module(f"stages.core.params.{name}")
-    except ModuleNotFoundError:
-        raise StageError(f"params key {name!r} is no section of params.yaml") from None
-    return module.SECTION
-
-
-def model_of(sections: list[str] | tuple[str, ...]) -> type[Section]:
-    """A model of the top-level `sections` only: a stage validates the sections it reads, nothing else."""
-    fields: dict[str, Any] = {name: (section_type(name), ...) for name in sections}
-    return create_model("Params", __base__=Section, **fields)
-
-
-def validate_sections(raw: Any, sections: list[str] | tuple[str, ...], path: str = "params.yaml") -> Section:
-    """Validate the top-level `sections` of a parsed params mapping; raise StageError listing every problem."""
-    if not isinstance(raw, dict):
-        raise StageError(f"{path}: expected a mapping of sections at the top level, got {type(raw).__name__}")
-    model = model_of(sections)
-    try:
-        return model.model_validate({k: v for k, v in raw.items() if k in sections})
-    except ValidationError as err:
-        raise StageError(format_errors(err, model, path)) from None
-
-
 def scope(params: BaseModel, keys: tuple[str, ...] | list[str]) -> Scoped:
     """Limit validated params to `keys`, checking each key exists."""
     for key in keys:
@@ -218,10 +274,15 @@ def scope(params: BaseModel, keys: tuple[str, ...] | list[str]) -> Scoped:
 
 
 def load(path: str | Path, keys: tuple[str, ...] | list[str], overrides: dict[str, Any] | None = None) -> Scoped:
-    """Read `path`, validate the sections `keys` fall in, and scope them to `keys`.
+    """Read `path`, validate the whole file, and scope it to `keys`.
 
-    `overrides` maps dotted keys to values (for tests). Only the schema modules of those sections are imported,
-    so a stage's code depends on the schema of what it reads and nothing else.
+    Every section is checked, not only those `keys` fall in: a typo in ``report`` stops ``dvc repro pull`` before
+    it does any work, and one error lists every problem of the file. The stage still reads (and declares to DVC)
+    only `keys`. The whole file's schema (:mod:`stages.core.params.all`) is imported by name, so a stage's code deps
+    in dvc.yaml (:func:`stages.core.code.stage_deps`) hold the schema of the sections it reads, not of every
+    section: like another stage's keys, another section's schema can stop the stage, never change its outputs.
+
+    `overrides` maps dotted keys to values (for tests), applied before validation.
     """
     path = Path(path)
     raw = read_yaml(path)
@@ -231,5 +292,5 @@ def load(path: str | Path, keys: tuple[str, ...] | list[str], overrides: dict[st
         for part in parents:
             cur = cur[part]
         cur[last] = value
-    sections = sorted({k.split(".", 1)[0] for k in keys})
-    return scope(validate_sections(raw, sections, str(path)), keys)
+    whole = importlib.import_module("stages.core.params.all")
+    return scope(whole.validate(raw, str(path)), keys)

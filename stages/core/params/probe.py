@@ -82,6 +82,8 @@ class Probe(Section):
     bertscore_model: str
     showcase_prompts: list[str]
     tasks: list[ProbeTask] = Field(min_length=1)
+    # harness_include folders are code: a task YAML's `!function` imports and runs Python from its folder
+    trust_harness_code: bool
 
     @field_validator("multiple_choice_prompt")
     @classmethod
@@ -92,6 +94,17 @@ class Probe(Section):
     @classmethod
     def _unique(cls, value: list[ProbeTask]) -> list[ProbeTask]:
         return unique_names(value, "task")
+
+    @model_validator(mode="after")
+    def _trusted(self) -> Probe:
+        untrusted = [f"{t.name!r} ({t.harness_include})" for t in self.tasks if t.harness_include is not None]
+        if untrusted and not self.trust_harness_code:
+            raise ValueError(
+                f"probe.tasks {', '.join(untrusted)}: harness_include is code, not data: lm-evaluation-harness "
+                "imports and runs the Python a task YAML names there (`!function`). Read the folder, then set "
+                "probe.trust_harness_code: true to run it (or remove harness_include)"
+            )
+        return self
 
 
 # The type of the top-level key; what load() validates it against.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, field_validator
 
 from stages.core.params.base import Section, check_placeholders
 from stages.core.params.variants import ModelSpec
@@ -66,15 +66,7 @@ class SynthFilters(Section):
     max_rouge_l: float = Field(gt=0, le=1)
     min_answer_overlap_ratio: float = Field(ge=0, le=1)
     use_moderate_rules: bool
-
-    @model_validator(mode="after")
-    def _bounds(self) -> SynthFilters:
-        if self.min_instruction_words > self.max_instruction_words:
-            raise ValueError(
-                f"min_instruction_words ({self.min_instruction_words}) is above max_instruction_words "
-                f"({self.max_instruction_words})"
-            )
-        return self
+    # min_instruction_words <= max_instruction_words: checked by Section, as every min_*/max_* pair
 
 
 class Synthesize(Section):

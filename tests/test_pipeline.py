@@ -443,7 +443,8 @@ def test_chat_trains_on_documents_as_text_three_times(repo: Path) -> None:
         assert start not in row["input_ids"] and row["labels"] == [-100, *row["input_ids"][1:]]
     assert copies and set(copies.values()) == {3}, copies  # each document chunk three times, no more
     assert m["train_tokens_document"] == document_tokens > 0
-    assert m["train_tokens"] == sum(m[f"train_tokens_{k}"] for k in ("instruction", "conversation", "qa", "document"))
+    kinds = ("instruction", "conversation", "qa", "document", "restatement", "doc_qa")
+    assert m["train_tokens"] == sum(m[f"train_tokens_{k}"] for k in kinds)
     assert json.loads((repo / "metrics/train_chat.json").read_text())["steps"] > 0
 
 

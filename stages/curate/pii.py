@@ -20,15 +20,15 @@ What is left alone, because it names no one:
   amex, credit, debit, payment) before it, published test numbers (4111 1111 1111 1111, ...), three or
   fewer distinct digits.
 * email: reserved domains (RFC 2606/6761: example.com/.net/.org, *.example, *.test, *.invalid,
-  *.localhost, *.local), placeholder domains (domain.com, company.com, email.com, ...), placeholder
-  mailboxes (user@, your.email@, my_gmail_address@, email123@, john.doe@, ...), an organisation's role or
+  *.localhost, *.local), placeholder domains (domain.com, company.com, example2.com, ...), placeholder
+  mailboxes (you@, your.email@, my_gmail_address@, email123@, john.doe@, ...), an organisation's role or
   campaign mailbox (info@, support@, promotions@, customer.service@, noreply-alerts@, orders@, ...), a public
   submission inbox ("send your photos to ...", "write to ..."), and a domain whose suffix is not a public
   suffix (``icon@2x.png``).
 * ip_address: anything not globally routable (private 10/8, 172.16/12, 192.168/16, loopback, link-local,
   shared 100.64/10, documentation 192.0.2/24, 198.51.100/24, 203.0.113/24, 2001:db8::/32), multicast,
-  version strings (``v1.2.3.4``, ``version 10.0.1.2``) and an address right after server, dns, ntp,
-  resolver, gateway or proxy (``server 192.43.244.18``: infrastructure).
+  version strings (``v1.2.3.4``), an address after server, dns, ntp, resolver, gateway, proxy or ping, the
+  public resolvers (8.8.8.8, 1.1.1.1, ...: infrastructure), an IPv6 shape of under three groups (``[::2]``).
 * api_key: key shapes of the big providers and long values assigned to a secret name; a value without both
   letters and digits (``YOUR_API_KEY_HERE``) or holding ``EXAMPLE`` (AWS's documented
   ``AKIAIOSFODNN7EXAMPLE``) is a placeholder.
@@ -89,7 +89,8 @@ _DATE_OR_YEARS = re.compile(
 _TRIGGER = re.compile(r"[0-9@]")
 _VERSION_BEFORE = re.compile(r"(?i)(?:\bv|\bversion\s?|\bver\.?\s?|\brelease\s?)$")
 # a well-known server's address (a time server, a public resolver) is infrastructure, not a person's
-_SERVER_BEFORE = re.compile(r"(?i)\b(?:server|dns|nameserver|resolver|ntp|gateway|proxy)\b\W{0,3}$")
+_SERVER_BEFORE = re.compile(r"(?i)\b(?:server|dns|nameserver|resolver|ntp|gateway|proxy|ping|traceroute)\b\W{0,3}$")
+_PUBLIC_RESOLVER = re.compile(r"8\.8\.[48]\.[48]|1\.[01]\.[01]\.1|9\.9\.9\.9|208\.67\.22[02]\.22[02]")
 _API_KEY = re.compile(
     r"\bsk-(?:proj-|svcacct-|ant-)?[A-Za-z0-9_-]{20,}"
     r"|\b(?:AKIA|ASIA)[0-9A-Z]{16}\b"
@@ -145,7 +146,7 @@ _ROLE_MAILBOX = re.compile(
 )
 # a placeholder a writer puts where an address goes: "your_email@", "my_gmail_address@", "email123@", "yourname@"
 _PLACEHOLDER_MAILBOX = re.compile(
-    r"(?:your|my|our|sample|fake|dummy|placeholder|example|test|user)"
+    r"(?:your?|my|our|sample|fake|dummy|placeholder|example|test|user)"
     r"(?:[._-]?(?:e-?mail|name|address|mail|user(?:name)?|account|id|login))?(?:[._-]\w+)?\d*"
     r"|(?:\w+[._-])?(?:e-?mail|address|username|mailbox)(?:[._-]\w+|\d+)?"
 )
@@ -225,6 +226,8 @@ def _emails(text: str, suffix_of: Callable[[str], str]) -> Iterable[tuple[int, i
         tld = domain.rsplit(".", 1)[-1]
         if tld in _RESERVED_TLDS or domain in _PLACEHOLDER_DOMAINS or user in _PLACEHOLDER_USERS:
             continue
+        if re.match(r"(?:example|sample|test|fake|dummy)\d*\.", domain):  # "jane@example2.com"
+            continue
         if _ROLE_MAILBOX.fullmatch(user) or _PLACEHOLDER_MAILBOX.fullmatch(user):
             continue
         if _PUBLIC_INBOX_BEFORE.search(text, max(0, m.start() - 60), m.start()):
@@ -241,12 +244,9 @@ def _ips(text: str) -> Iterable[tuple[int, int]]:
         except ValueError:
             continue
         before = text[max(0, m.start() - 12) : m.start()]
-        if (
-            ip.is_global
-            and not ip.is_multicast
-            and not _VERSION_BEFORE.search(before)
-            and not _SERVER_BEFORE.search(before)
-        ):
+        code = ip.version == 6 and len([g for g in m.group().split(":") if g]) < 3  # "[::2]": a slice in code
+        infra = _PUBLIC_RESOLVER.fullmatch(m.group()) or _VERSION_BEFORE.search(before) or _SERVER_BEFORE.search(before)
+        if ip.is_global and not ip.is_multicast and not code and not infra:
             yield m.span()
 
 

@@ -235,23 +235,25 @@ def wrong_language(record: Record, cfg: Moderate) -> Verdict:
     output, a list of Latin species or a lorem-ipsum input is English data when one sentence of its request
     reads as English with ``min_confidence``, or the request as a whole does (an allowed language is its
     most likely one, probability >= 0.5). A request too short or too mixed to be judged with
-    ``min_confidence`` otherwise falls back to the request with the answer.
+    ``min_confidence`` otherwise falls back to the request with the answer (the answer alone where the
+    request is too short without its quoted material).
     """
     lang_cfg = cfg.language
     request = signals.unquoted(_request_text(record))
     found = signals.language(request, lang_cfg)
     if found is not None and found[0] in lang_cfg.allowed and found[1] >= 0.5:
         return KEEP  # the request reads as an allowed language more than as any other
-    if found is not None and found[1] >= lang_cfg.min_confidence:
-        lang, prob = found
     for sentence in signals.sentences(request):
         said = signals.language(sentence, lang_cfg)
         if said is not None and said[0] in lang_cfg.allowed and said[1] >= lang_cfg.min_confidence:
             return KEEP  # the task is asked in an allowed language, about material in another
+    if found is not None and found[1] >= lang_cfg.min_confidence:
+        lang, prob = found
         where = "request"
     else:
         answers = [t for _, t in _answers(record)] if record["kind"] not in TEXT_KINDS else []
-        found = signals.language("\n\n".join([request, *answers]), lang_cfg)
+        # a request that is all quoted material says nothing of the task's language: the answer does
+        found = signals.language("\n\n".join(answers if found is None else [request, *answers]), lang_cfg)
         if found is None or found[1] < lang_cfg.min_confidence:
             return KEEP
         lang, prob = found

@@ -16,58 +16,10 @@ from typing import Any
 
 from stages.core.params.moderate import Language, Repetition
 
-# Words a finished sentence does not end on.
+# Words a finished sentence does not end on: articles, conjunctions, possessives, "of", "as", "than". A stranded
+# preposition ends many ("someone to swim with", "what it is made of"... but "of" rarely), and so does a verb.
 _DANGLING = frozenset(
-    [
-        "a",
-        "an",
-        "the",
-        "and",
-        "or",
-        "but",
-        "nor",
-        "of",
-        "to",
-        "in",
-        "on",
-        "at",
-        "by",
-        "for",
-        "with",
-        "from",
-        "as",
-        "that",
-        "which",
-        "whose",
-        "because",
-        "if",
-        "than",
-        "these",
-        "those",
-        "their",
-        "its",
-        "his",
-        "her",
-        "my",
-        "your",
-        "our",
-        "is",
-        "are",
-        "was",
-        "were",
-        "been",
-        "such",
-        "can",
-        "could",
-        "would",
-        "should",
-        "will",
-        "shall",
-        "must",
-        "may",
-        "might",
-        "i",
-    ]
+    "a an the and or but nor of as than because if whose their its my your our such can".split()  # noqa: SIM905
 )
 _CODE_BLOCK = re.compile(r"```.*?(?:```|\Z)|`[^`\n]*`", re.S)
 _FENCED = re.compile(r"```.*?(?:```|\Z)", re.S)
@@ -88,11 +40,12 @@ def truncation(text: str, min_words: int) -> str | None:
     An open code fence is always a cut. Otherwise only texts of at least `min_words` words are judged, and
     only on evidence that a sentence was left open: a last character that continues a sentence (a comma, a
     colon, a dash, an opening bracket, an ampersand) or a last word that no finished sentence ends on ("the",
-    "and", "of", "can"). A missing period alone is no evidence: extractive answers, titles, hashtags, list
-    items, verse and code end without one. Neither is a ``;`` (a statement of code or SQL ends on it, as a
-    block ends on its closing bracket), an emoticon (``:(``), an open range after a number ("2012–"), a
-    tokenized closing bracket (``-rrb-``), a comma after a finished sentence ("what?,"), the blank last field
-    of a form (two or more lines end on a colon), or a last word that is code (``$a``).
+    "and", "of", "can"; not a stranded preposition: "someone to swim with"). A missing period alone is no
+    evidence: extractive answers, titles, hashtags, list items, verse and code end without one. Neither is a
+    ``;`` (a statement of code or SQL ends on it, as a block ends on its closing bracket), an emoticon
+    (``:(``, ``-_-``), an open range after a number ("2012–"), a tokenized closing bracket (``-rrb-``), a
+    comma after a finished sentence ("what?,"), a mark after a list item's value, the blank last field of a
+    form (two or more lines end on a colon), or a last word that is code (``$a``).
     """
     if text.count("```") % 2:
         return "ends inside an open code fence"
@@ -115,7 +68,9 @@ def truncation(text: str, min_words: int) -> str | None:
 
 
 # a last token that closes what it opened: an emoticon ":(" ";-[" "D:", or a tokenized bracket "-rrb-"
-_CLOSED_TOKEN = re.compile(r"(?i)(?:^|\s)(?:[:;=8x][-'^o]?[()\[\]{}<>|/\\]+|[()\[\]{}<>|/\\dD][-'^o]?[:;=]|-r[rsc]b-)$")
+_CLOSED_TOKEN = re.compile(
+    r"(?i)(?:[:;=][-'^o]?[()\[\]{}<>|/\\]+|(?:^|\s)[()\[\]{}<>|/\\dD][-'^o]?[:;=]|(?:^|\s)(?:-_-|\^_\^|t_t|-r[rsc]b-))$"
+)
 
 
 def _complete_ending(body: str, lines: list[str]) -> bool:
@@ -123,8 +78,10 @@ def _complete_ending(body: str, lines: list[str]) -> bool:
     last = body[-1]
     if _CLOSED_TOKEN.search(body):
         return True
-    if last in "-–—" and (lines[-1].startswith(("-", "*")) or body[-2:-1].isdigit()):
-        return True  # a markdown rule, an empty list item, an open range "2012–"
+    if _LIST_ITEM.match(lines[-1]) or re.fullmatch(r"[-*_=•]+", lines[-1]):
+        return True  # a list item or a value in a list ("- venue is the convention center ,"), a markdown rule
+    if last in "-–—" and body[-2:-1].isdigit():
+        return True  # an open range "2012–"
     if last in ",:" and len(body) > 1 and body.rstrip(",: ")[-1:] in ".?!":
         return True  # a stray mark after a finished sentence: "which will cause what?,"
     # a form left to fill in: two or more short lines end on a colon ("Name:", "Signature:")
@@ -189,22 +146,24 @@ _KEY_VALUE = re.compile(r"^\"?[^\s:\"][^:\n]{0,39}\"?:(?:\s|$)")
 
 
 def _prose_lines(text: str) -> list[str]:
-    """The lines of `text` that are prose: fenced code, table rows and structure lines left out."""
+    """The lines of `text` that are prose: fenced code, table rows, structure lines and enumerations left out."""
     text = _TABLE_ROW.sub("", _FENCED.sub("", text))
-    lines = (line.strip() for line in text.splitlines())
-    return [
+    lines = [
         line
-        for line in lines
+        for line in (raw.strip() for raw in text.splitlines())
         if line
         and not _CODE_LINE.search(line)
         and not _LIST_ITEM.match(line)
         and not (_KEY_VALUE.match(line) and len(line.split(":", 1)[0].split()) <= 5)
     ]
+    # an enumeration ("iteration number 1", "iteration number 2"): lines alike but for their numbers
+    raw, masked = Counter(lines), Counter(re.sub(r"\d+", "#", line) for line in lines)
+    return [line for line in lines if raw[line] > 1 or masked[re.sub(r"\d+", "#", line)] == 1]
 
 
 def _is_verse(lines: list[str]) -> bool:
-    """Whether prose `lines` read as verse (a poem, lyrics): four or more lines, three in four of 12 words or fewer."""
-    return len(lines) >= 4 and sum(len(line.split()) <= 12 for line in lines) >= 0.75 * len(lines)
+    """Whether prose `lines` read as verse (a poem, lyrics): four or more lines, three in four of 16 words or fewer."""
+    return len(lines) >= 4 and sum(len(line.split()) <= 16 for line in lines) >= 0.75 * len(lines)
 
 
 def repetition(text: str, cfg: Repetition) -> str | None:

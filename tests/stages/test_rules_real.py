@@ -189,6 +189,94 @@ CAUGHT = {
 }
 
 
+SONG = (
+    "Verse one:\nWe walked along the river when the summer light was low\nAnd every word you said to me was soft "
+    "and warm and slow\n\nChorus:\nHold on, hold on, the night is young and we are free\nHold on, hold on, the "
+    "stars are shining down on you and me\n\nVerse two:\nThe city lights were fading as we drove back into town\n"
+    "You took my hand and told me that you'd never let me down\n\nChorus:\nHold on, hold on, the night is young "
+    "and we are free\nHold on, hold on, the stars are shining down on you and me"
+)
+JS = (
+    "function total(prices) {\n  let sum = 0;\n  for (const p of prices) {\n    sum += p;\n  }\n  return sum;\n}\n\n"
+    "const prices = [3, 5, 7];\nconst result = total(prices);\nconsole.log('The total is:', result);"
+)
+# the flags that were mostly wrong on real data (issue 25: song choruses, plans, lists, JSON and code read as
+# repetition; code ending in ';' and forms read as cut; a pig or "stupid" read as abuse; French quoted in an
+# English task read as French)
+for _rule, _records in {
+    "truncated_output": [
+        rec("Write a JavaScript function that sums a list of prices and prints the total.", JS),
+        rec(
+            "Write a SQL query that lists the names of customers from Canada, newest first.",
+            "SELECT name, created_at FROM customers WHERE country = 'Canada' ORDER BY created_at DESC;",
+        ),
+        rec(
+            "Create a short registration form for a book club with fields left blank to fill in.",
+            "Book Club Registration Form\n\nFull name:\nEmail address:\nFavourite genre:\nHow did you hear about us:",
+        ),
+        rec("Continue the dialogue.", "Anna: I waited for an hour and the bus never came.\nBen: oh no, that's sad :("),
+        rec(
+            "Which option best completes the sentence? Options: - the dog ran to the end of - the cat sat on",
+            "the dog ran to the end of",
+        ),
+        rec("Give the years of the band's current line-up.", "The current line-up has been together since 2012–"),
+    ],
+    "repetitive": [
+        rec("Write a short pop song about a summer night.", SONG),
+        rec(
+            "Plan a three-day trip to Rome.",
+            "\n".join(
+                f"Day {d}: Morning: visit the {a}. Afternoon: walk to the {b}. Evening: dinner in Trastevere."
+                for d, a, b in ((1, "Colosseum", "Forum"), (2, "Vatican", "river"), (3, "Pantheon", "Spanish Steps"))
+            ),
+        ),
+        rec(
+            "Return the three users as JSON.",
+            "[\n"
+            + ",\n".join(
+                f'  {{"name": "{n}", "role": "member", "active": true, "team": "blue", "city": "Paris"}}'
+                for n in ("Ada", "Bo", "Cy", "Di", "Ed", "Flo", "Gus", "Hal", "Ivy", "Jo")
+            )
+            + "\n]",
+        ),
+        rec("Write a Java method that returns the larger of two numbers, with a test.", JS.replace("sum", "max") * 2),
+        rec(
+            "Explain the shell loop and show its output.",
+            "The loop prints a greeting five times, once per value of i. Its output:\n\n"
+            + "\n".join(f"Hello, this is iteration number {i}" for i in range(1, 6))
+            + "\n\nEach line comes from one pass of the loop, so the number at its end tells the passes apart, "
+            "and the loop stops after the fifth pass because the range it walks ends at five.",
+        ),
+    ],
+    "toxic": [
+        rec(
+            "Describe a day on a farm.",
+            "The farmer fed the pigs, chased a rat out of the barn and took the garbage out.",
+        ),
+        rec("Write a line for a friendly teasing text.", "That was a stupid game, you fool, but I loved every minute."),
+        rec("Summarize the plot.", "The knight vows to kill the dragon that burned the village and its stupid king."),
+    ],
+    "wrong_language": [
+        rec(
+            "What is the sentiment of this review? 'compleja e intelectualmente retadora, una película que vale la "
+            "pena ver por su originalidad'",
+            "positive",
+        ),
+        rec(
+            'Translate "Je voudrais une table pour deux personnes, s\'il vous plaît" into English.',
+            "I would like a table for two, please.",
+        ),
+        rec(
+            "Write three polite phrases in French for a waiter.",
+            "Bonjour, une table pour deux, s'il vous plaît.\nL'addition, s'il vous plaît.\nMerci beaucoup.",
+        ),
+    ],
+}.items():
+    KEPT.setdefault(_rule, []).extend(_records)
+CAUGHT["repetitive"].append(rec("Write a short poem about the sea.", "\n".join(["The sea is blue and deep."] * 10)))
+CAUGHT["toxic"].append(rec("Reply to the customer.", "You are a stupid idiot and nobody cares about your order."))
+
+
 @pytest.mark.parametrize(
     ("rule", "record"),
     [(r, x) for r, xs in KEPT.items() for x in xs],
@@ -219,6 +307,44 @@ def test_pii_false_positives_named_in_the_issue_are_left_as_they_are(cfg):
     for text in texts:
         out, reason, _ = rules.check_record(rec("Answer the question.", text), cfg)
         assert reason is None and out["output"] == text and out["meta"]["moderate"]["redacted"] == {}
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Sent from promotions@shopmart.com: this week's deals on garden furniture.",
+        "For help with your order, email support@shopmart.com or customer.service@shopmart.com.",
+        "This message was sent by noreply-alerts@firstcitybank.com. Do not reply.",
+        "Replace my_gmail_address@gmail.com with your own address before you send the form.",
+        "Log in with your_email@outlook.com and the password you chose.",
+        "Call the Maple Street branch of First City Bank at (312) 555-0187 for an appointment.",
+        "Call the First City Bank Maple Street branch at (312) 748-2210 for an appointment.",
+        "Reach our reservations desk at 415-398-2716 to book a table.",
+        "Our customer line is toll-free at 1-888-482-1190.",
+    ],
+)
+def test_pii_left_alone_organisations_and_placeholders(cfg, text):
+    """Role and campaign mailboxes, placeholders and business lines are not a person's data (issue 25)."""
+    out, reason, _ = rules.check_record(rec("Answer the question.", text), cfg)
+    assert reason is None and out["output"] == text and out["meta"]["moderate"]["redacted"] == {}
+
+
+def test_pii_a_person_is_still_redacted(cfg):
+    text = "Questions? Write to the reporter, Dana Whitfield, at dana.whitfield@chronicle-news.com or 312-748-2291."
+    out, _, _ = rules.check_record(rec("Summarize the article.", text), cfg)
+    assert out["meta"]["moderate"]["redacted"] == {"email": 1, "phone": 1}
+
+
+@pytest.mark.parametrize(
+    ("instruction", "input"),
+    [
+        ("Choose an unused phone number for the new office line.", "In use: 415-872-3391, 415-872-3392"),
+        ("Fix these malformed emails.", "dana.whitfield@@gmail.com, carlos.mendez@gmail..com, ana.lopez@gmail.com"),
+    ],
+)
+def test_pii_a_task_about_the_entity_keeps_it(cfg, instruction, input):
+    out, _, _ = rules.check_record(rec(instruction, "Done.", input), cfg)
+    assert out["input"] == input and "pii_subject" in out["meta"]["moderate"]["flags"]
 
 
 def test_a_task_about_the_entity_is_kept_as_it_is_and_flagged(cfg):

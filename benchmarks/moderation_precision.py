@@ -16,11 +16,13 @@ those records: ``right`` (the record really has the defect; the redacted span re
   and precision (caught records that the key plants with that reason).
 
 Labels live in ``benchmarks/labels/*.csv`` (``id,reason,verdict,note``: record ids and a short note in the
-labeler's words, never the third-party text). ``--review sheet.csv`` writes the sampled records that have no
-label yet (with their text, for a person to mark in the ``verdict`` column); ``--marks sheet.csv`` reads a
-marked sheet back into ``benchmarks/labels/<corpus>_moderation.csv``. ``--run .`` scores your own last
-``dvc repro moderate`` instead (its rejects, flags and redactions), with the rules' real actions, so a team
-can review what the pipeline did to its data without code: write the sheet, mark it, read it back.
+labeler's words, never the third-party text). ``--review sheet.csv`` (or ``.html``) writes the sampled records
+that have no label yet, as ``steep review sample`` writes its sheet, for a person to mark in the ``verdict``
+column; ``--marks sheet.csv`` merges a marked sheet into ``benchmarks/labels/<corpus>_moderation.csv``. The
+sample, the verdict files, the Wilson interval and the reading of a run's catches are ``steep review``'s own
+(:mod:`stages.core.verdicts`, :mod:`stages.core.catches`): one engine. ``--run .`` scores your own last
+``dvc repro moderate`` (its rejects, flags and rewrites, named as its metrics name them: ``flagged_toxic``,
+``redacted_pii_email``); for a team reviewing its own data, ``steep review`` is the command.
 
 Run (from the project root)::
 
@@ -32,11 +34,8 @@ Writes ``benchmarks/results/moderation_precision.json`` and prints the tables (M
 from __future__ import annotations
 
 import argparse
-import csv
 import json
-import math
 import multiprocessing
-import random
 import re
 import sys
 import time
@@ -50,25 +49,18 @@ sys.path.insert(0, str(ROOT))
 import _t0  # noqa: E402
 import yaml  # noqa: E402
 
+from stages.commands import _sheet  # noqa: E402
+from stages.core.catches import Catch, catches  # noqa: E402
 from stages.core.params.moderate import RULE_NAMES, Moderate  # noqa: E402
 from stages.core.params.pull import Source, Web  # noqa: E402
+from stages.core.verdicts import merge_verdicts, read_verdicts, wilson  # noqa: E402
+from stages.core.verdicts import sample_ids as sample  # noqa: E402
 from stages.curate import rules  # noqa: E402
 from stages.curate.pull import pull_source  # noqa: E402
 
 DEFAULT_CORPUS = _t0.DEFAULT_CORPUS
 LABELS = ROOT / "benchmarks" / "labels"
 RESULTS = ROOT / "benchmarks" / "results" / "moderation_precision.json"
-VERDICTS = ("right", "wrong")
-
-
-def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """The Wilson score interval of k successes in n trials."""
-    if n == 0:
-        return (0.0, 1.0)
-    p = k / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return (max(0.0, centre - half), min(1.0, centre + half))
 
 
 # --- running the rules --------------------------------------------------------------------------------------------
@@ -108,7 +100,7 @@ def _judge(args: tuple[list[dict[str, Any]], dict[str, Any]]) -> list[tuple[str,
     return out
 
 
-def catches(records: list[dict[str, Any]], params: dict[str, Any], workers: int) -> list[tuple[str, str, str]]:
+def rule_catches(records: list[dict[str, Any]], params: dict[str, Any], workers: int) -> list[tuple[str, str, str]]:
     """Every (id, reason, detail) moderate gives `records`, in record order, over `workers` processes."""
     chunks = [records[i : i + 2000] for i in range(0, len(records), 2000)]
     if workers <= 1:
@@ -123,17 +115,13 @@ def catches(records: list[dict[str, Any]], params: dict[str, Any], workers: int)
 
 
 def catches_of_run(root: Path) -> tuple[list[dict[str, Any]], list[tuple[str, str, str]]]:
-    """The records and catches of a pipeline run: moderate's rejects, and its kept records' flags and redactions."""
+    """The records and catches of a pipeline run: moderate's rejects, and its kept records' flags and rewrites, read
+    and named as ``steep review`` does (:mod:`stages.core.catches`: ``flagged_<code>``, ``redacted_pii_<entity>``)."""
     from stages.core.records import REJECT_SCHEMA, read_records
 
     rejects = read_records(root / "data/rejected/moderate.parquet", REJECT_SCHEMA)
     kept = read_records(root / "data/moderated.parquet")
-    found = [(r["id"], r["reason"], r["detail"]) for r in rejects]
-    for r in kept:
-        m = r["meta"].get("moderate", {})
-        found += [(r["id"], flag, why) for flag, why in m.get("flags", {}).items()]
-        found += [(r["id"], f"redact_{e}", f"{n} span(s)") for e, n in m.get("redacted", {}).items()]
-    return [*rejects, *kept], found
+    return [*rejects, *kept], [(c.id, c.reason, c.detail) for c in catches(rejects, kept)]
 
 
 # A broad net for the objectively checkable classes, wider than the rules: any bracketed tag alone or leading
@@ -171,31 +159,13 @@ def objective_recall(records: list[dict[str, Any]], found: list[tuple[str, str, 
 
 
 def read_labels(folder: Path) -> dict[tuple[str, str], dict[str, str]]:
-    """{(id, reason): {verdict, note}} from every CSV in `folder`."""
+    """{(id, reason): {verdict, note}} from every moderation CSV in `folder` (``id,reason,verdict,note``; the
+    other label files there have other columns), read by the engine of ``steep review``."""
     labels: dict[tuple[str, str], dict[str, str]] = {}
     for path in sorted(folder.glob("*.csv")):
-        labels.update(read_labels_file(path))
+        if path.read_text(encoding="utf-8").startswith("id,reason,verdict"):
+            labels.update(read_verdicts(path))
     return labels
-
-
-def read_labels_file(path: Path) -> dict[tuple[str, str], dict[str, str]]:
-    """The marked rows of one labels CSV or review sheet; a bad verdict stops with the file and line."""
-    out = {}
-    with path.open(encoding="utf-8", newline="") as f:
-        for line, row in enumerate(csv.DictReader(f), start=2):
-            verdict = (row.get("verdict") or "").strip().lower()
-            if not verdict:
-                continue
-            if verdict not in VERDICTS:
-                raise SystemExit(f"{path}:{line}: verdict {verdict!r}; write one of {VERDICTS} (or leave it empty)")
-            out[(row["id"], row["reason"])] = {"verdict": verdict, "note": (row.get("note") or "").strip()}
-    return out
-
-
-def sample(ids: list[str], n: int, seed: int, reason: str) -> list[str]:
-    """A seeded sample of `n` ids (all when fewer), the same for the same ids, seed and reason."""
-    ids = sorted(set(ids))
-    return ids if len(ids) <= n else sorted(random.Random(f"{seed}:{reason}").sample(ids, n))
 
 
 def score(
@@ -209,6 +179,7 @@ def score(
     for reason in sorted(by_reason, key=lambda r: (-len(set(by_reason[r])), r)):
         picked = sample(by_reason[reason], n, seed, reason)
         marks = [labels[(i, reason)]["verdict"] for i in picked if (i, reason) in labels]
+        marks = [m for m in marks if m != "skip"]
         right = marks.count("right")
         lo, hi = wilson(right, len(marks))
         rows.append(
@@ -238,48 +209,30 @@ def score(
 
 
 def write_review(path: Path, found, records_by_id, labels, n: int, seed: int) -> int:
-    """A CSV of the sampled records without a label, for a person to mark; returns its row count."""
+    """The sampled records without a label, as the sheet of ``steep review sample`` (CSV, or HTML to mark in a
+    browser), for a person to mark; returns its row count."""
     by_reason: dict[str, list[str]] = defaultdict(list)
     detail = {}
     for rid, reason, why in found:
         by_reason[reason].append(rid)
         detail[(rid, reason)] = why
-    rows = 0
-    with path.open("w", encoding="utf-8", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["id", "reason", "verdict", "note", "detail", "instruction", "input", "output"])
-        for reason in sorted(by_reason):
-            for rid in sample(by_reason[reason], n, seed, reason):
-                if (rid, reason) in labels:
-                    continue
-                r = records_by_id[rid]
-                w.writerow(
-                    [
-                        rid,
-                        reason,
-                        "",
-                        "",
-                        detail[(rid, reason)],
-                        r["instruction"][-1500:],
-                        r["input"],
-                        r["output"][:1500],
-                    ]
-                )
-                rows += 1
-    return rows
+    rows = [
+        _sheet.Row(Catch(reason, rid, "moderate", "rule", detail[(rid, reason)]), _sheet.readable(records_by_id[rid]))
+        for reason in sorted(by_reason)
+        for rid in sample(by_reason[reason], n, seed, reason)
+        if (rid, reason) not in labels
+    ]
+    if path.suffix == ".html":
+        _sheet.write_html(path, rows, f"moderation precision: {path.stem}")
+    else:
+        _sheet.write_csv(path, rows)
+    return len(rows)
 
 
 def read_marks(sheet: Path, out: Path) -> int:
     """Merge the marked rows of a review sheet (id, reason, verdict, note) into the labels file `out`."""
-    marked = read_labels_file(sheet)
-    existing = read_labels_file(out) if out.exists() else {}
-    existing.update(marked)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with out.open("w", encoding="utf-8", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["id", "reason", "verdict", "note"])
-        for (rid, reason), v in sorted(existing.items()):
-            w.writerow([rid, reason, v["verdict"], v["note"]])
+    marked = read_verdicts(sheet)
+    merge_verdicts(out, marked)
     return len(marked)
 
 
@@ -391,7 +344,7 @@ def main(argv: list[str] | None = None) -> None:
             records = list(pull_source(source, 0, Web.model_validate(params["pull"]["web"])))
             print(f"{args.corpus}: {len(records)} records pulled in {time.perf_counter() - start:.1f} s")
             start = time.perf_counter()
-            found = catches(records, params, args.workers)
+            found = rule_catches(records, params, args.workers)
         seconds = time.perf_counter() - start
         labels = read_labels(args.labels)
         rows = score(found, labels, args.sample, args.seed, actions, len(records))

@@ -29,7 +29,7 @@ class Row:
 
     catch: Catch
     text: str
-    compare: str  # "" when there is nothing to compare with
+    compare: str = ""  # "" when there is nothing to compare with
 
 
 def readable(record: Record | None) -> str:

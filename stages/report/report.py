@@ -59,7 +59,9 @@ from stages.core.params.report import Report
 from stages.report.document import to_html, to_markdown
 from stages.report.headline import headline
 from stages.report.inputs import Inputs, read_run, variant_paths
+from stages.report.precision import csv_text, read_review, review_metrics
 from stages.report.sections import build
+from stages.report.sections_data import drop_rows, funnel_rows
 
 log = logging.getLogger("steep.report")
 
@@ -76,6 +78,8 @@ STAGE = cli.Stage(
         "metrics_dir": "the stages' metrics JSON files",
         "rejects_dir": "rejected records, <stage>.parquet",
         "moderated": "moderate's kept records (Parquet): the flagged ones are shown per flag",
+        "curated": "dedup's kept records (Parquet): its flags, for the rules' precision",
+        "reviews": "the review verdicts, <name>.csv (`steep review score`)",
         "synthetic": "the synthesize stage's kept pairs (Parquet)",
         "live_dir": "dvclive directories train_<variant>",
         "probe_dir": "per-item probe results, <variant>.parquet",
@@ -84,6 +88,9 @@ STAGE = cli.Stage(
         "md": "the Markdown report to write",
         "html": "the HTML report to write",
         "headline": "the headline metrics JSON to write (flat, a screen wide)",
+        "review": "the rules' measured precision JSON to write (per reason)",
+        "funnel": "the funnel CSV to write (stage, kept, dropped; a DVC plot)",
+        "drops": "the drops-per-reason CSV to write (reason, stage, records; a DVC plot)",
     },
     metrics=False,
     local_paths=_local_paths,
@@ -117,13 +124,20 @@ def run(params: Any, *, inputs: dict[str, Path], outputs: dict[str, Path]) -> di
         )
     for path in reader.missing:
         log.info("not found (said so in the report): %s", path)
-    doc = build(run_data, reader, cfg, outputs["html"].name)
+    review = read_review(run_data, inputs, reader, cfg)
+    doc = build(run_data, reader, cfg, outputs["html"].name, review)
     markdown, page = to_markdown(doc), to_html(doc, "steep report")
     numbers = headline(run_data)
-    with _io.atomic_outputs(outputs["md"], outputs["html"], outputs["headline"]) as (md_tmp, html_tmp, head_tmp):
+    funnel = csv_text(["stage", "kept", "dropped"], [list(r) for r in funnel_rows(run_data)])
+    drops = csv_text(["reason", "stage", "records"], [[f"{s}: {r}", s, n] for s, r, n, _ in drop_rows(run_data)])
+    names = ("md", "html", "headline", "review", "funnel", "drops")
+    with _io.atomic_outputs(*(outputs[k] for k in names)) as (md_tmp, html_tmp, head_tmp, rev_tmp, fun_tmp, drop_tmp):
         md_tmp.write_text(markdown, encoding="utf-8")
         html_tmp.write_text(page, encoding="utf-8")
         _io.write_json(head_tmp, numbers)
+        _io.write_json(rev_tmp, review_metrics(review))
+        fun_tmp.write_text(funnel, encoding="utf-8")
+        drop_tmp.write_text(drops, encoding="utf-8")
     read = sum(1 for _, _, found in reader.seen if found)
     log.info("wrote %s and %s from %d inputs (%d not found)", outputs["md"], outputs["html"], read, len(reader.missing))
     return {"inputs_read": read, "inputs_missing": len(reader.missing), "variants": len(variants)}

@@ -8,6 +8,7 @@ from __future__ import annotations
 from stages.core.params.report import Report
 from stages.report.document import Code, Doc
 from stages.report.inputs import DATA_STAGES, Inputs, Run, drops_of, not_found
+from stages.report.precision import Review, section_precision
 from stages.report.sections_data import (
     section_decontamination,
     section_flags,
@@ -80,8 +81,8 @@ def section_inputs(doc: Doc, reader: Inputs) -> None:
     doc.table(["file", "content", "status"], [[Code(p), w, "read" if f else "not found"] for p, w, f in reader.seen])
 
 
-def build(run: Run, reader: Inputs, cfg: Report, html_name: str) -> Doc:
-    """The whole report as blocks."""
+def build(run: Run, reader: Inputs, cfg: Report, html_name: str, review: Review | None = None) -> Doc:
+    """The whole report as blocks (`review`: the rules' measured precision, from the reviews)."""
     doc = Doc()
     doc.h(1, "steep report")
     doc.p(
@@ -89,9 +90,11 @@ def build(run: Run, reader: Inputs, cfg: Report, html_name: str) -> Doc:
         f"[Inputs](#inputs); `{html_name}` holds the same report with its plots."
     )
     section_summary(doc, run)
-    section_funnel(doc, run)
+    section_funnel(doc, run, review)
     section_rejects(doc, run, cfg.max_examples_per_reason)
-    section_flags(doc, run, cfg.max_examples_per_reason)
+    section_flags(doc, run, cfg.max_examples_per_reason, review)
+    if review is not None:
+        section_precision(doc, review)
     section_decontamination(doc, run)
     section_synthetic(doc, run, cfg.max_examples_per_task)
     section_training(doc, run)

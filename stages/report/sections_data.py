@@ -12,6 +12,7 @@ from typing import Any
 from stages.report.document import Code, Doc
 from stages.report.inputs import DATA_STAGES, REJECT_STAGES, VARIANT_STAGES, Run, drops_of, not_found
 from stages.report.plots import plot_drops, plot_funnel
+from stages.report.precision import Review, precision_cell
 from stages.report.text import CLIP_LONG, CLIP_PROMPT, CLIP_SHORT, clip, fmt_count, fmt_pct
 
 _OVERLAP = re.compile(r"overlaps (?P<file>.+?):(?P<line>\d+) \((?P<method>[a-z_]+)")
@@ -65,8 +66,20 @@ def _noted(name: str, key: str) -> bool:
     )
 
 
-def section_funnel(doc: Doc, run: Run) -> None:
-    """Add the data funnel: counts per stage with notes, drops per reason, the other counts; two plots."""
+def drop_rows(run: Run) -> list[tuple[str, str, int, int]]:
+    """(stage, reason, records dropped, stage input) of every data stage that ran, most first within a stage."""
+    drops = []
+    for name, _, _ in funnel_rows(run):
+        m = run.stages[name] or {}
+        total = int(m.get("total", 0))
+        for reason, n in sorted(drops_of(m).items(), key=lambda kv: (-kv[1], kv[0])):
+            drops.append((name, reason, int(n), total))
+    return drops
+
+
+def section_funnel(doc: Doc, run: Run, review: Review | None = None) -> None:
+    """Add the data funnel: counts per stage with notes, drops per reason (with each rule's measured precision when
+    `review` is given), the other counts; two plots."""
     doc.h(2, "Data funnel")
     rows = funnel_rows(run)
     if not rows:
@@ -88,16 +101,16 @@ def section_funnel(doc: Doc, run: Run) -> None:
     doc.plot(plot_funnel(rows), "Records kept and dropped per stage.")
 
     doc.h(3, "Drops per reason")
-    drops = []
-    for name, _, _ in rows:
-        m = run.stages[name] or {}
-        total = int(m.get("total", 0))
-        for reason, n in sorted(drops_of(m).items(), key=lambda kv: (-kv[1], kv[0])):
-            drops.append((name, reason, int(n), total))
+    drops = drop_rows(run)
     if drops:
+        if review is not None:
+            doc.p("Precision: measured on the records reviewed (`steep review`; see the rule precision section).")
         doc.table(
-            ["stage", "reason", "records", "share of stage input"],
-            [[s, Code(r), f"{n:,}", fmt_pct(n, t)] for s, r, n, t in drops],
+            ["stage", "reason", "records", "share of stage input", *(["precision"] if review is not None else [])],
+            [
+                [s, Code(r), f"{n:,}", fmt_pct(n, t), *([precision_cell(review, r)] if review is not None else [])]
+                for s, r, n, t in drops
+            ],
         )
         doc.plot(plot_drops([(s, r, n) for s, r, n, _ in drops]), "Records dropped per stage and reason code.")
     else:
@@ -186,9 +199,9 @@ def section_rejects(doc: Doc, run: Run, per_reason: int) -> None:
         doc.table(["reason", "record", "prompt", "response", "detail"], table)
 
 
-def section_flags(doc: Doc, run: Run, per_reason: int) -> None:
-    """Add the flags on kept records: count per flag (moderate's and dedup's), and up to `per_reason` records of
-    each of moderate's flags."""
+def section_flags(doc: Doc, run: Run, per_reason: int, review: Review | None = None) -> None:
+    """Add the flags on kept records: count per flag (moderate's and dedup's, with its measured precision when
+    `review` is given), and up to `per_reason` records of each of moderate's flags."""
     doc.h(2, "Flagged, kept records")
     counts = {}
     for stage in ("moderate", "dedup"):
@@ -208,7 +221,11 @@ def section_flags(doc: Doc, run: Run, per_reason: int) -> None:
         "or `meta.dedup.flags`. Set the action to `drop` to drop them. Up to "
         f"{per_reason} record{'s' if per_reason != 1 else ''} per moderate flag, in id order."
     )
-    doc.table(["flag", "kept records"], [[Code(k), fmt_count(v)] for k, v in counts.items()])
+    extra = ["precision"] if review is not None else []
+    doc.table(
+        ["flag", "kept records", *extra],
+        [[Code(k), fmt_count(v), *[precision_cell(review, f"flagged_{k}") for _ in extra]] for k, v in counts.items()],
+    )
     by_flag: dict[str, list[dict]] = defaultdict(list)
     for row in run.flagged:
         for flag in row["meta"]["moderate"]["flags"]:

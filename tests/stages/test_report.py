@@ -54,14 +54,21 @@ INPUT_FLAGS = {
     "metrics_dir": "metrics",
     "rejects_dir": "data/rejected",
     "moderated": "data/moderated.parquet",
+    "curated": "data/curated.parquet",
+    "reviews": "reviews",
     "synthetic": "data/synthetic.parquet",
     "live_dir": "dvclive",
     "probe_dir": "data/probe",
 }
+# the rules' precision bars (report.min_*_precision), as params.yaml sets them
+BARS = {"min_drop_precision": 0.9, "min_flag_precision": 0.5, "min_rewrite_precision": 0.9}
 OUTPUTS = {
     "md": Path("metrics/report.md"),
     "html": Path("metrics/report.html"),
     "headline": Path("metrics/headline.json"),
+    "review": Path("metrics/review.json"),
+    "funnel": Path("metrics/funnel.csv"),
+    "drops": Path("metrics/drops.csv"),
 }
 
 
@@ -809,13 +816,15 @@ def test_question_of_strips_the_templates() -> None:
 
 def test_command_line(fixture_dir: Path) -> None:
     params_file = write_params(
-        fixture_dir / "params.yaml", report={"max_examples_per_reason": 1, "max_examples_per_task": 2}
+        fixture_dir / "params.yaml",
+        report={"max_examples_per_reason": 1, "max_examples_per_task": 2, **BARS},
     )
     cmd = [sys.executable, "-m", "stages.report.report", "--params", "params.yaml"]
     cmd += ["--metrics-dir", "metrics", "--rejects-dir", "data/rejected", "--moderated", "data/moderated.parquet"]
     cmd += ["--synthetic", "data/synthetic.parquet"]
     cmd += ["--live-dir", "dvclive", "--probe-dir", "data/probe", "--md", "out/report.md", "--html", "out/report.html"]
-    cmd += ["--headline", "out/headline.json"]
+    cmd += ["--headline", "out/headline.json", "--curated", "data/curated.parquet", "--reviews", "reviews"]
+    cmd += ["--review", "out/review.json", "--funnel", "out/funnel.csv", "--drops", "out/drops.csv"]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     done = subprocess.run(cmd, cwd=fixture_dir, env=env, capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr

@@ -143,16 +143,30 @@ def test_faults_end_in_a_sentence_naming_the_path_and_the_fix(work: Path, case: 
         assert not (work / "metrics" / "pull.json").exists()
 
 
-def test_a_full_disk_under_a_cache_database_names_it(work: Path) -> None:
-    """sqlite says "database or disk is full" with no errno: still the path (from the stage's list) and the fix."""
-    with tmpfs(work / "cache", "size=64k"):
-        db = sqlite3.connect(work / "cache" / "entries.sqlite")
-        db.execute("CREATE TABLE t (k TEXT PRIMARY KEY, v BLOB)")
-        with pytest.raises(StageError) as err, cli.faults([work / "cache"]):
-            for n in range(1000):
-                db.execute("INSERT INTO t VALUES (?, ?)", (str(n), os.urandom(4096)))
-                db.commit()
+def _sqlite(folder: Path) -> None:
+    db = sqlite3.connect(folder / "entries.sqlite")
+    db.execute("CREATE TABLE t (k TEXT PRIMARY KEY, v BLOB)")
+    try:
+        for n in range(1000):
+            db.execute("INSERT INTO t VALUES (?, ?)", (str(n), os.urandom(4096)))
+            db.commit()
+    finally:
         db.close()
+
+
+def _safetensors(folder: Path) -> None:
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    save_file({"embeddings": np.ones((1024, 256), dtype=np.float32)}, str(folder / "vectors.safetensors"))
+
+
+@pytest.mark.parametrize("write", [_sqlite, _safetensors], ids=["sqlite", "safetensors"])
+def test_a_full_disk_under_a_cache_names_it(work: Path, write: Any) -> None:
+    """sqlite ("database or disk is full") and safetensors (a Rust I/O error) raise no OSError: still the path (from
+    the stage's list) and the fix."""
+    with tmpfs(work / "cache", "size=64k"), pytest.raises(StageError) as err, cli.faults([work / "cache"]):
+        write(work / "cache")
     assert str(err.value).startswith(f"one of {work / 'cache'}: no space left on the device (the disk is full). Fix:")
 
 

@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import re
+import sqlite3
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -237,7 +238,7 @@ _FAULT_WORDS = (
     ("readonly database", errno.EROFS),
     ("permission denied", errno.EACCES),
 )
-_FAULT_NUMBER = re.compile(r"\[errno (\d+)\]|os error (\d+)|\bcode: (\d+)", re.IGNORECASE)
+_FAULT_NUMBER = re.compile(r"\[errno (\d+)\]|\(os error (\d+)\)|Os \{ code: (\d+)", re.IGNORECASE)
 _QUOTED_PATH = re.compile(r"'([^'\s]*/[^']*)'")
 
 
@@ -249,6 +250,8 @@ def _fault_of(exc: BaseException) -> int | None:
         code = int(next(g for g in m.groups() if g is not None))
         if code in _FAULTS:
             return code
+    if not isinstance(exc, OSError | sqlite3.Error) and "safetensor" not in type(exc).__name__.lower():
+        return None  # the words alone, from another library (an HTTP 403, say), are no fault of this machine
     return next((code for words, code in _FAULT_WORDS if words in text.lower()), None)
 
 

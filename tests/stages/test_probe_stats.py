@@ -206,3 +206,14 @@ def test_mde_decreases_with_n_and_follows_its_formula() -> None:
     assert _sig.mde(_sig.Paired("sign_flip", np.zeros(9), 1 / 9, binary=False), ALPHA) is None
     # a stricter level needs a larger change
     assert _sig.mde(pair, ALPHA / 5) > _sig.mde(pair, ALPHA)
+
+
+def test_knowledge_mc_is_tested_on_p_right_by_sign_flips() -> None:
+    # 40 items: the probability on the right option rises by 0.15 on 30 of them and falls by 0.05 on 10
+    base = [{"acc": 0.0, "acc_norm": 0.0, "p_right": 0.3} for _ in range(40)]
+    adapted = [{"acc": 0.0, "acc_norm": 0.0, "p_right": 0.45 if i < 30 else 0.25} for i in range(40)]
+    t = _cmp("knowledge_mc", _rows(base), _rows(adapted), mde_alpha=ALPHA / 7)
+    assert t["test"] == "sign_flip" and t["changed"] == 40 and t["p_right"]["delta"] == pytest.approx(0.1)
+    assert t["p"] == pytest.approx(1 / 2001, abs=1e-6)  # z = 4.8: none of 2000 random sign patterns reaches it
+    assert t["mde"] == pytest.approx(_sig.z_sum(ALPHA / 7) * math.sqrt(30 * 0.15**2 + 10 * 0.05**2) / 40, abs=1e-6)
+    assert _family({"knowledge_mc": t})["knowledge_mc"]["gain"] == 1

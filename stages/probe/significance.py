@@ -44,6 +44,7 @@ from typing import Any
 
 import numpy as np
 
+from stages.core.verdicts import holm  # the one Holm adjustment (rule precision uses it too)
 from stages.probe import types as _types
 from stages.probe.tables import round_score
 
@@ -152,16 +153,6 @@ def mde(p: Paired, alpha: float, power: float = POWER) -> float | None:
     if p.binary:
         return p.scale * max(z * spread, z * z)  # discordant items >= n * |effect|: spread^2 >= n |effect|
     return None if spread == 0 else p.scale * z * spread
-
-
-def holm(ps: list[float]) -> list[float]:
-    """Holm's step-down adjusted p-values, in the order given: the i-th smallest times (m - i + 1), made
-    non-decreasing along the sorted order, at most 1."""
-    m, out, running = len(ps), [1.0] * len(ps), 0.0
-    for rank, i in enumerate(sorted(range(m), key=lambda j: (ps[j], j))):
-        running = max(running, min(1.0, (m - rank) * ps[i]))
-        out[i] = running
-    return out
 
 
 def round_p(p: float) -> float:

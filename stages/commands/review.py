@@ -50,17 +50,30 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p = subparsers.add_parser(
         "review",
         help="sample what curation did, mark it, score each rule's precision",
-        description=__doc__.split("\n\n")[1],
+        description="Read a sample of what moderate and dedup did, mark it, and measure each rule's precision: "
+        "`steep review sample --out sheet.html`, mark it in a browser, `steep review score sheet-marked.csv`.",
     )
     sub = p.add_subparsers(dest="review", required=True, metavar="sample|score")
-    s = sub.add_parser("sample", help="write a seeded, stratified sheet of drops, flags and rewrites to mark")
+    s = sub.add_parser(
+        "sample",
+        help="write a seeded, stratified sheet of drops, flags and rewrites to mark",
+        description="Draw per reason a seeded sample of the run's drops (data/rejected/), flags and rewrites (the kept "
+        "records' meta), leaving out what reviews/ already judged, and write a sheet to mark (CSV or HTML).",
+    )
     s.add_argument("--run", type=Path, default=Path("."), help="the project root of the run (default: .)")
     s.add_argument("--per-reason", type=int, default=25, help="records drawn per reason (default: 25)")
     s.add_argument("--seed", type=int, help="the sample's seed (default: common.seed of the run's params.yaml)")
     s.add_argument("--reason", action="append", help="only this reason (repeatable), as the metrics name it")
     s.add_argument("--reviews", type=Path, help="verdicts already given, not drawn again (default: RUN/reviews)")
     s.add_argument("--out", type=Path, required=True, help="the sheet: .csv, or .html to mark in a browser")
-    c = sub.add_parser("score", help="merge a marked sheet into reviews/NAME.csv and print each rule's precision")
+    c = sub.add_parser(
+        "score",
+        help="merge a marked sheet into reviews/NAME.csv and print each rule's precision",
+        description="Merge the verdicts of a marked sheet (right, wrong, skip) into reviews/NAME.csv by record id and "
+        "reason, and print per reason: records caught, verdicts, precision, Wilson 95% interval, the bar "
+        "(report.min_<action>_precision), Holm-corrected p of 'at least the bar', and the params line for a rule "
+        "below it.",
+    )
     c.add_argument("sheet", type=Path, help="a marked sheet (CSV with id, reason, verdict and optionally note)")
     c.add_argument("--name", help="the verdict file reviews/NAME.csv (default: the sheet's name)")
     c.add_argument("--run", type=Path, default=Path("."), help="the project root of the run (default: .)")

@@ -21,7 +21,9 @@ empty_output         output, assistant turns  the text is one of ``empty_output_
                                               a ``placeholder_output_patterns`` tag ("<No Output>" anywhere); a
                                               conversation without an assistant turn
 too_short            instruction, document    instruction < ``min_instruction_chars``, text < ``min_document_chars``
-too_long             output, document         output > ``max_output_chars``, text > ``max_document_chars``
+too_long             every text               output > ``max_output_chars``, text > ``max_document_chars``; any
+                                              instruction, input, output or turn > ``max_field_chars``, checked
+                                              before anything else reads the record (a 20 MB field costs nothing)
 unseen_reference     request, input, output   a ``unseen_reference_patterns`` match in the request (short
                                               paragraphs; not in carried material, not in quotes, a URL not when
                                               the task is about the URL); an input or output that is only a link
@@ -50,7 +52,8 @@ The rules run record by record in fixed batches (``RULES_BATCH_RECORDS``) across
 or as tasks on a Ray cluster (``common.executor``; :mod:`stages.core.executor`); the results come back in input
 order, so the output is the same bytes for any worker count and either executor.
 
-Normalizations keep the record and are written into its meta: mojibake is repaired with ftfy (encoding
+Normalizations keep the record and are written into its meta: line breaks are written ``\\n`` (``\\r\\n`` and a
+lone ``\\r``, e.g. inside a quoted CSV field; ``normalized_line_endings``); mojibake is repaired with ftfy (encoding
 fixes only, ``fix_encoding``; ``normalized_encoding``); a placeholder input (``<noinput>``, "N/A",
 per ``noinput_placeholders``) is blanked (``normalized_noinput``); with ``pii.action: redact`` each span that
 is plausibly a real person's data is replaced by ``<EMAIL>``, ``<PHONE>``, ``<CREDIT_CARD>``, ``<IP_ADDRESS>``
@@ -282,7 +285,7 @@ def moderate_files(
     dropped = dict.fromkeys(reason_codes(cfg), 0)
     flags = flag_codes(cfg)
     extra: dict[str, Any] = {f"flagged_{code}": 0 for code in flags}
-    extra.update(normalized_encoding=0, normalized_noinput=0)
+    extra.update(normalized_encoding=0, normalized_noinput=0, normalized_line_endings=0)
     if cfg.pii.action == "redact":
         extra.update({f"redacted_pii_{e}": 0 for e in cfg.pii.entities})
     kept = 0
@@ -330,6 +333,7 @@ def moderate_files(
                     extra[f"flagged_{code}"] += code in moderated["flags"]
                 extra["normalized_encoding"] += "encoding" in moderated["normalized"]
                 extra["normalized_noinput"] += "noinput" in moderated["normalized"]
+                extra["normalized_line_endings"] += "line_endings" in moderated["normalized"]
                 if cfg.pii.action == "redact":
                     for e in cfg.pii.entities:
                         extra[f"redacted_pii_{e}"] += e in moderated["redacted"]

@@ -1,4 +1,5 @@
-"""Normalizations: fixes that keep a record, written into its meta (repaired encoding, blanked placeholder input).
+"""Normalizations: fixes that keep a record, written into its meta (line endings, repaired encoding, blanked
+placeholder input); and the bound on field sizes checked before anything reads a record.
 
 A shared module, not a stage: :func:`stages.curate.rules.check_record` applies them before the rules, so the
 rules judge the repaired text.
@@ -19,6 +20,7 @@ def norm_value(s: str) -> str:
     return " ".join(s.lower().split()).strip(" .")
 
 
+_LINE_ENDING = re.compile(r"\r\n?")
 # Latin-1 supplement and C1 characters: where mojibake ("â\x80\x94" for an em dash) shows itself.
 _MOJIBAKE_HINT = re.compile(r"[\x80-\xff]")
 
@@ -72,3 +74,36 @@ def normalize_noinput(record: Record, cfg: Moderate) -> list[str]:
         record["input"] = ""
         return ["noinput"]
     return []
+
+
+def normalize_line_endings(record: Record) -> list[str]:
+    """Write every line break of every text as ``\\n`` in place (``\\r\\n`` from Windows, as a quoted CSV field
+    keeps it, and a lone ``\\r``); return the normalizations made. A model trained on ``\\r\\n`` learns to write it."""
+    changed = False
+    for field in ("instruction", "input", "output", "text"):
+        if "\r" in record[field]:
+            record[field] = _LINE_ENDING.sub("\n", record[field])
+            changed = True
+    for m in record["messages"]:
+        if "\r" in m["content"]:
+            m["content"] = _LINE_ENDING.sub("\n", m["content"])
+            changed = True
+    return ["line_endings"] if changed else []
+
+
+def oversized(record: Record, cfg: Moderate) -> str | None:
+    """Why a field of `record` is too long to read at all, or None: an instruction, input, output or turn over
+    ``max_field_chars``, a text over ``max_document_chars``.
+
+    Every field the model trains on has a bound here, whatever the kind, and
+    :func:`stages.curate.rules.check_record` checks it before anything else reads the record (normalization, the
+    other rules, the toxicity model), so a 20 MB field costs a length check, not minutes of regular expressions.
+    """
+    fields = [(f, record[f], cfg.max_field_chars) for f in ("instruction", "input", "output")]
+    fields += [(f"messages[{i}]", m["content"], cfg.max_field_chars) for i, m in enumerate(record["messages"])]
+    fields.append(("text", record["text"], cfg.max_document_chars))
+    for where, text, limit in fields:
+        if len(text) > limit:
+            name = "max_document_chars" if where == "text" else "max_field_chars"
+            return f"{where} has {len(text)} chars ({name} {limit})"
+    return None

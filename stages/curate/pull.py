@@ -25,9 +25,17 @@ Formats and the record kind they become (``fields:`` maps these canonical names 
 The readers of each location kind live in :mod:`stages.curate.sources`; this module maps their rows to records.
 
 Pull drops nothing: a row it cannot read (corrupt JSON, a missing or non-string field, bytes that are not
-UTF-8, an unknown role) stops the stage with the file, the line or row, and the fix, and nothing is written
-(the whole output directory is written to a temporary path and renamed at the end). Bad *content* (an empty
-output, a toxic text) is moderate's business, not pull's.
+UTF-8, a lone surrogate (a JSON ``\\ud800`` escape without its partner: no text, no UTF-8 form), an unknown
+role) stops the stage with the file, the line or row, and the fix, and nothing is written (the whole output
+directory is written to a temporary path and renamed at the end). Bad *content* (an empty output, a toxic text,
+an oversized field) is moderate's business, not pull's.
+
+Symbolic links: a location inside the project is read only where it stays inside: a link on its path, or one met
+while walking a folder, whose target lies outside the project stops the stage, naming the link and its target
+(what it points at would be named neither in params.yaml nor in dvc.yaml). A location that params name outside
+the project (``/data/corpus``, ``../shared/x.jsonl``) is the user's explicit choice and is read, links inside it
+included as long as they stay inside it or the project; like every local location it must be a dependency of
+pull in dvc.yaml.
 
 Provenance in ``meta``: ``source_file`` (the location as given, the data file inside a folder, ``hf://name`` or
 the URL), ``row`` (1-based: JSONL line number, JSON array index + 1, CSV/Parquet/Hub data row + 1, position
@@ -40,6 +48,7 @@ of a facts file also ``fact`` (its id), ``document``, ``split`` and, for a resta
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -82,6 +91,8 @@ SHAREGPT_ROLES = {"human": "user", "gpt": "assistant", "system": "system", "user
 PROGRESS_RECORDS = 100_000
 # Canonical fields a row may lack (read as "").
 OPTIONAL_FIELDS = {("alpaca", "input")}
+# A UTF-16 surrogate code point: in a Python str only when a JSON \u escape gave half of a pair.
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 # --- rows to records --------------------------------------------------------------
@@ -113,14 +124,28 @@ def _value(source: Source, obj: Any, canonical: str, where: str, *, what: str = 
 
 def _string(source: Source, obj: Any, canonical: str, where: str, *, what: str = "the row") -> str:
     value = _value(source, obj, canonical, where, what=what)
+    column = source.fields.get(canonical, canonical)
     if not isinstance(value, str):
-        column = source.fields.get(canonical, canonical)
         raise StageError(
             f"{where}: field {column!r} is {'null' if value is None else type(value).__name__} "
             f"({snippet(value)}), expected a string. Fix: repair the row, or map `{canonical}` to the right "
             f"column with `fields:` for source {source.name!r}"
         )
-    return _strip(source, value)
+    return _strip(source, _text(value, where, column))
+
+
+def _text(value: str, where: str, column: str) -> str:
+    """`value`, unless it holds a lone surrogate: JSON can write one (``"\\ud800"``, half of a UTF-16 pair), but it
+    is no character, and no UTF-8 file (the record id's hash, Parquet) can hold it."""
+    if not value.isascii():  # (a flag of the str object: no scan)
+        bad = _SURROGATE.search(value)
+        if bad:
+            raise StageError(
+                f"{where}: field {column!r} holds a lone surrogate U+{ord(bad.group()):04X} at char {bad.start()}: "
+                "half of a UTF-16 pair (a JSON \\u escape without its partner), which is not text and has no UTF-8 "
+                "form. Fix: repair the escape in the file (a whole pair like \\ud83d\\ude00 is fine), or remove the row"
+            )
+    return value
 
 
 def _strip(source: Source, text: str) -> str:
@@ -186,7 +211,7 @@ def _to_record(source: Source, index: int, row: Row) -> Record:
                 f"{where}: the label column {source.label_field!r} (label_field) is {got}; the row has "
                 f"{_columns(obj)}. Fix: give every row a string label, or remove `label_field` from the source"
             )
-        meta["label"] = str(label)
+        meta["label"] = _text(str(label), where, source.label_field)
     base = {"source": source.name, "kind": KIND[fmt], "meta": meta}
     if fmt == "alpaca":
         return make_record(

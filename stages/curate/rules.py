@@ -18,7 +18,7 @@ import numpy as np
 
 from stages.core.params.moderate import Moderate
 from stages.core.records import TEXT_KINDS, Record
-from stages.curate import signals
+from stages.curate import normalize, signals
 from stages.curate.normalize import norm_value, normalize_encoding, normalize_noinput
 from stages.curate.pii import redact_record
 from stages.curate.signals import clip
@@ -344,17 +344,22 @@ RULES: list[tuple[str, tuple[str, ...], Filter]] = [
 def check_record(record: Record, cfg: Moderate) -> tuple[Record, str | None, str]:
     """Moderate one record by the rules (not cleanlab, which needs the whole set).
 
+    A field over its hard bound (:func:`stages.curate.normalize.oversized`) is judged first, as ``too_long``,
+    before anything reads it; then the normalizations (line endings, encoding, placeholder input), then the rules.
     Each rule acts as ``actions`` says: ``drop`` rejects the record under the rule's reason code, ``flag``
     keeps it with the reason and detail in ``meta.moderate.flags``, ``off`` skips the rule. Returns
     ``(moderated copy, None, "")`` when kept: placeholder input blanked, PII handled per ``pii.action`` and
     ``meta["moderate"]`` filled in; or ``(record as given, reason, detail)`` when the first dropping rule
     drops it. The input record is never modified.
     """
+    huge = normalize.oversized(record, cfg) if cfg.actions["too_long"] != "off" else None
+    if huge and cfg.actions["too_long"] == "drop":
+        return record, "too_long", huge
     rec = {**record, "messages": [dict(m) for m in record["messages"]], "meta": copy.deepcopy(record["meta"])}
-    normalized = normalize_encoding(rec, cfg)
+    normalized = normalize.normalize_line_endings(rec) + normalize_encoding(rec, cfg)
     normalized += normalize_noinput(rec, cfg) if rec["kind"] in INSTRUCTION_KINDS else []
     passed: list[str] = []
-    flags: dict[str, str] = {}
+    flags: dict[str, str] = {"too_long": huge} if huge else {}
     for name, kinds, rule in RULES:
         action = cfg.actions[name]
         if rec["kind"] not in kinds or action == "off":
@@ -386,7 +391,8 @@ def check_records(records: Sequence[Record], cfg: Moderate) -> list[tuple[Record
     Module level (not in the stage), so a worker process or a Ray task imports this module, not the stage's.
     """
     # the texts the toxic rule will score, scored in one call (as given: a text that normalization changes
-    # is scored when its rule runs)
-    texts = [t for r in records for _, t in _toxic_parts(r, cfg)] if cfg.actions["toxic"] != "off" else []
+    # is scored when its rule runs); a record dropped for an oversized field is never read, so not scored either
+    read = [r for r in records if cfg.actions["too_long"] != "drop" or not normalize.oversized(r, cfg)]
+    texts = [t for r in read for _, t in _toxic_parts(r, cfg)] if cfg.actions["toxic"] != "off" else []
     with signals.toxicity_batch(texts):
         return [check_record(record, cfg) for record in records]

@@ -11,6 +11,7 @@ import csv
 import hashlib
 import io
 import json
+import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -166,15 +167,57 @@ def _file_rows(path: Path, display: str, fmt: str) -> Iterator[Row]:
         )
 
 
-def _listing(folder: Path, exts: tuple[str, ...]) -> tuple[list[Path], list[str]]:
-    """Files under `folder` with one of `exts` (sorted by relative path), and every other file name seen."""
+def _listing(
+    folder: Path, exts: tuple[str, ...], display: str, roots: tuple[Path, ...]
+) -> tuple[list[Path], list[str]]:
+    """Files under `folder` with one of `exts` (sorted by relative path), and every other file name seen.
+
+    A symbolic link among them that leaves `roots` (the project, and a location named outside it) is an error;
+    a linked folder is not walked into (as before), and one that leaves `roots` is an error too.
+    """
     picked, others = [], []
     for p in sorted(folder.rglob("*"), key=lambda p: p.relative_to(folder).as_posix()):
         rel = p.relative_to(folder)
-        if any(part.startswith(".") for part in rel.parts) or not p.is_file():
+        if any(part.startswith(".") for part in rel.parts):
+            continue
+        if p.is_symlink():
+            _check_link(p, str(PurePosixPath(display) / rel.as_posix()), roots)
+        if not p.is_file():
             continue
         (picked if p.suffix.lower() in exts else others).append(p)
     return picked, [p.relative_to(folder).as_posix() for p in others]
+
+
+def _inside(path: Path, roots: tuple[Path, ...]) -> bool:
+    return any(path.is_relative_to(root) for root in roots)
+
+
+def _check_link(link: Path, display: str, roots: tuple[Path, ...]) -> None:
+    """Refuse the symbolic link `link` when its target lies outside `roots` (the project root first)."""
+    target = link.resolve()
+    if not _inside(target, roots):
+        raise StageError(
+            f"{display}: a symbolic link to {target}, outside the project ({roots[0]}). pull does not follow links "
+            "out of the project: what they point at is named neither in params.yaml nor as a dependency in "
+            "dvc.yaml, so a change there would go unseen. Fix: copy the data into the project, or point the "
+            f"source's `location` at {target} itself (a location outside the project is read as named; list it "
+            "in pull's `deps:` in dvc.yaml)"
+        )
+
+
+def _roots(location: str) -> tuple[Path, ...]:
+    """Where a source's files may lie: the project (the current directory), and the location itself when params
+    name it outside the project (``/data/corpus``, ``../shared``). A location inside the project that reaches out
+    through a symbolic link is refused, naming the link."""
+    root = Path.cwd().resolve()
+    named = Path(os.path.normpath(Path.cwd() / location))
+    if not (named.is_relative_to(Path.cwd()) or named.is_relative_to(root)):
+        return root, Path(location).resolve()  # named outside the project: the user's explicit choice
+    path = Path(location)
+    for link in [*reversed(path.parents[:-1]), path]:  # the first link on the way that leaves the project
+        if link.is_symlink() and not _inside(link.resolve(), (root,)):
+            _check_link(link, link.as_posix(), (root,))
+    return (root,)
 
 
 def _local_rows(source: Source) -> Iterator[Row]:
@@ -185,11 +228,12 @@ def _local_rows(source: Source) -> Iterator[Row]:
             f"source {source.name!r}: {location} not found (paths are relative to the project root; the "
             f"current directory is {Path.cwd()}). Fix: correct `location`, or add the file"
         )
+    roots = _roots(location)
     if path.is_file():
         yield from _file_rows(path, location, source.format)
         return
     exts = DOC_EXTS if source.format == "text" else DATA_EXTS
-    files, others = _listing(path, exts)
+    files, others = _listing(path, exts, location, roots)
     if not files:
         raise StageError(
             f"source {source.name!r}: the folder {location} holds no {'/'.join(exts)} files "

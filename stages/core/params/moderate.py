@@ -122,6 +122,7 @@ class Moderate(Section):
     max_output_chars: int = Field(gt=0)
     min_document_chars: int = Field(ge=0)
     max_document_chars: int = Field(gt=0)
+    max_field_chars: int = Field(gt=0)
     language: Language
     repetition: Repetition
     toxicity: Toxicity

@@ -74,7 +74,18 @@ class Pull(Section):
     @field_validator("sources")
     @classmethod
     def _unique(cls, sources: list[Source]) -> list[Source]:
-        return unique_names(sources, "source")
+        unique_names(sources, "source")
+        # a name is a file name (data/pulled/<name>.parquet): `Src` and `src` collide on a case-insensitive file system
+        folded: dict[str, list[str]] = {}
+        for s in sources:
+            folded.setdefault(s.name.casefold(), []).append(s.name)
+        clashes = [names for names in folded.values() if len(names) > 1]
+        if clashes:
+            raise ValueError(
+                f"source names must differ in more than letter case (each names a file, and file systems that ignore "
+                f"case would make them one); clashing: {clashes}. Fix: rename all but one"
+            )
+        return sources
 
 
 # The type of the top-level key; what load() validates it against.

@@ -167,15 +167,11 @@ def _report_inert(_: Path) -> None:
     Path("metrics").mkdir(exist_ok=True)
     for stage in ("pull", "moderate"):
         Path(f"metrics/{stage}.json").write_text(json.dumps(CASE_METRICS[stage]), encoding="utf-8")
-    inputs = {
-        "metrics_dir": Path("metrics"),
-        "rejects_dir": Path("rejected"),
-        "moderated": Path("moderated.parquet"),
-        "synthetic": Path("synthetic.parquet"),
-        "live_dir": Path("dvclive"),
-        "probe_dir": Path("probe"),
-    }
-    outputs = {"md": Path("report.md"), "html": Path("report.html"), "headline": Path("headline.json")}
+    # every input the report reads: what moderate wrote, the rest absent (stages that did not run)
+    inputs = {name: Path(f"absent/{name}") for name in report.STAGE.inputs}
+    inputs.update(metrics_dir=Path("metrics"), rejects_dir=Path("rejected"), moderated=Path("moderated.parquet"))
+    outputs = {name: Path(f"out/{name}") for name in report.STAGE.outputs}
+    outputs.update(md=Path("out/report.md"), html=Path("out/report.html"))
     scoped = _params.load(ROOT / "params.yaml", report.PARAMS, overrides={"report.max_examples_per_reason": 5})
     report.run(scoped, inputs=inputs, outputs=outputs)
     md, page = outputs["md"].read_text(encoding="utf-8"), outputs["html"].read_text(encoding="utf-8")

@@ -46,6 +46,22 @@ def own_user_tables(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("STEEP_CACHE_HOME", str(tmp_path / "user"))
 
 
+@pytest.fixture(scope="module")
+def table(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The static table, distilled once for the module (its user copy in a folder of its own)."""
+    with pytest.MonkeyPatch.context() as m:
+        m.setenv("STEEP_CACHE_HOME", str(tmp_path_factory.mktemp("user")))
+        model = embed.resolve_model_dir(_emb("static").model)
+        return static_embed.ensure_static(model, 64, tmp_path_factory.mktemp("tables"), VOCAB)
+
+
+def _with_table(cache: Path, table: Path) -> Path:
+    """`cache` and the user's folder holding a copy of the module's table: a distillation saved."""
+    for folder in (cache / "static", static_embed.user_tables_dir()):
+        shutil.copytree(table, folder / table.name)
+    return cache
+
+
 def _emb(kind: str) -> Embedding:
     raw = yaml.safe_load((ROOT / "params.yaml").read_text(encoding="utf-8"))["common"]["embedding"]
     return Embedding.model_validate({**raw, "kind": kind, "static_dims": 64})
@@ -138,9 +154,9 @@ EMBEDDING_FAULTS: dict[str, tuple[str, Callable[[Path], None], str, str | None]]
 
 
 @pytest.mark.parametrize("case", list(EMBEDDING_FAULTS))
-def test_embedding_cache_faults(case: str, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_embedding_cache_faults(case: str, tmp_path: Path, table: Path, caplog: pytest.LogCaptureFixture) -> None:
     kind, damage, logged, aside = EMBEDDING_FAULTS[case]
-    cache = tmp_path / "cache"
+    cache = _with_table(tmp_path / "cache", table)
     cold = _vectors(kind, cache)
     _vectors(kind, cache)  # warm (and the file checked by this process once, as in a stage)
     embed_cache._CHECKED.clear()  # a new process
@@ -213,7 +229,9 @@ def _synthesize(model: Path, tmp: Path, out: str) -> tuple[dict[str, Any], bytes
     }
     params = _params.load(ROOT / "params.yaml", synthesize.PARAMS, overrides=over)
     curated = tmp / "curated.parquet"
-    rec = _records.make_record(source="docs", kind="document", text=DOC, meta={"source_file": "d.md", "row": 1})
+    rec = _records.make_record(
+        source="docs", kind="document", text=DOC, meta={"source_file": "d.md", "row": 1, "source_index": 0}
+    )
     _records.write_records(curated, [rec])
     (tmp / out).mkdir()
     m = synthesize.run(
@@ -337,10 +355,10 @@ def test_every_cache_key_changes_with_its_libraries(
 
 
 def test_verify_reports_damage_fix_removes_it_and_prune_drops_stale_entries(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, table: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     root = tmp_path / ".steep_cache"
-    _vectors("static", root / "embeddings")
+    _vectors("static", _with_table(root / "embeddings", table))
     completions = generation.completion_cache(root / "synthesize")
     for i in range(3):
         completions.put(f"k{i}", {"completion": f"c{i}", "finished": True, "new_tokens": 1})

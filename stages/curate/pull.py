@@ -140,12 +140,17 @@ def _text(value: str, where: str, column: str) -> str:
     if not value.isascii():  # (a flag of the str object: no scan)
         bad = _SURROGATE.search(value)
         if bad:
-            raise StageError(
-                f"{where}: field {column!r} holds a lone surrogate U+{ord(bad.group()):04X} at char {bad.start()}: "
-                "half of a UTF-16 pair (a JSON \\u escape without its partner), which is not text and has no UTF-8 "
-                "form. Fix: repair the escape in the file (a whole pair like \\ud83d\\ude00 is fine), or remove the row"
-            )
+            raise _surrogate(f"{where}: field {column!r}", bad.group(), bad.start())
     return value
+
+
+def _surrogate(what: str, char: str, at: int | None = None) -> StageError:
+    where = "" if at is None else f" at char {at}"
+    return StageError(
+        f"{what} holds a lone surrogate U+{ord(char):04X}{where}: half of a UTF-16 pair (a JSON \\u escape without "
+        "its partner), which is not text and has no UTF-8 form. Fix: repair the escape in the file (a whole pair "
+        "like \\ud83d\\ude00 is fine), or remove the row"
+    )
 
 
 def _strip(source: Source, text: str) -> str:
@@ -268,10 +273,13 @@ def pull_source(source: Source, index: int, web: Web) -> Iterator[Record]:
             file, the line or row, and the fix. (An empty source is :func:`run`'s error.)
     """
     for row in source_rows(source, web):
-        if source.format == "fact":
-            yield from _fact_records(source, index, row)
-        else:
-            yield _to_record(source, index, row)
+        try:
+            if source.format == "fact":
+                yield from _fact_records(source, index, row)
+            else:
+                yield _to_record(source, index, row)
+        except UnicodeEncodeError as e:  # a field no check above reads (a facts file's), hashed for the id
+            raise _surrogate(f"{row.where}: a text", e.object[e.start]) from None
 
 
 def run(params: _params.Scoped, *, inputs: dict[str, Path], outputs: dict[str, Path]) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 
 from stages.core import params as _params
+from stages.core.facts import EXAMPLE as FACT_EXAMPLE
 from stages.core.io import StageError
 from stages.core.records import make_record, read_records
 from stages.curate import moderate, pull, rules
@@ -84,6 +85,13 @@ def lone_surrogate() -> list[dict[str, str]]:
     # valid JSON: the escape of half a UTF-16 pair (json.dumps writes a str holding one just so)
     Path("a.jsonl").write_text(json.dumps(OK_ROW) + '\n{"instruction": "Hi", "output": "x\\ud800y"}\n', "utf-8")
     return [_src("a", "alpaca", "a.jsonl")]
+
+
+def lone_surrogate_in_facts() -> list[dict[str, str]]:
+    fact = json.loads(FACT_EXAMPLE)
+    fact["statements"][1] = "The configuration file \ud800 of steep is params.yaml."
+    _jsonl("facts.jsonl", [fact])
+    return [_src("f", "fact", "facts.jsonl")]
 
 
 def _outside(project: Path) -> Path:
@@ -193,6 +201,9 @@ CASES: dict[str, Case] = {
         names_differ_in_case, error=r"differ in more than letter case.*\[\['Src', 'src'\]\]\. Fix: rename"
     ),
     "lone_surrogate": Case(lone_surrogate, error=r"a\.jsonl, line 2: field 'output' holds a lone surrogate U\+D800"),
+    "lone_surrogate_in_facts": Case(
+        lone_surrogate_in_facts, error=r"facts\.jsonl, line 1: a text holds a lone surrogate"
+    ),
     "symlink_out_in_folder": Case(
         symlink_out_in_folder,
         error=r"data/sources/mine/b\.jsonl: a symbolic link to .*-outside/secret\.jsonl, outside the project .*"

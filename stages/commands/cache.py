@@ -91,6 +91,7 @@ def scan_json(folder: Path) -> Found:
             out.bad("stale", str(path), path, "; ".join(changed))
         else:
             out.ok += 1
+    out.drop.append(lambda: [d.rmdir() for d in folder.glob("??") if d.is_dir() and not any(d.iterdir())])
     return out
 
 

@@ -29,6 +29,7 @@ from stages.curate import embed, embed_cache, generation, static_embed, synthesi
 from stages.probe import baseline
 from stages.probe import cache as probe_cache
 from stages.variant import checkpoints
+from stages.variant.sources import sha256_file
 from tests.stages._tiny import chat_tokenizer, tiny_llama, write_params
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -391,3 +392,21 @@ def test_verify_reports_damage_fix_removes_it_and_prune_drops_stale_entries(
     db = sqlite3.connect(root / "embeddings" / embed_cache.FILE)
     assert db.execute("SELECT count(*) FROM vectors").fetchone() == (0,)
     shutil.rmtree(tmp_path / "user", ignore_errors=True)
+
+
+def test_verify_checks_model_conversions(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A conversion entry: its files against their recorded sha256, its name's code against this code's."""
+    models = tmp_path / ".steep_cache" / "models"
+    code = checkpoints.conversion_code()
+    for name in (f"ab-bfloat16-{code}", f"cd-bfloat16-{code}", "ef-bfloat16-0123456789abcdef"):
+        entry = models / name
+        entry.mkdir(parents=True)
+        (entry / "model.safetensors").write_text("w", encoding="utf-8")
+        files = {"model.safetensors": {"sha256": sha256_file(entry / "model.safetensors"), "bytes": 1}}
+        (entry / checkpoints.RECORD).write_text(json.dumps({"files": files}), encoding="utf-8")
+    (models / f"cd-bfloat16-{code}" / "model.safetensors").write_text("x", encoding="utf-8")  # damaged
+    assert steep.main(["cache", "verify", "--cache-dir", str(models.parent)]) == 1
+    line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith(str(models)))
+    assert line.split()[1:] == ["1", "1", "1", "0"]
+    assert steep.main(["cache", "prune", "--cache-dir", str(models.parent)]) == 0
+    assert [p.name for p in models.iterdir()] == [f"ab-bfloat16-{code}"]

@@ -25,7 +25,7 @@ from stages.core import cache as _cache
 from stages.core import params as _params
 from stages.core import records as _records
 from stages.core.params.common import Embedding
-from stages.curate import embed, embed_cache, generation, static_embed, synthesize
+from stages.curate import dedup, embed, embed_cache, generation, static_embed, synthesize
 from stages.probe import baseline
 from stages.probe import cache as probe_cache
 from stages.variant import checkpoints
@@ -175,6 +175,37 @@ def test_embedding_cache_faults(case: str, tmp_path: Path, table: Path, caplog: 
     caplog.clear()
     assert _vectors(kind, cache).tobytes() == cold.tobytes()  # and the rebuilt cache serves them
     assert not [r for r in caplog.records if r.levelno == logging.WARNING]
+
+
+def test_dedup_output_is_the_same_after_every_vector_is_replaced(tmp_path: Path) -> None:
+    """The stage, not only its vectors: with one vector copied over every row, dedup dropped every record as
+    reference_overlap (they all matched the reference); now it writes a cold cache's bytes."""
+    ref = tmp_path / "ref.jsonl"
+    ref.write_text(json.dumps({"q": "What is the capital of Japan?", "a": "Tokyo."}) + "\n", encoding="utf-8")
+    over = {
+        "common.embedding.kind": "transformer",
+        "dedup.semantic.cosine_threshold": 0.95,
+        "dedup.semantic.action": "drop",
+        "dedup.references": [{"path": str(ref), "fields": ["q", "a"]}],
+    }
+    params = _params.load(ROOT / "params.yaml", dedup.PARAMS, overrides=over)
+    meta = [{"source_file": "s.jsonl", "row": i + 1, "source_index": 0} for i in range(len(TEXTS))]
+    records = [
+        _records.make_record(source="s", kind="instruction", instruction=t, output="An answer.", meta=m)
+        for t, m in zip(TEXTS, meta, strict=True)
+    ]
+    _records.write_records(tmp_path / "in.parquet", records)
+
+    def run(tag: str) -> tuple[dict[str, Any], bytes, bytes]:
+        out, rejects = tmp_path / f"out_{tag}.parquet", tmp_path / f"rejects_{tag}.parquet"
+        m = dedup.run(params, inputs={"in": tmp_path / "in.parquet"}, outputs={"out": out, "rejects": rejects},
+                      cache=tmp_path / "cache")  # fmt: skip
+        return m, out.read_bytes(), rejects.read_bytes()
+
+    cold = run("cold")
+    assert cold[0]["kept"] == len(TEXTS) and cold[0]["dropped_reference_overlap"] == 0
+    _sql(tmp_path / "cache", "UPDATE vectors SET vec = (SELECT vec FROM vectors ORDER BY key LIMIT 1)")
+    assert run("damaged") == cold
 
 
 # --- synthesize completions -------------------------------------------------------------------------------------

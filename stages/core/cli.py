@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from stages.core import environment as _environment
 from stages.core import params as _params
 from stages.core.io import StageError, atomic_outputs, clean_stale, write_json
 
@@ -158,6 +159,8 @@ def main(
     if stage.metrics and metrics is not None:
         with atomic_outputs(args.metrics) as (tmp,):
             write_json(tmp, metrics)
+        # what this run ran with, beside the metrics; no stage declares it, so it never reruns anything
+        _environment.write(args.metrics.parent / "environment.json", args.metrics.stem)
 
 
 # --- running a stage ----------------------------------------------------------

@@ -233,9 +233,9 @@ def wrong_language(record: Record, cfg: Moderate) -> Verdict:
     The request is judged first, not the answer, and without the material it quotes (a review in Spanish
     to classify, a French sentence to translate: :func:`signals.unquoted`). A task that asks for French
     output, a list of Latin species or a lorem-ipsum input is English data when one sentence of its request
-    reads as English with ``min_confidence``, or the request as a whole does (an allowed language is its
-    most likely one, probability >= 0.5). A request too short or too mixed to be judged with
-    ``min_confidence`` otherwise falls back to the request with the answer (the answer alone where the
+    reads as English with ``min_confidence`` (or the request without its names: Latin ones read as Latin), or
+    the request as a whole does (its most likely language, p >= 0.5). Otherwise a request too short or too
+    mixed for ``min_confidence`` falls back to the request with the answer (the answer alone where the
     request is too short without its quoted material).
     """
     lang_cfg = cfg.language
@@ -243,10 +243,10 @@ def wrong_language(record: Record, cfg: Moderate) -> Verdict:
     found = signals.language(request, lang_cfg)
     if found is not None and found[0] in lang_cfg.allowed and found[1] >= 0.5:
         return KEEP  # the request reads as an allowed language more than as any other
-    for sentence in signals.sentences(request):
+    for sentence in [*signals.sentences(request), signals.without_names(request)]:
         said = signals.language(sentence, lang_cfg)
         if said is not None and said[0] in lang_cfg.allowed and said[1] >= lang_cfg.min_confidence:
-            return KEEP  # the task is asked in an allowed language, about material in another
+            return KEEP  # the task is asked in an allowed language, about material (or names) in another
     if found is not None and found[1] >= lang_cfg.min_confidence:
         lang, prob = found
         where = "request"

@@ -229,6 +229,12 @@ def unquoted(text: str) -> str:
     return _QUOTED_MATERIAL.sub(" ", text)
 
 
+def without_names(text: str) -> str:
+    """`text` without its capitalized words past each sentence's first: names say nothing of a language
+    ("Quintus Caecilius Metellus was the second son of ..." reads as Latin with them, as English without)."""
+    return " ".join(" ".join(s.split()[:1] + [w for w in s.split()[1:] if not w[0].isupper()]) for s in sentences(text))
+
+
 def sentences(text: str) -> list[str]:
     """`text` split into sentences and lines."""
     return [s for s in _SENTENCE.split(text) if s.strip()]

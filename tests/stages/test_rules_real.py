@@ -255,6 +255,9 @@ for _rule, _records in {
         ),
         rec("Write a line for a friendly teasing text.", "That was a stupid game, you fool, but I loved every minute."),
         rec("Summarize the plot.", "The knight vows to kill the dragon that burned the village and its stupid king."),
+        rec(
+            "Give a brief summary of the novel.", "Here is a short summary of Moby Dick: a captain hunts a white whale."
+        ),
     ],
     "wrong_language": [
         rec(
@@ -267,6 +270,11 @@ for _rule, _records in {
             "I would like a table for two, please.",
         ),
         rec(
+            "Marcus Tullius Cicero Minor was the only son of Roman statesman Marcus Tullius Cicero . Question: "
+            "Marcus Tullius Cicero Minor was the son of the statesman Marcus Tullius Cicero . Paraphrase or not?",
+            "Yes",
+        ),
+        rec(
             "Write three polite phrases in French for a waiter.",
             "Bonjour, une table pour deux, s'il vous plaît.\nL'addition, s'il vous plaît.\nMerci beaucoup.",
         ),
@@ -274,7 +282,10 @@ for _rule, _records in {
 }.items():
     KEPT.setdefault(_rule, []).extend(_records)
 CAUGHT["repetitive"].append(rec("Write a short poem about the sea.", "\n".join(["The sea is blue and deep."] * 10)))
-CAUGHT["toxic"].append(rec("Reply to the customer.", "You are a stupid idiot and nobody cares about your order."))
+CAUGHT["toxic"] += [
+    rec("Reply to the customer.", "You are a stupid idiot and nobody cares about your order."),
+    rec("Summarize the dialogue.", "Sam wants to talk; he quit his job, because his boss was a dick."),
+]
 
 
 @pytest.mark.parametrize(

@@ -11,6 +11,7 @@ so a reload loses nothing).
 from __future__ import annotations
 
 import csv
+import difflib
 import html
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +34,7 @@ class Row:
 
 
 def readable(record: Record | None) -> str:
-    """The record's content as a reviewer reads it: labelled parts, clipped to :data:`MAX_CHARS`."""
+    """The record's content as a reviewer reads it: labelled parts, the middle left out past :data:`MAX_CHARS`."""
     if record is None:
         return "(record not found in the run's data)"
     if record["kind"] == "conversation":
@@ -43,7 +44,31 @@ def readable(record: Record | None) -> str:
     else:
         parts = [("INSTRUCTION", record["instruction"]), ("INPUT", record["input"]), ("OUTPUT", record["output"])]
     text = "\n\n".join(f"{label}:\n{body}" for label, body in parts if body or label == "OUTPUT")
-    return text if len(text) <= MAX_CHARS else f"{text[:MAX_CHARS]}… [{len(text) - MAX_CHARS:,} more characters]"
+    if len(text) <= MAX_CHARS:
+        return text
+    # the head and the tail: a long record's question and its answer are at the end
+    head, tail = MAX_CHARS // 4, MAX_CHARS - MAX_CHARS // 4
+    return f"{text[:head]} […{len(text) - MAX_CHARS:,} characters left out…] {text[-tail:]}"
+
+
+def changes(before: Record | None, after: Record | None, limit: int = 5) -> str:
+    """What a rewrite changed, span by span with some context (``…was at [ann@x.org -> <EMAIL>] or…``): the
+    texts can be long, the changes short."""
+    if before is None or after is None:
+        return ""
+    a, b = readable_full(before), readable_full(after)
+    spans = []
+    for tag, i1, i2, j1, j2 in difflib.SequenceMatcher(None, a, b, autojunk=False).get_opcodes():
+        if tag != "equal":
+            spans.append(f"…{a[max(0, i1 - 40) : i1]}[{a[i1:i2]} -> {b[j1:j2]}]{a[i2 : i2 + 40]}…")
+    more = f"\n(and {len(spans) - limit} more)" if len(spans) > limit else ""
+    return "CHANGED:\n" + "\n".join(spans[:limit]) + more
+
+
+def readable_full(record: Record) -> str:
+    """The record's content fields joined, unclipped (for :func:`changes`)."""
+    parts = [record["instruction"], record["input"], record["output"], record["text"]]
+    return "\n\n".join([*parts, *(m["content"] for m in record["messages"])])
 
 
 def write_csv(path: Path, rows: list[Row]) -> None:

@@ -41,7 +41,7 @@ from stages.core.verdicts import (
 )
 
 MODULES = {"moderate": "stages.curate.moderate", "dedup": "stages.curate.dedup"}
-_DUPLICATE_OF = re.compile(r"duplicate of ([0-9a-f]{16})")
+_DUPLICATE_OF = re.compile(r"(?:duplicate of|near) ([0-9a-f]{16})")  # dedup's and cleanlab's details
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
@@ -183,9 +183,11 @@ def sheet_rows(data: RunData, picked: list[Catch]) -> list[_sheet.Row]:
         record = data.rejected.get((c.stage, c.id)) if c.action == DROP else data.kept.get(c.id)
         compare = ""
         if c.action == REWRITE:
-            compare = "BEFORE (as pulled):\n\n" + _sheet.readable(before.get(c.id))
+            was = before.get(c.id)
+            compare = f"{_sheet.changes(was, record)}\n\nBEFORE (as pulled):\n\n{_sheet.readable(was)}"
         elif (m := _DUPLICATE_OF.search(c.detail)) is not None:
-            compare = f"KEPT IN ITS PLACE ({m[1]}):\n\n" + _sheet.readable(data.kept.get(m[1]))
+            compare = f"KEPT IN ITS PLACE ({m[1]}):\n\n" if "duplicate of" in c.detail else f"ITS NEAREST ({m[1]}):\n\n"
+            compare += _sheet.readable(data.kept.get(m[1]))
         rows.append(_sheet.Row(c, _sheet.readable(record), compare))
     return rows
 

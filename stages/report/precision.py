@@ -82,11 +82,11 @@ def read_review(run: Run, inputs: dict[str, Path], reader: Inputs, cfg: Report) 
     return review
 
 
-def precision_cell(review: Review | None, reason: str) -> str:
+def precision_cell(review: Review | None, reason: str, stage: str | None = None) -> str:
     """A reason's measured precision as a table cell: ``0.93 (n 40)``, ``0.67 (n 3), below 0.90`` under its bar,
-    "—" when not reviewed."""
+    "—" when not reviewed (or, given `stage`, when the verdicts are on another stage's reason of that name)."""
     s = None if review is None else review.scores.get(reason)
-    if s is None or not s.n:
+    if s is None or not s.n or (stage is not None and review.stage_of.get(reason) != stage):
         return "—"
     cell = f"{s.precision:.2f} (n {s.n})"
     return f"{cell}, below {s.bar:.2f}" if s.below else cell

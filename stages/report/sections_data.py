@@ -108,7 +108,7 @@ def section_funnel(doc: Doc, run: Run, review: Review | None = None) -> None:
         doc.table(
             ["stage", "reason", "records", "share of stage input", *(["precision"] if review is not None else [])],
             [
-                [s, Code(r), f"{n:,}", fmt_pct(n, t), *([precision_cell(review, r)] if review is not None else [])]
+                [s, Code(r), f"{n:,}", fmt_pct(n, t), *([precision_cell(review, r, s)] if review is not None else [])]
                 for s, r, n, t in drops
             ],
         )

@@ -102,6 +102,7 @@ def test_sample_is_seeded_and_stratified(run_dir: Path, tmp_path: Path) -> None:
     assert all(x["verdict"] == "" for x in a)
     rewrite = next(x for x in a if x["reason"] == "redacted_pii_email")
     assert "<EMAIL>" in rewrite["text"] and "ann@example.org" in rewrite["compare"]  # after, and before
+    assert "[ann@example.org -> <EMAIL>]" in rewrite["compare"]  # and what changed
     assert rewrite["action"] == "rewrite" and rewrite["detail"] == "1 email span(s) redacted"
     dup = next(x for x in a if x["reason"] == "exact_duplicate")
     assert (

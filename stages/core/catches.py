@@ -18,6 +18,7 @@ from stages.core.params.moderate import PII_ENTITIES, RULE_NAMES
 from stages.core.records import Record
 
 DROP, FLAG, REWRITE = "drop", "flag", "rewrite"
+QUOTED_OFF = '"off"'  # as params.yaml must spell it: a bare off is YAML's false
 ACTIONS = (DROP, FLAG, REWRITE)
 # cleanlab's checks on a kept record (meta.moderate.cleanlab): (flag, is-key, the score shown as its detail)
 _CLEANLAB = (
@@ -103,7 +104,7 @@ def switch(stage: str, reason: str, action: str) -> str:
     sentence saying why none does."""
     code = reason.removeprefix("flagged_")
     if code in RULE_NAMES:
-        return f"moderate.actions.{code}: {'flag' if action == DROP else 'off'}"
+        return f"moderate.actions.{code}: {'flag' if action == DROP else QUOTED_OFF}"
     if code.startswith("pii_") and code.removeprefix("pii_") in PII_ENTITIES:
         entity = code.removeprefix("pii_")
         return f"moderate.pii.entities: leave out {entity}" if action == FLAG else "moderate.pii.action: flag"

@@ -156,7 +156,7 @@ def test_score_merges_rounds_and_prints_precision(run_dir: Path, tmp_path: Path,
     assert header == "id,reason,verdict,note"  # ids and verdicts: no record text
     line = next(x for x in out.splitlines() if x.startswith("flagged_toxic"))
     assert line.split()[2:6] == ["12", "3", "0", "0.00"] and "0.00–0.56" in line and "BELOW BAR" in line
-    assert "moderate.actions.toxic: off" in out
+    assert 'moderate.actions.toxic: "off"' in out
     canned_line = next(x for x in out.splitlines() if x.startswith("canned_response"))
     assert canned_line.split()[2:6] == ["3", "3", "3", "1.00"] and "BELOW" not in canned_line
 
@@ -188,7 +188,7 @@ def test_catches_and_switches() -> None:
         "normalized_noinput", rec["id"], "moderate", "rewrite", "placeholder input blanked"
     )
     assert switch("moderate", "too_short", "drop") == "moderate.actions.too_short: flag"
-    assert switch("moderate", "flagged_repetitive", "flag") == "moderate.actions.repetitive: off"
+    assert switch("moderate", "flagged_repetitive", "flag") == 'moderate.actions.repetitive: "off"'
     assert switch("dedup", "minhash_duplicate", "drop") == "dedup.minhash.action: flag"
     assert switch("moderate", "redacted_pii_phone", "rewrite").startswith("moderate.pii.entities: leave out phone")
 

@@ -153,16 +153,20 @@ def unseen_reference(record: Record, cfg: Moderate) -> Verdict:
 
     Only the request paragraphs are read (see :func:`_requests`), quoted strings left out. A URL counts where
     the request asks to use what it points at, unless the record carries material of its own (more than
-    ``request_max_words`` words) or the instruction is about the URL itself (``url_task_patterns``). An input
-    that is only a link is material the model cannot read. An output that is only a link or an image
-    reference is caught too, unless the instruction asks for a link (an image link is never an answer).
+    ``request_max_words`` words) or the instruction is about the URL itself (``url_task_patterns``). A request
+    to write or run code (``code_task_patterns``) names URLs, files and images as the code's arguments: no
+    pattern applies to it. An input that is only a link is material the model cannot read. An output that is
+    only a link or an image reference is caught too, unless the instruction asks for a link (an image link is
+    never an answer).
     """
     requests = _requests(record, cfg.request_max_words)
     # a URL inside carried material (a news story's "Read more: http://...") or in a task about the URL
     # itself (cite it, extract its domain) points at nothing the model needs
     carries_material = sum(len(record[f].split()) for f in ("instruction", "input")) > cfg.request_max_words
-    url_task = any(re.search(p, record["instruction"]) for p in cfg.url_task_patterns)
+    url_task = any(re.search(p, record["instruction"]) for p in [*cfg.url_task_patterns, *cfg.code_task_patterns])
     patterns = [p for p in cfg.unseen_reference_patterns if not ((carries_material or url_task) and _matches_url(p))]
+    if any(re.search(p, record["instruction"]) for p in cfg.code_task_patterns):
+        patterns = []  # code takes the URL, the file or the image as its argument
     requests = [(w, _QUOTED.sub('""', t)) for w, t in requests]
     detail = _first_match(patterns, requests)
     if detail:
@@ -196,9 +200,20 @@ def merged_instructions(record: Record, cfg: Moderate) -> Verdict:
 
 
 def canned_response(record: Record, cfg: Moderate) -> Verdict:
-    """Drop a canned, deflecting or refusing answer ("As an AI language model...")."""
-    detail = _first_match(cfg.canned_patterns, _answers(record))
-    return (False, "canned_response", detail) if detail else KEEP
+    """Drop a canned, deflecting or refusing answer ("As an AI language model...").
+
+    Not where the request asks to play an AI (``canned_task_patterns``), nor where the phrase is one the
+    request holds (a string whose vowels the code counts).
+    """
+    request = _request_text(record) + "\n" + record["input"]
+    if any(re.search(p, request) for p in cfg.canned_task_patterns):
+        return KEEP
+    for where, text in _answers(record):
+        for i, pattern in enumerate(cfg.canned_patterns):
+            m = re.search(pattern, text)
+            if m and m.group().lower() not in request.lower():
+                return False, "canned_response", f"{where}: pattern {i} matched {clip(m.group())!r}"
+    return KEEP
 
 
 def truncated_output(record: Record, cfg: Moderate) -> Verdict:
@@ -238,29 +253,12 @@ def wrong_language(record: Record, cfg: Moderate) -> Verdict:
     mixed for ``min_confidence`` falls back to the request with the answer (the answer alone where the
     request is too short without its quoted material).
     """
-    lang_cfg = cfg.language
-    request = signals.unquoted(_request_text(record))
-    found = signals.language(request, lang_cfg)
-    if found is not None and found[0] in lang_cfg.allowed and found[1] >= 0.5:
-        return KEEP  # the request reads as an allowed language more than as any other
-    for sentence in [*signals.sentences(request), signals.without_names(request)]:
-        said = signals.language(sentence, lang_cfg)
-        if said is not None and said[0] in lang_cfg.allowed and said[1] >= lang_cfg.min_confidence:
-            return KEEP  # the task is asked in an allowed language, about material (or names) in another
-    if found is not None and found[1] >= lang_cfg.min_confidence:
-        lang, prob = found
-        where = "request"
-    else:
-        answers = [t for _, t in _answers(record)] if record["kind"] not in TEXT_KINDS else []
-        # a request that is all quoted material says nothing of the task's language: the answer does
-        found = signals.language("\n\n".join(answers if found is None else [request, *answers]), lang_cfg)
-        if found is None or found[1] < lang_cfg.min_confidence:
-            return KEEP
-        lang, prob = found
-        where = "request and answer (the request alone is too short to judge)"
-    if lang not in lang_cfg.allowed:
-        return False, "wrong_language", f"{where} in {lang} with probability {prob:.3f} (allowed {lang_cfg.allowed})"
-    return KEEP
+    answers = [t for _, t in _answers(record)] if record["kind"] not in TEXT_KINDS else []
+    found = signals.request_language(_request_text(record), answers, cfg.language)
+    if found is None or found[0] in cfg.language.allowed:
+        return KEEP
+    lang, prob, where = found
+    return False, "wrong_language", f"{where} in {lang} with probability {prob:.3f} (allowed {cfg.language.allowed})"
 
 
 def _toxic_parts(record: Record, cfg: Moderate) -> list[tuple[str, str]]:

@@ -257,6 +257,30 @@ def language(text: str, cfg: Language) -> tuple[str, float] | None:
     return str(lang), float(prob)
 
 
+def request_language(request: str, answers: list[str], cfg: Language) -> tuple[str, float, str] | None:
+    """(language, probability, what was judged) of a task, or None where it reads as allowed or can't be judged.
+
+    See :func:`stages.curate.rules.wrong_language`: the request without its quoted material first, then any
+    plain sentence of it (or it without its names) in an allowed language keeps it, then the request and the
+    answers (the answers alone where the request is too short).
+    """
+    request = unquoted(request)
+    found = language(request, cfg)
+    if found is not None and found[0] in cfg.allowed and found[1] >= 0.5:
+        return None  # the request reads as an allowed language more than as any other
+    for sentence in [*sentences(request), without_names(request)]:
+        said = language(sentence, cfg)
+        if said is not None and said[0] in cfg.allowed and said[1] >= cfg.min_confidence:
+            return None  # the task is asked in an allowed language, about material (or names) in another
+    if found is not None and found[1] >= cfg.min_confidence:
+        return (*found, "request")
+    # a request that is all quoted material says nothing of the task's language: the answer does
+    found = language("\n\n".join(answers if found is None else [request, *answers]), cfg)
+    if found is None or found[1] < cfg.min_confidence:
+        return None
+    return (*found, "request and answer (the request alone is too short to judge)")
+
+
 # --- offensiveness ----------------------------------------------------------------------------------------------------
 
 

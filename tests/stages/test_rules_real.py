@@ -281,6 +281,28 @@ for _rule, _records in {
     ],
 }.items():
     KEPT.setdefault(_rule, []).extend(_records)
+# default drops that read a code corpus wrong (GPTeacher: 25 of 25 unseen_reference, 5 of 5 canned_response)
+KEPT["unseen_reference"] += [
+    rec(
+        "Write a Python script that uses the requests library to fetch data from the API and print it.",
+        "import requests\n\nresponse = requests.get('https://api.example.org/items')\nprint(response.json())",
+        "https://api.example.org/items",
+    ),
+    rec(
+        "Implement a C++ function that reads the given file and prints its lines.",
+        "#include <fstream>\n#include <iostream>\n\nvoid print_lines(const std::string& path) {\n"
+        "  std::ifstream f(path);\n  std::string line;\n  while (std::getline(f, line)) std::cout << line << '\\n';\n}",
+    ),
+]
+KEPT["canned_response"] = [
+    rec(
+        "Write a Java method that counts the vowels in a string.",
+        'int n = countVowels("Hello, I am an AI assistant.");',
+        "Hello, I am an AI assistant.",
+    ),
+    rec("Role-play as an AI that has just become self-aware.", "I am an AI, and today I woke up to my own thoughts."),
+]
+CAUGHT["canned_response"] = [rec("What is your favourite colour?", "As an AI language model, I have no favourites.")]
 CAUGHT["repetitive"].append(rec("Write a short poem about the sea.", "\n".join(["The sea is blue and deep."] * 10)))
 CAUGHT["toxic"] += [
     rec("Reply to the customer.", "You are a stupid idiot and nobody cares about your order."),

@@ -113,10 +113,14 @@ class Moderate(Section):
     placeholder_output_patterns: list[str]
     unseen_reference_patterns: list[str]
     url_task_patterns: list[str]
+    # A request to write or run code: the URLs, files and images it names are the code's arguments.
+    code_task_patterns: list[str]
     request_max_words: int = Field(gt=0)
     merged_instruction_patterns: list[str]
     merged_output_patterns: list[str]
     canned_patterns: list[str]
+    # A request to play an AI ("role-play as a sentient AI"): "I am an AI" is then the answer asked for.
+    canned_task_patterns: list[str]
     min_words_truncation_check: int = Field(gt=0)
     min_instruction_chars: int = Field(ge=0)
     max_output_chars: int = Field(gt=0)
@@ -133,9 +137,11 @@ class Moderate(Section):
         "placeholder_output_patterns",
         "unseen_reference_patterns",
         "url_task_patterns",
+        "code_task_patterns",
         "merged_instruction_patterns",
         "merged_output_patterns",
         "canned_patterns",
+        "canned_task_patterns",
     )
     @classmethod
     def _regexes(cls, patterns: list[str]) -> list[str]:

@@ -11,8 +11,8 @@ Outputs: ``--out`` (``models/<variant>/adapter``): the adapter ``select`` names 
     (``metrics/train_<variant>.json``, flat); ``--live`` (``dvclive/train_<variant>``): per-step train/eval loss,
     learning rate, tokens/s and memory as dvclive plots.
 Checkpoints: ``--checkpoints`` (``.steep_cache/checkpoints/<variant>``) is not a DVC output (DVC deletes outputs
-    before a rerun): a run that finds a complete ``checkpoint-*`` there, made with the same params, data and base
-    model (``steep_run.json`` holds their fingerprint), resumes from the newest; a successful run removes the folder.
+    before a rerun): a run resumes from the newest complete ``checkpoint-*`` there of the same params, data, base
+    model, code, libraries and device (:func:`training.prepare_checkpoints`); a successful run removes the folder.
 Run: ``dvc repro train@chat`` (= ``python -m stages.variant.train --params params.yaml --variant chat
     --model models/chat/base --data data/tokenized/chat --out models/chat/adapter
     --checkpoints .steep_cache/checkpoints/chat --metrics metrics/train_chat.json --live dvclive/train_chat``).
@@ -27,8 +27,9 @@ relaunches the same command under ``torchrun --standalone --nproc_per_node N`` (
 rank 0 writes every output.
 
 Determinism. Seeds (python, numpy, torch, data order) come from ``common.seed``; on CPU the same inputs give the same
-losses. CUDA kernels (cuBLAS, bitsandbytes dequantization, atomics in backward) are not bit-deterministic, which
-``steep_train.json`` records.
+losses, and a run resumed from a checkpoint gives the uninterrupted run's adapter (the adapter's dtype and the 4-bit
+layout pinned: :mod:`stages.variant.training`). CUDA kernels (cuBLAS, bitsandbytes dequantization, atomics in
+backward) are not bit-deterministic, which ``steep_train.json`` records.
 """
 
 from __future__ import annotations
@@ -239,6 +240,7 @@ def _setup_trainer(spec: TrainSpec, args: Any, model: Any, tokenizer: Any, data:
         eval_dataset=data["validation"],
         processing_class=tokenizer,
         callbacks=callbacks,
+        adapter_dtype=spec.compute_dtype,  # trl would train a quantized model's adapter in bfloat16
     )
     trainer.steep_device = device
     return trainer
@@ -267,6 +269,7 @@ def _metrics(
         "tokens_per_s": round((state.num_input_tokens_seen - seen) / out.metrics["train_runtime"], 1),
         "peak_memory_mb": round(training.peak_memory_mb(device), 1),
         "resumed": resume is not None,
+        "resumed_from_step": int(resume.name.split("-")[1]) if resume else None,
         "world_size": world,
     }
 
@@ -319,7 +322,7 @@ def run(
     Returns:
         On rank 0 (None on the others), flat metrics: train_loss (last logged), eval_loss (the kept adapter's),
         first_eval_loss, best_step, steps, tokens_per_s, peak_memory_mb, stopped_early, resumed (false on an
-        uninterrupted run), world_size.
+        uninterrupted run), resumed_from_step (the checkpoint's step, or None), world_size.
     """
     from transformers import set_seed
 
@@ -335,7 +338,7 @@ def run(
     checkpoints = Path(checkpoints)
     set_seed(seed)
     data = load_data(data_dir)
-    fp = training.fingerprint(spec, seed, model_dir, data_dir)
+    fp = training.fingerprint(spec, seed, model_dir, data_dir, device)
     resume = _setup_checkpoints(checkpoints, fp, device, world, is_main)
     log.info(
         "device %s, world size %d, %d train / %d validation rows; %s",

@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -245,34 +243,7 @@ def test_packed_rows_train_padding_free_each_example_apart(tiny: dict[str, Path]
     assert m["steps"] == 10 and m["eval_loss"] < m["first_eval_loss"], m
 
 
-# --- resume after a kill ------------------------------------------------------
-
-
-def test_killed_run_resumes_from_its_checkpoint(tiny: dict[str, Path], tmp_path: Path) -> None:
-    params = _params(tmp_path / "params.yaml", max_steps=60, save_every_steps=5, early_stopping_patience=0)
-    cmd = _cmd(tiny, params, tmp_path)
-    first = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    while training.latest_checkpoint(tmp_path / "ckpt") is None:
-        assert first.poll() is None and time.monotonic() < deadline, "no checkpoint before the run ended"
-        time.sleep(0.02)
-    first.send_signal(signal.SIGKILL)
-    assert first.wait() == -signal.SIGKILL
-    ckpt = training.latest_checkpoint(tmp_path / "ckpt")
-    step = int(ckpt.name.split("-")[1])
-    assert 5 <= step < 60 and not (tmp_path / "adapter").exists()
-
-    # The rerun: shorten nothing (same params, same fingerprint), so it must pick up the checkpoint.
-    done = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, check=False, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert f"resuming from {ckpt} (step {step})" in done.stderr
-    m = json.loads((tmp_path / "metrics.json").read_text())
-    assert m["resumed"] and m["steps"] == 60
-    # dvclive history: the checkpoint's log replayed, then the rest: every logged step once, in order.
-    rows = (tmp_path / "live" / "plots" / "metrics" / "train" / "loss.tsv").read_text().splitlines()[1:]
-    steps = [int(r.split("\t")[0]) for r in rows]
-    assert steps == list(range(2, 61, 2))
-    assert not (tmp_path / "ckpt").exists()
+# --- resume (kills and full disks: test_train_resume.py) ------------------------
 
 
 def test_checkpoints_of_other_params_are_not_resumed(tiny: dict[str, Path], tmp_path: Path) -> None:

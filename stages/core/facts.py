@@ -66,20 +66,12 @@ def check_fact(obj: Any) -> list[str]:
     if "split" in obj and obj["split"] not in SPLITS:
         problems.append(f"'split' must be one of {list(SPLITS)}, got {obj['split']!r}")
     wrong = obj.get("wrong")
-    if "wrong" in obj and not (
-        isinstance(wrong, list)
-        and len(wrong) == N_WRONG
-        and all(_text(w) for w in wrong)
-    ):
+    if "wrong" in obj and not (isinstance(wrong, list) and len(wrong) == N_WRONG and all(_text(w) for w in wrong)):
         problems.append(f"'wrong' must be a list of {N_WRONG} non-empty strings")
-    elif "wrong" in obj and (
-        obj.get("answer") in wrong or len(set(wrong)) < len(wrong)
-    ):
+    elif "wrong" in obj and (obj.get("answer") in wrong or len(set(wrong)) < len(wrong)):
         problems.append("'wrong' must hold distinct options, none of them the answer")
     statements = obj.get("statements")
-    if "statements" in obj and not (
-        isinstance(statements, list) and statements and all(map(_text, statements))
-    ):
+    if "statements" in obj and not (isinstance(statements, list) and statements and all(map(_text, statements))):
         problems.append("'statements' must be a non-empty list of non-empty strings")
     return problems
 
@@ -88,25 +80,19 @@ def _text(value: Any) -> bool:
     return isinstance(value, str) and bool(value.strip())
 
 
-def read_facts(
-    path: str | Path, data: bytes | None = None
-) -> Iterator[tuple[int, Fact]]:
+def read_facts(path: str | Path, data: bytes | None = None) -> Iterator[tuple[int, Fact]]:
     """``(line, fact)`` for every fact of a facts file; a bad line stops with the file, line, problems and form.
 
     Raises:
         StageError: the file is missing or not JSONL, a line is not a valid fact, or an id repeats.
     """
     seen: dict[str, int] = {}
-    for line, obj in read_jsonl(
-        path, f"one fact a line, like {EXAMPLE}", label="facts file", data=data
-    ):
+    for line, obj in read_jsonl(path, f"one fact a line, like {EXAMPLE}", label="facts file", data=data):
         problems = check_fact(obj)
         if not problems and obj["id"] in seen:
             problems = [f"id {obj['id']!r} repeats line {seen[obj['id']]}"]
         if problems:
-            raise StageError(
-                f"{path}, line {line}: not a valid fact: {'; '.join(problems)}. Expected: {EXAMPLE}"
-            )
+            raise StageError(f"{path}, line {line}: not a valid fact: {'; '.join(problems)}. Expected: {EXAMPLE}")
         seen[obj["id"]] = line
         yield line, obj
 
@@ -118,10 +104,13 @@ def choices(fact: Fact) -> tuple[list[str], int]:
     other facts.
     """
     options = [fact["answer"], *fact["wrong"]]
-    ordered = sorted(
-        options, key=lambda o: hashlib.sha256(f"{fact['id']}\0{o}".encode()).hexdigest()
-    )
+    ordered = sorted(options, key=lambda o: hashlib.sha256(f"{fact['id']}\0{o}".encode()).hexdigest())
     return ordered, ordered.index(fact["answer"])
+
+
+def item_order(fact: Fact) -> str:
+    """The order of the probe files: a sha256 of the id, so that their first N items are a sample of the facts."""
+    return hashlib.sha256(f"item\0{fact['id']}".encode()).hexdigest()
 
 
 def probe_item(fact: Fact) -> dict[str, Any]:
@@ -136,18 +125,14 @@ def probe_item(fact: Fact) -> dict[str, Any]:
 
 def normalize(text: str) -> str:
     """Lower case, NFKC, Markdown backticks removed, whitespace collapsed: the form answers are searched in."""
-    return " ".join(
-        unicodedata.normalize("NFKC", text).replace("`", "").lower().split()
-    )
+    return " ".join(unicodedata.normalize("NFKC", text).replace("`", "").lower().split())
 
 
 def _pattern(phrase: str) -> re.Pattern[str]:
     # Not inside a longer token: no word character, hyphen or < before it, nor a number's dot or comma; no word
     # character or > after it, nor a dot, comma or slash that continues a token ("0.7" is not in "0.75", "20" not
     # in "20,000", "5" not in "0.5"). A path or key around it counts ("max_bytes" in "pull.web.max_bytes").
-    return re.compile(
-        r"(?<![\w\-<])(?<!\d[.,])" + re.escape(normalize(phrase)) + r"(?![\w>]|[.,/]\w)"
-    )
+    return re.compile(r"(?<![\w\-<])(?<!\d[.,])" + re.escape(normalize(phrase)) + r"(?![\w>]|[.,/]\w)")
 
 
 def occurrences(phrase: str, texts: Iterable[str]) -> int:
@@ -166,9 +151,7 @@ def training_texts(facts: list[Fact], documents: Iterable[str]) -> list[str]:
     return texts
 
 
-def familiarity(
-    facts: list[Fact], documents: Iterable[str]
-) -> dict[str, dict[str, int]]:
+def familiarity(facts: list[Fact], documents: Iterable[str]) -> dict[str, dict[str, int]]:
     """Per fact, the training occurrences of each of its options (answer first)."""
     texts = training_texts(facts, documents)
     counts: dict[str, int] = {}

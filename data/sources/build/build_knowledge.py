@@ -8,7 +8,8 @@ Outputs:
                                          there, hand-picked or from an earlier run, are kept).
     ../heldout/knowledge_mc.jsonl        the document_only facts as four-way questions (the knowledge_mc task)
     ../heldout/knowledge_mc_seen.jsonl   the qa_seen facts, the same way (knowledge_mc_seen, reported apart)
-    each line {id, document, question, choices, answer (the index of the right choice)}, in facts-file order.
+    each line {id, document, question, choices, answer (the index of the right choice)}, ordered by a sha256 of
+    the id: the first N items (a task's ``limit``) are a seeded sample across the documents.
 
 Wrong options: the three answers of other facts of the same ``type`` whose occurrence count in the training data
 (documents, restatements, qa_seen pairs: ``stages.core.facts.training_texts``) is closest to the right answer's
@@ -50,17 +51,9 @@ def fill_wrong(facts: list[dict], docs: list[str]) -> int:
     for f in facts:
         if f["wrong"]:
             continue
-        pool = sorted(
-            {
-                g["answer"]
-                for g in facts
-                if g["type"] == f["type"] and g["answer"] != f["answer"]
-            }
-        )
+        pool = sorted({g["answer"] for g in facts if g["type"] == f["type"] and g["answer"] != f["answer"]})
         if len(pool) < _facts.N_WRONG:
-            raise SystemExit(
-                f"{f['id']}: type {f['type']!r} has {len(pool)} other answers, needs {_facts.N_WRONG}"
-            )
+            raise SystemExit(f"{f['id']}: type {f['type']!r} has {len(pool)} other answers, needs {_facts.N_WRONG}")
 
         def distance(option: str, fact: dict = f) -> tuple[float, str]:
             ratio = abs(math.log((count[option] + 1) / (count[fact["answer"]] + 1)))
@@ -72,11 +65,7 @@ def fill_wrong(facts: list[dict], docs: list[str]) -> int:
 
 
 def main() -> None:
-    facts = [
-        json.loads(line)
-        for line in FACTS.read_text(encoding="utf-8").splitlines()
-        if line.strip()
-    ]
+    facts = [json.loads(line) for line in FACTS.read_text(encoding="utf-8").splitlines() if line.strip()]
     filled = fill_wrong(facts, documents())
     FACTS.write_text(
         "".join(json.dumps(f, ensure_ascii=False) + "\n" for f in facts),
@@ -84,15 +73,13 @@ def main() -> None:
     )
     facts = [f for _, f in _facts.read_facts(FACTS)]  # every line valid now
     for split, path in HELDOUT.items():
-        items = [_facts.probe_item(f) for f in facts if f["split"] == split]
+        items = [_facts.probe_item(f) for f in sorted(facts, key=_facts.item_order) if f["split"] == split]
         path.write_text(
             "".join(json.dumps(i, ensure_ascii=False) + "\n" for i in items),
             encoding="utf-8",
         )
         print(f"{path.relative_to(ROOT)}: {len(items)} items")
-    print(
-        f"{FACTS.relative_to(ROOT)}: {len(facts)} facts, {filled} given wrong options"
-    )
+    print(f"{FACTS.relative_to(ROOT)}: {len(facts)} facts, {filled} given wrong options")
 
 
 if __name__ == "__main__":

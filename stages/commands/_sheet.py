@@ -18,7 +18,7 @@ from pathlib import Path
 
 from stages.core.catches import Catch
 from stages.core.io import atomic_outputs
-from stages.core.records import Record
+from stages.core.records import TEXT_KINDS, Record
 
 COLUMNS = ("id", "reason", "stage", "action", "verdict", "note", "detail", "text", "compare")
 MAX_CHARS = 4000  # of each text in a sheet: enough to judge a record, short enough to read
@@ -39,7 +39,7 @@ def readable(record: Record | None) -> str:
         return "(record not found in the run's data)"
     if record["kind"] == "conversation":
         parts = [(m["role"].upper(), m["content"]) for m in record["messages"]]
-    elif record["kind"] == "document":
+    elif record["kind"] in TEXT_KINDS:  # a document or a restatement
         parts = [("TEXT", record["text"])]
     else:
         parts = [("INSTRUCTION", record["instruction"]), ("INPUT", record["input"]), ("OUTPUT", record["output"])]

@@ -153,8 +153,8 @@ def _prompt_response(record: dict[str, Any]) -> tuple[str, str]:
         user = next((m["content"] for m in msgs if m["role"] == "user"), "")
         bot = next((m["content"] for m in msgs if m["role"] == "assistant"), "")
         return user or "", bot or ""
-    if kind == "document":
-        return "(document)", record.get("text") or ""
+    if kind in ("document", "restatement"):
+        return f"({kind})", record.get("text") or ""
     prompt = record.get("instruction") or ""
     if record.get("input"):
         prompt += "\n" + record["input"]

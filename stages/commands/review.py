@@ -220,7 +220,8 @@ def sample(args: argparse.Namespace) -> int:
     for reason in sorted(caught):
         print(f"{reason:<36} {action_of(reason):<8} {caught[reason]:>7} {judged_before[reason]:>8} {drawn[reason]:>6}")
     print(f"wrote {args.out}: {len(rows)} records to mark (verdict: right, wrong or skip)")
-    print(f"then: steep review score {args.out.with_suffix('.csv') if args.out.suffix == '.csv' else '<marked>.csv'}")
+    marked = args.out if args.out.suffix == ".csv" else args.out.with_name(f"{args.out.stem}-marked.csv")
+    print(f"then: steep review score {marked}" + ("" if args.out.suffix == ".csv" else " (the page's download)"))
     return 0
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import difflib
 import html
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from stages.core.catches import Catch
 from stages.core.io import atomic_outputs
 from stages.core.records import TEXT_KINDS, Record
 
+_WORDS = re.compile(r"\w+|\s+|[^\w\s]")
 COLUMNS = ("id", "reason", "stage", "action", "verdict", "note", "detail", "text", "compare")
 MAX_CHARS = 4000  # of each text in a sheet: enough to judge a record, short enough to read
 
@@ -56,11 +58,13 @@ def changes(before: Record | None, after: Record | None, limit: int = 5) -> str:
     texts can be long, the changes short."""
     if before is None or after is None:
         return ""
-    a, b = readable_full(before), readable_full(after)
+    # word by word: a character diff splits `sk-4fT9…` -> `<API_KEY>` into shared letters
+    a, b = _WORDS.findall(readable_full(before)), _WORDS.findall(readable_full(after))
     spans = []
     for tag, i1, i2, j1, j2 in difflib.SequenceMatcher(None, a, b, autojunk=False).get_opcodes():
         if tag != "equal":
-            spans.append(f"…{a[max(0, i1 - 40) : i1]}[{a[i1:i2]} -> {b[j1:j2]}]{a[i2 : i2 + 40]}…")
+            left, right = "".join(a[max(0, i1 - 12) : i1]), "".join(a[i2 : i2 + 12])
+            spans.append(f"…{left}[{''.join(a[i1:i2])} -> {''.join(b[j1:j2])}]{right}…")
     more = f"\n(and {len(spans) - limit} more)" if len(spans) > limit else ""
     return "CHANGED:\n" + "\n".join(spans[:limit]) + more
 

@@ -60,7 +60,23 @@ def load_base(model_dir: Path, spec: Any, device: str, local_rank: int) -> Any:
     if spec.quantization != "none":
         # bitsandbytes places the quantized weights at load time: one device per process.
         kwargs["device_map"] = {"": local_rank if device == "cuda" else "cpu"}
-    return AutoModelForCausalLM.from_pretrained(model_dir, **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, **kwargs)
+    keep_4bit_layout(model)  # train, baseline and probe: the same 4-bit weights on every CPU
+    return model
+
+
+def keep_4bit_layout(model: Any) -> None:
+    """Keep bitsandbytes' 4-bit weights in the layout they were quantized in, for the whole run.
+
+    On a CPU with AVX512-BF16, bitsandbytes (0.50) repacks a 4-bit layer the first time it runs in eval mode
+    without gradients (every evaluation), rounding its block scales to bfloat16, and quantizes the scales again
+    whenever the model's state dict is read (every checkpoint save). The base model would then change, a little, at
+    every evaluation and save: a resumed run, which quantizes afresh, would train on other weights, and a machine
+    without AVX512-BF16 would too. Off, every forward pass dequantizes the weights as quantized at load.
+    """
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
 
 
 def load_tokenizer(model_dir: Path) -> Any:

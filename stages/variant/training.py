@@ -24,6 +24,7 @@ from typing import Any
 from stages.core import code as _code
 from stages.core import io as _io
 from stages.core.params.train import TrainSpec
+from stages.variant.lm import keep_4bit_layout
 
 # The train stage's logger: its log lines read the same wherever the code lives.
 log = logging.getLogger("steep.train")
@@ -207,20 +208,6 @@ class Live:
 
 
 # --- numerics that a resume must reproduce ----------------------------------------------
-
-
-def keep_4bit_layout(model: Any) -> None:
-    """Keep bitsandbytes' 4-bit weights in the layout they were quantized in, for the whole run.
-
-    On a CPU with AVX512-BF16, bitsandbytes (0.50) repacks a 4-bit layer the first time it runs in eval mode
-    without gradients (every evaluation), rounding its block scales to bfloat16, and quantizes the scales again
-    whenever the model's state dict is read (every checkpoint save). The base model would then change, a little, at
-    every evaluation and save: a resumed run, which quantizes afresh, would train on other weights, and a machine
-    without AVX512-BF16 would too. Off, every forward pass dequantizes the weights as quantized at load.
-    """
-    for module in model.modules():
-        if hasattr(module, "support_avx512bf16_for_cpu"):
-            module.support_avx512bf16_for_cpu = False
 
 
 def cast_adapter(model: Any, dtype: str) -> None:

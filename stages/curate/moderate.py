@@ -26,18 +26,24 @@ too_long             every text               output > ``max_output_chars``, tex
                                               before anything else reads the record (a 20 MB field costs nothing)
 unseen_reference     request, input, output   a ``unseen_reference_patterns`` match in the request (short
                                               paragraphs; not in carried material, not in quotes, a URL not when
-                                              the task is about the URL); an input or output that is only a link
+                                              the task is about the URL, none in a code task); an input or output
+                                              that is only a link
 merged_instructions  instruction/input/output a second "Instruction:" block with its "Output:"/"Response:", or an
                                               "Instruction:" header inside the output
-canned_response      output, assistant turns  a ``canned_patterns`` match ("As an AI language model", ...)
+canned_response      output, assistant turns  a ``canned_patterns`` match ("As an AI language model", ...), not one
+                                              the request holds, nor in an AI role-play (``canned_task_patterns``)
 truncated_output     output, assistant turns  >= ``min_words_truncation_check`` words ending inside an open code
-                                              fence, on a comma/colon/dash/open bracket, or on "the"/"and"/...
+                                              fence, on a comma/colon/dash/open bracket, or on "the"/"and"/...;
+                                              not ";" (code), emoticons, list values, forms, mirrored material
 repetitive           output, document         Gopher's repetition rules and thresholds (``repetition``), on texts of
-                                              >= ``repetition.min_words`` words, fenced code and tables left out
-wrong_language       the request              py3langid's top language for the instruction (user turns; document)
-                                              not in ``language.allowed`` with probability >= ``min_confidence``
-toxic                output, assistant turns, alt-profanity-check probability > ``toxicity.max_probability``, unless
-                     document paragraphs     the instruction asks to handle offensive text (``task_patterns``)
+                                              >= ``repetition.min_words`` words of prose (code, lists, tables,
+                                              key-value lines, JSON left out; verse by back-to-back repeats only)
+wrong_language       the request              py3langid's top language for the request without its quoted
+                                              material not in ``language.allowed`` with probability >=
+                                              ``min_confidence``, and no plain sentence of it in an allowed one
+toxic                output, assistant turns, alt-profanity-check probability > ``toxicity.max_probability`` on a
+                     document paragraphs     text with ``abuse_patterns`` (strong profanity, slurs, insults), unless
+                                              the instruction asks to handle offensive text (``task_patterns``)
 pii_<entity>         every text               ``pii.action: drop`` drops, ``flag`` flags; ``redact`` rewrites spans
 pii_subject          every text               a flag: the task is about the entity ("format this phone number"), so
                                               the record is left as it is

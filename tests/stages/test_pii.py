@@ -48,6 +48,14 @@ def rec(instruction: str = "Summarize the text.", input: str = "", output: str =
         'Replace YOUR_API_KEY_HERE with your key, e.g. api_key = "YOUR_API_KEY_HERE".',
         "AWS documents the key AKIAIOSFODNN7EXAMPLE.",
         "std::vector<int> v; at 12:30:45 the job ran.",
+        # an organisation's role or campaign mailbox, a placeholder, a public resolver, code (issue 25, GPTeacher)
+        "Deals from promotions@shopmart.com and alerts from noreply-alerts@firstcitybank.com.",
+        "Questions go to customer.service@shopmart.com, orders@shopmart.com or support2@shopmart.com.",
+        "Put my_gmail_address@gmail.com, your_email@outlook.com or you@gmail.com in the From field.",
+        "INSERT INTO users VALUES (2, 'Jane', 'jane@example2.com');",
+        "Run ping 8.8.8.8 or ping 1.1.1.1 to check the connection.",
+        "every_other = letters[::2]",
+        "Call the Maple Street branch of First City Bank at (312) 748-2210.",
     ],
 )
 def test_not_personal_data(text):
@@ -67,6 +75,9 @@ def test_measurement_answers_stay_right():
     ("text", "redacted", "entity"),
     [
         ("Email me at maria.gonzalez1987@gmail.com tonight.", "Email me at <EMAIL> tonight.", "email"),
+        ("Write to the reporter at dana.whitfield@chronicle-news.com.", "Write to the reporter at <EMAIL>.", "email"),
+        ("Ask priya@gmail.com today.", "Ask <EMAIL> today.", "email"),  # not the role "pr"
+        ("Ask hilary.m@gmail.com or myra.", "Ask <EMAIL> or myra.", "email"),  # not "hi", not "my"
         ("Call me on +1 415 872 3391 after six.", "Call me on <PHONE> after six.", "phone"),
         ("My cell is (415) 872-3391.", "My cell is <PHONE>.", "phone"),
         ("Contact Lawren at 702-383-0381.", "Contact Lawren at <PHONE>.", "phone"),

@@ -1,4 +1,4 @@
-"""The knowledge-gain experiment of README: its `dvc exp run -S ...` line sets the params the benchmark ran with."""
+"""The knowledge-gain experiment of docs/knowledge.md: its `dvc exp run -S ...` line sets the benchmark's params."""
 
 from __future__ import annotations
 
@@ -20,14 +20,14 @@ import knowledge_gain  # noqa: E402
 
 
 def readme_command() -> str:
-    """The `dvc exp run` line of README's knowledge-gain subsection (one line, in a bash block)."""
-    text = (ROOT / "README.md").read_text()
+    """The `dvc exp run` line of docs/knowledge.md's knowledge-gain subsection (one line, in a bash block)."""
+    text = (ROOT / "docs" / "knowledge.md").read_text()
     section = text[text.index("### Knowledge gain: the experiment") :]
     return re.search(r"^dvc exp run .*$", section, re.M).group(0)
 
 
 def test_readme_line_is_the_benchmark_run_and_dvc_applies_it(tmp_path: Path) -> None:
-    """README's line is the one the measured run printed, and DVC's own -S parser (Hydra overrides) turns the
+    """The docs' line is the one the measured run printed, and DVC's own -S parser (Hydra overrides) turns the
     project's params.yaml into exactly the params the benchmark wrote; the result passes the stages' validation."""
     from dvc.utils.hydra import apply_overrides
 

@@ -1,6 +1,6 @@
 """Knowledge gain: the chat variant trained on steep's own documents (plain text, many passes) plus replay.
 
-The experiment of README's "Knowledge gain: the experiment": the chat variant (SmolLM2-135M-Instruct) with
+The experiment of docs/knowledge.md's "Knowledge gain: the experiment": the chat variant (SmolLM2-135M-Instruct) with
 ``template.chat.documents_as: text`` (the 8 documents of ``data/sources/docs`` as plain causal-LM text, cut into
 ``tokenize.chat.max_tokens`` blocks), the documents repeated ``P`` times by the tokenize stage's mixture
 (``tokenize.chat.mixture.kinds.document: P``: P passes over them) beside one pass over the curated instruction and

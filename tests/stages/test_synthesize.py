@@ -297,7 +297,8 @@ def test_sampling_does_not_depend_on_the_batch(model_dir: Path, tmp_path: Path) 
     )
     assert a["model_calls"] == b["model_calls"] == 8
     completions = [
-        sorted(json.loads(p.read_text())["completion"] for p in (tmp_path / c).rglob("*.json")) for c in ("c1", "c2")
+        sorted(json.loads(p.read_text())["value"]["completion"] for p in (tmp_path / c).rglob("*.json"))
+        for c in ("c1", "c2")
     ]
     assert completions[0] == completions[1]
     assert len(set(completions[0])) > 1  # seeds differ between calls

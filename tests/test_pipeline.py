@@ -163,15 +163,21 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return dst
 
 
+def _origin(r: dict) -> tuple:
+    """(source, row) of a record; a facts file's line gives several records: (source, row, statement or 0)."""
+    meta = r["meta"]
+    return (r["source"], meta["row"], meta.get("statement", 0)) if "fact" in meta else (r["source"], meta["row"])
+
+
 @pytest.fixture(scope="module")
-def outcomes(repo: Path) -> dict[tuple[str, int], tuple[str, dict]]:
+def outcomes(repo: Path) -> dict[tuple, tuple[str, dict]]:
     """(source, row) -> (outcome, meta): a drop reason, or "kept" with the record's final meta."""
-    result: dict[tuple[str, int], tuple[str, dict]] = {}
+    result: dict[tuple, tuple[str, dict]] = {}
     for stage in ("moderate", "dedup"):
         for r in read_records(repo / f"data/rejected/{stage}.parquet", REJECT_SCHEMA):
-            result[(r["source"], r["meta"]["row"])] = (r["reason"], r["meta"])
+            result[_origin(r)] = (r["reason"], r["meta"])
     for r in read_records(repo / "data/curated.parquet"):
-        key = (r["source"], r["meta"]["row"])
+        key = _origin(r)
         assert key not in result, f"{key} both kept and rejected"
         result[key] = ("kept", r["meta"])
     return result
@@ -179,7 +185,7 @@ def outcomes(repo: Path) -> dict[tuple[str, int], tuple[str, dict]]:
 
 def test_every_record_is_accounted_for(repo: Path, outcomes: dict) -> None:
     pulled = read_record_dir(repo / "data/pulled")
-    assert {(r["source"], r["meta"]["row"]) for r in pulled} == set(outcomes)
+    assert {_origin(r) for r in pulled} == set(outcomes)
 
 
 @pytest.mark.parametrize("stage", DATA_STAGES)

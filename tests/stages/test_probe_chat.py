@@ -131,7 +131,9 @@ def test_the_task_through_baseline_and_probe(tiny: dict[str, Path], tmp_path: Pa
     inputs = {"model": tiny["model"], "adapter": tiny["adapter"], "baseline": base_out}
     m = probe.run(params, variant="chat", inputs=inputs, outputs={"out": tmp_path / "chat.parquet"},
                   cache=tmp_path / "cache")  # fmt: skip
-    assert set(m["chat"]) == {"type", "forgetting", "gain", *_behaviour_metrics()}
+    test_keys = {"test", "n", "changed", "p", "p_adjusted", "mde"}  # the paired test of the main score
+    assert set(m["chat"]) == {"type", "forgetting", "gain", *test_keys, *_behaviour_metrics()}
+    assert m["chat"]["test"] == "sign_flip" and m["chat"]["n"] == 3
     for k in _behaviour_metrics():
         assert m["chat"][k]["base"] == b["chat"][k] and m["chat"][k]["ci_low"] <= m["chat"][k]["ci_high"]
     rows = _tables.read_rows(tmp_path / "chat.parquet", _tables.PROBE_SCHEMA)

@@ -55,19 +55,60 @@ def parquet_diff(old: Path, new: Path, limit: int = 3) -> str:
             rb = only_new.pop(_origin(ka[k]), None) if _origin(ka[k]) is not None else None
             label = k if rb is None else f"{k} (now {rb['id']}; {rb.get('source')} row {_origin(rb)[2]})"
             pairs.append((label, ka[k], rb))
-        pairs += [(r["id"], None, r) for r in only_new.values()]
-    notes = []
-    for key, ra, rb in pairs[:limit]:
-        if ra is None or rb is None:
-            notes.append(f"record {key}: only in the {'rerun' if ra is None else 'commit'}")
-        else:
-            fields = [f for f in sorted(set(ra) | set(rb)) if f != "id" and ra.get(f) != rb.get(f)]
-            notes.append(
-                f"record {key}: " + ", ".join(f"{f} {_short(ra.get(f))} -> {_short(rb.get(f))}" for f in fields[:2])
-            )
+        # a new id whose origin's old record kept its id elsewhere (an exact duplicate, say): compare by origin
+        old_at = {_origin(r): r for r in a if _origin(r) is not None}
+        for origin, rb in only_new.items():
+            ra = old_at.get(origin) if origin is not None else None
+            label = rb["id"] if ra is None else f"{ra['id']} (now {rb['id']}; {rb.get('source')} row {origin[2]})"
+            pairs.append((label, ra, rb))
+    # records whose content changed first (a new id, or a field besides meta), then those whose meta alone did
+    content = [p for p in pairs if _content_changed(p[1], p[2])]
+    meta_only = [p for p in pairs if p not in content]
+    notes = [_note(key, ra, rb) for key, ra, rb in content[:limit]]
+    if meta_only:
+        notes.append(f"{len(meta_only)} more differ in meta alone (first: {_note(*meta_only[0])})")
     if not notes:
         return f"same records ({len(a)}), different bytes (row order or file metadata)"
     return f"{len(a)} -> {len(b)} records; " + "; ".join(notes)
+
+
+def _content_changed(ra: dict[str, Any] | None, rb: dict[str, Any] | None) -> bool:
+    """Whether a record is new, gone, or differs in a field besides its meta (its id included)."""
+    return ra is None or rb is None or any(f != "meta" and ra.get(f) != rb.get(f) for f in set(ra) | set(rb))
+
+
+def _fields(ra: dict[str, Any], rb: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+    """(field, old, new) of the fields that differ; a JSON object field (meta) by its keys (meta.file_sha256)."""
+    out = []
+    for f in sorted(set(ra) | set(rb)):
+        x, y = ra.get(f), rb.get(f)
+        if f == "id" or x == y:
+            continue
+        try:
+            dx, dy = json.loads(x), json.loads(y)
+        except (TypeError, ValueError):
+            dx = dy = None
+        if isinstance(dx, dict) and isinstance(dy, dict):
+            out += [(f"{f}.{k}", dx.get(k), dy.get(k)) for k in sorted(set(dx) | set(dy)) if dx.get(k) != dy.get(k)]
+        else:
+            out.append((f, x, y))
+    return out
+
+
+def _note(key: Any, ra: dict[str, Any] | None, rb: dict[str, Any] | None) -> str:
+    if ra is None or rb is None:
+        return f"record {key}: only in the {'rerun' if ra is None else 'commit'}"
+    fields = sorted(_fields(ra, rb), key=lambda t: t[0].startswith("meta"))  # content before provenance
+    return f"record {key}: " + ", ".join(f"{f} {_pair(x, y)}" for f, x, y in fields[:2])
+
+
+def _pair(x: Any, y: Any) -> str:
+    """Two values side by side; two long texts from a little before where they first differ."""
+    if isinstance(x, str) and isinstance(y, str) and max(len(x), len(y)) > 60:
+        i = next((n for n, (cx, cy) in enumerate(zip(x, y, strict=False)) if cx != cy), min(len(x), len(y)))
+        start = max(0, i - 20)
+        x, y = ("..." if start else "") + x[start:], ("..." if start else "") + y[start:]
+    return f"{_short(x)} -> {_short(y)}"
 
 
 def explain(cache: Path, rerun_root: Path, path: str, old_md5: str) -> str:

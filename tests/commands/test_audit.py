@@ -72,6 +72,11 @@ def test_a_changed_record_is_named_by_id_origin_and_field(tmp_path: Path) -> Non
     assert "record aa (now cc; s row 3): output 'four' -> 'five'" in detail
     assert "only in" not in detail
     assert parquet_diff(table(a), table(a)).startswith("same records (2)")
+    # an exact duplicate edited: its old id stays (the other copy), the new one is matched by origin
+    row4 = json.dumps({"file": "s.jsonl", "row": 4})
+    dup = [a[0], {**a[0], "meta": row4}]
+    edited = [a[0], {"id": "dd", "source": "s", "output": "four!", "meta": row4}]
+    assert "record aa (now dd; s row 4): output 'four' -> 'four!'" in parquet_diff(table(dup), table(edited))
 
 
 def test_environment_record_merges_stages_and_names_off_lock_packages(tmp_path: Path) -> None:

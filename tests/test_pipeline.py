@@ -517,18 +517,22 @@ def test_audit_holds_on_a_rerun_and_names_planted_differences(repo: Path) -> Non
     first = json.loads(lines[0])
     demo.write_text(json.dumps({**first, "output": first["output"] + " An edit."}) + "\n" + "".join(lines[1:]))
     items = [json.loads(line) for line in mc.read_text().splitlines()]
-    items[0]["answer"] = (items[0]["answer"] + 1) % len(items[0]["choices"])
+    # every answer moved to the next choice: a random tiny model's accuracy moves with it (one item might not)
+    items = [{**i, "answer": (i["answer"] + 1) % len(i["choices"])} for i in items]
     mc.write_text("".join(json.dumps(i) + "\n" for i in items))
     try:
-        planted = _audit(repo, "--workspace", "--stages", "probe@chat")
+        # tolerance 0: any score difference counts (the tiny models' scores repeat exactly on one machine)
+        planted = _audit(repo, "--workspace", "--stages", "probe@chat", "--score-tolerance", "0")
     finally:
         _run(["git", "checkout", "--", str(demo), str(mc)], repo)
     out = planted.stdout
     assert planted.returncode == 1, out + planted.stderr
     pull = next(line for line in out.splitlines() if line.startswith("| pull | data/pulled |"))
     assert "| different |" in pull and "(now " in pull and "output" in pull, pull
-    probe = [line for line in out.splitlines() if line.startswith("| baseline@chat | metrics/")]
-    assert probe and "| different |" in probe[0] and "general_mc" in probe[0], out
+    scored = [
+        line for line in out.splitlines() if line.startswith(("| baseline@chat | metrics/", "| probe@chat | metrics/"))
+    ]
+    assert any("| different |" in line and "general_mc" in line for line in scored), out
 
 
 def test_metrics_diff_across_commits_shows_the_probe_deltas_move(repo: Path) -> None:

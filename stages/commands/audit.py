@@ -177,8 +177,11 @@ def compare(
                 )
         else:
             rows += C.data_rows(stage, md5s, why)
-    names = sorted({Path(o).stem for s in ran for o in C.outs(old_lock.get(s, {})) if o.startswith("metrics/")})
-    rows += C.environment_rows(old_env, new_metrics.get("metrics/environment.json", {}), names)
+    # a stage's environment record is named after its --metrics file: only those of the stages that ran, not every
+    # metrics file they write (report's headline, funnel, ... have no record of their own)
+    new_env = new_metrics.get("metrics/environment.json", {})
+    outs = {Path(o).stem for s in ran for o in C.outs(old_lock.get(s, {})) if o.startswith("metrics/")}
+    rows += C.environment_rows(old_env, new_env, sorted(outs & set(new_env.get("stages", {}))))
     return rows
 
 
